@@ -1,0 +1,189 @@
+//! `foundation-bench`: Foundation measured against its peers, in one run.
+//!
+//! # Why peers run in the same run
+//!
+//! The machines this project runs on are small and shared: two cores, other
+//! builds and tests next door, frequency scaling, noisy neighbours. An
+//! absolute figure ("12 M msgs/s") taken on Monday says little on Tuesday.
+//! What holds is a *ratio* against a well-known implementation measured a
+//! moment earlier on the same machine under the same noise. So every case
+//! measures Foundation (the `subject`) and its peers side by side:
+//!
+//! - **tokio** tasks and `tokio::sync::mpsc`, on the current-thread runtime
+//!   (the fair match for one shard) and on the multi-thread runtime with one
+//!   worker per core (the fair match for work across shards);
+//! - **crossbeam-channel** between OS threads (the floor for a message
+//!   crossing cores without any scheduler in the way);
+//! - **Erlang/OTP** processes when `erl` is on the `PATH` (the reference for
+//!   what a green process costs); without it the Erlang column is left out
+//!   and a note says so once.
+//!
+//! Repetitions are interleaved (foundation, peer 1, peer 2, foundation, …)
+//! so that a slow moment of the machine hits every subject alike, and every
+//! figure — ours and the peers' — is the median of the repetitions
+//! (`--reps`, 5 by default, 3 under `quick`).
+//!
+//! # Cases
+//!
+//! - `spawn`: nanoseconds to spawn an idle process (one waiting on its own
+//!   mailbox) and bytes of memory it holds. Memory is measured as growth of
+//!   the resident set (`/proc/self/statm`) in a fresh child process per
+//!   subject (the binary re-executes itself with a hidden `child`
+//!   subcommand), so one subject's allocator state never colours another's.
+//!   Erlang reports `erlang:memory(processes)` growth instead, plus its own
+//!   resident set growth as `erlang-rss`.
+//! - `local`: messages on one node — 64-byte messages one-to-one on one shard
+//!   and across shards, ping-pong round trips (p50 and p99) on one shard and
+//!   across shards, and N-to-1 fan-in.
+//! - `quick`: every case with small counts and 3 repetitions; well under a
+//!   minute, for a smoke check rather than for figures to quote.
+//!
+//! # Output
+//!
+//! By default a table per case: metric, unit, which direction is better,
+//! Foundation's value, then one row per peer with its value, the ratio
+//! `foundation / peer` and a verdict ("1.8x better"). With `--json`, one JSON
+//! object per line instead:
+//!
+//! ```json
+//! {"case":"local","metric":"ping_pong_same_shard_p50","unit":"ns","value":400.0,"better":"lower","peers":{"erlang":506.0,"tokio-current-thread":243.0},"note":"…"}
+//! ```
+//!
+//! `value` is `null` when Foundation's side could not be measured (the note
+//! says why); a peer that could not be measured is absent from `peers`.
+//!
+//! Unless `--no-plots` is given, one SVG bar chart per case is written to
+//! `<target dir>/bench-report/<case>.svg`, where the target directory is
+//! `CARGO_TARGET_DIR` or the one this executable was built into.
+//!
+//! A progress spinner appears on stderr for runs longer than about a second,
+//! only when stderr is a terminal and `--json` is off.
+//!
+//! # Running
+//!
+//! ```text
+//! cargo run --release -p foundation-bench -- quick
+//! cargo run --release -p foundation-bench -- local --rounds 200000
+//! cargo run --release -p foundation-bench -- --json spawn --count 1000000
+//! ```
+//!
+//! Criterion micro-benchmarks of the channels live in `bench/benches/`
+//! (`cargo bench -p foundation-bench`).
+
+mod cases;
+mod peers;
+mod progress;
+mod report;
+mod rss;
+mod stats;
+mod subject;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cases::{Context, Scale};
+use crate::progress::Progress;
+use crate::report::Report;
+
+/// Command line of `foundation-bench`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "foundation-bench",
+    version,
+    about = "Foundation measured against tokio, crossbeam and Erlang in the same run"
+)]
+struct Cli {
+    /// Print one JSON object per measurement and line instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Do not write SVG charts to `<target>/bench-report/`.
+    #[arg(long, global = true)]
+    no_plots: bool,
+    #[command(flatten)]
+    knobs: Knobs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Scale knobs; each overrides the default of the chosen command.
+#[derive(Debug, Args)]
+struct Knobs {
+    /// Repetitions per figure; the median is reported.
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..))]
+    reps: Option<u32>,
+    /// Processes spawned per repetition in the `spawn` case.
+    #[arg(long, global = true)]
+    count: Option<usize>,
+    /// Messages per one-to-one repetition (fan-in sends as many in total).
+    #[arg(long, global = true)]
+    msgs: Option<u64>,
+    /// Round trips per ping-pong repetition.
+    #[arg(long, global = true)]
+    rounds: Option<u64>,
+    /// Senders in the fan-in case.
+    #[arg(long, global = true)]
+    senders: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Spawn cost: time and memory per idle process.
+    Spawn,
+    /// Local messaging: one-to-one, ping-pong and fan-in on one node.
+    Local,
+    /// Every case, short: a smoke run in well under a minute.
+    Quick,
+    /// Internal: measurements that need a fresh process of their own.
+    #[command(hide = true, subcommand)]
+    Child(rss::ChildCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (scale, cases): (Scale, &[cases::Case]) = match &cli.command {
+        Command::Spawn => (Scale::full(), &[cases::Case::Spawn]),
+        Command::Local => (Scale::full(), &[cases::Case::Local]),
+        Command::Quick => (Scale::quick(), cases::Case::ALL),
+        Command::Child(child) => return rss::run_child(child),
+    };
+    let scale = scale.with_overrides(&cli.knobs);
+    let progress = Progress::new(!cli.json);
+    let mut report = Report::new(cli.json, !cli.no_plots);
+    let context = Context::new(scale, progress);
+    for case in cases {
+        let measurements = case.run(&context);
+        if let Err(error) = context
+            .progress
+            .suspend(|| report.case(case.name(), &measurements))
+        {
+            eprintln!("foundation-bench: writing the report failed: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
+    context.progress.finish();
+    report.finish();
+    ExitCode::SUCCESS
+}
+
+impl Scale {
+    /// Applies the command-line overrides to this scale.
+    fn with_overrides(mut self, knobs: &Knobs) -> Self {
+        if let Some(reps) = knobs.reps {
+            self.reps = reps as usize;
+        }
+        if let Some(count) = knobs.count {
+            self.spawn_count = count.max(1);
+        }
+        if let Some(msgs) = knobs.msgs {
+            self.msgs = msgs.max(1);
+        }
+        if let Some(rounds) = knobs.rounds {
+            self.rounds = rounds.max(1);
+        }
+        if let Some(senders) = knobs.senders {
+            self.senders = senders.max(1);
+        }
+        self
+    }
+}

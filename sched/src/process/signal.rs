@@ -1,0 +1,249 @@
+//! Links, monitors and exit signals, with Erlang's semantics (see the
+//! `exit` module docs for the rules).
+//!
+//! A signal to a process on the same shard is handled at once; one to
+//! another shard travels in that shard's inbound ring, in order with the
+//! messages from the same sender. Handling a signal never ends a process on
+//! the spot: it marks the process as exiting and queues it, and the shard
+//! tears it down between polls. So a chain of linked processes dies one
+//! step per teardown, with no recursion however long the chain.
+
+use crate::exit::{Down, Exit, ExitReason, MonitorRef};
+use crate::pid::Pid;
+use crate::process::Process;
+use crate::scheduler::Shard;
+
+/// A signal between processes.
+#[derive(Debug)]
+pub(crate) enum Signal {
+    /// `from` linked to the receiver.
+    Link { from: Pid },
+    /// `from` removed its link to the receiver.
+    Unlink { from: Pid },
+    /// An exit signal from `from`.
+    Exit {
+        from: Pid,
+        reason: ExitReason,
+        kind: ExitKind,
+    },
+    /// `from` monitors the receiver under `monitor`.
+    Monitor { from: Pid, monitor: MonitorRef },
+    /// The monitor `monitor` on the receiver is gone.
+    Demonitor { monitor: MonitorRef },
+    /// A process the receiver monitors has ended.
+    Down(Down),
+}
+
+/// How an exit signal was sent, which decides how it may be handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitKind {
+    /// A linked process ended; ignored if the link is already gone.
+    Link,
+    /// Sent with `exit/2`.
+    Signal,
+    /// Sent with `kill`: untrappable.
+    Kill,
+}
+
+impl Shard {
+    /// Applies `signal` to the process `to`, which lives on this shard.
+    pub(crate) fn handle_signal(&self, to: Pid, signal: Signal) {
+        let mut table = self.table.borrow_mut();
+        let Some(process) = table.get_mut(to.slot(), to.generation()) else {
+            drop(table);
+            self.answer_for_missing(to, signal);
+            return;
+        };
+        let runnable = match signal {
+            Signal::Link { from } => {
+                process.relations().links.insert(from);
+                false
+            }
+            Signal::Unlink { from } => {
+                process.relations().links.remove(&from);
+                false
+            }
+            Signal::Exit { from, reason, kind } => self.receive_exit(process, from, reason, kind),
+            Signal::Monitor { from, monitor } => {
+                process.relations().monitored_by.insert(monitor, from);
+                false
+            }
+            Signal::Demonitor { monitor } => {
+                process.relations().monitored_by.remove(&monitor);
+                false
+            }
+            Signal::Down(down) => {
+                if process.relations().monitors.remove(&down.monitor).is_some() {
+                    process.cell.push_down(down);
+                    self.after_delivery(process)
+                } else {
+                    false
+                }
+            }
+        };
+        if runnable {
+            self.enqueue(to.slot());
+        }
+    }
+
+    /// Erlang's rules for an exit signal reaching a live process. Returns
+    /// whether the process must be queued.
+    fn receive_exit(
+        &self,
+        process: &mut Process,
+        from: Pid,
+        reason: ExitReason,
+        kind: ExitKind,
+    ) -> bool {
+        if kind == ExitKind::Link {
+            let linked = process
+                .relations
+                .as_mut()
+                .is_some_and(|relations| relations.links.remove(&from));
+            if !linked {
+                return false;
+            }
+        }
+        if kind == ExitKind::Kill {
+            return self.mark_exit(process, ExitReason::Killed);
+        }
+        if process.trap_exit {
+            process.cell.push_exit(Exit { from, reason });
+            return self.after_delivery(process);
+        }
+        if reason.is_normal() && from != process.pid {
+            return false;
+        }
+        self.mark_exit(process, reason)
+    }
+
+    /// A link or monitor aimed at a process that is gone answers with
+    /// `NoProc`; other signals to it are dropped.
+    fn answer_for_missing(&self, to: Pid, signal: Signal) {
+        match signal {
+            Signal::Link { from } => self.send_signal(
+                from,
+                Signal::Exit {
+                    from: to,
+                    reason: ExitReason::NoProc,
+                    kind: ExitKind::Link,
+                },
+            ),
+            Signal::Monitor { from, monitor } => self.send_signal(
+                from,
+                Signal::Down(Down {
+                    monitor,
+                    pid: to,
+                    reason: ExitReason::NoProc,
+                }),
+            ),
+            Signal::Unlink { .. }
+            | Signal::Exit { .. }
+            | Signal::Demonitor { .. }
+            | Signal::Down(_) => {}
+        }
+    }
+
+    /// Marks `process` as exiting with `reason`. The first reason wins,
+    /// except that a kill overrides. Returns whether it must be queued.
+    pub(crate) fn mark_exit(&self, process: &mut Process, reason: ExitReason) -> bool {
+        match &process.exit {
+            None => process.exit = Some(reason),
+            Some(_) if reason == ExitReason::Killed => process.exit = Some(reason),
+            Some(_) => {}
+        }
+        if process.running {
+            self.set_running_exiting();
+        }
+        self.wake_process(process)
+    }
+
+    /// After an envelope went into `process`'s mailbox: checks the heap
+    /// limit and wakes it. Returns whether it must be queued.
+    pub(crate) fn after_delivery(&self, process: &mut Process) -> bool {
+        if process.cell.over_heap_limit() {
+            return self.mark_exit(process, ExitReason::HeapLimit);
+        }
+        self.wake_process(process)
+    }
+
+    /// Records on `me` (a live process of this shard) a link to `other`.
+    pub(crate) fn add_link(&self, me: Pid, other: Pid) {
+        self.with_process(me, |process| {
+            process.relations().links.insert(other);
+        });
+    }
+
+    /// Removes from `me` its link to `other`.
+    pub(crate) fn remove_link(&self, me: Pid, other: Pid) {
+        self.with_process(me, |process| {
+            process.relations().links.remove(&other);
+        });
+    }
+
+    /// Records on `me` that it monitors `target` under `monitor`.
+    pub(crate) fn add_monitor(&self, me: Pid, monitor: MonitorRef, target: Pid) {
+        self.with_process(me, |process| {
+            process.relations().monitors.insert(monitor, target);
+        });
+    }
+
+    /// Points `me`'s monitor `monitor` at `target`, once its pid is known.
+    pub(crate) fn retarget_monitor(&self, me: Pid, monitor: MonitorRef, target: Pid) {
+        self.with_process(me, |process| {
+            if let Some(entry) = process.relations().monitors.get_mut(&monitor) {
+                *entry = target;
+            }
+        });
+    }
+
+    /// Removes `me`'s monitor `monitor`, returning the monitored pid if it
+    /// was still active.
+    pub(crate) fn forget_monitor(&self, me: Pid, monitor: MonitorRef) -> Option<Pid> {
+        self.with_process(me, |process| process.relations().monitors.remove(&monitor))
+            .flatten()
+    }
+
+    /// Sets `me`'s `trap_exit`, returning the previous value.
+    pub(crate) fn set_trap_exit(&self, me: Pid, trap: bool) -> bool {
+        self.with_process(me, |process| {
+            std::mem::replace(&mut process.trap_exit, trap)
+        })
+        .unwrap_or(false)
+    }
+
+    /// Sends the exit signals and `Down`s of a process that ended, and
+    /// withdraws the monitors it held.
+    pub(crate) fn announce_exit(
+        &self,
+        pid: Pid,
+        reason: &ExitReason,
+        relations: crate::process::Relations,
+    ) {
+        for linked in relations.links {
+            self.send_signal(
+                linked,
+                Signal::Exit {
+                    from: pid,
+                    reason: reason.clone(),
+                    kind: ExitKind::Link,
+                },
+            );
+        }
+        for (monitor, watcher) in relations.monitored_by {
+            self.send_signal(
+                watcher,
+                Signal::Down(Down {
+                    monitor,
+                    pid,
+                    reason: reason.clone(),
+                }),
+            );
+        }
+        for (monitor, target) in relations.monitors {
+            if target != pid {
+                self.send_signal(target, Signal::Demonitor { monitor });
+            }
+        }
+    }
+}

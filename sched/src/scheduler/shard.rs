@@ -1,0 +1,645 @@
+//! One shard: the single-threaded heart of the runtime.
+//!
+//! Everything here runs on the shard's own thread. State lives in `Cell`s
+//! and `RefCell`s, and no borrow is ever held while user code runs (a
+//! process's poll, or the drop of its future), so user code may call back
+//! into the shard freely.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::task::{self, Poll};
+
+use crate::arena::{ChunkPool, PoolStats};
+use crate::driver::Driver;
+use crate::exit::{ExitReason, MonitorRef};
+use crate::pid::{NodeId, Pid, ShardId};
+use crate::process::cell::ProcessCell;
+use crate::process::signal::Signal;
+use crate::process::table::Table;
+use crate::process::{
+    make_process, Addr, Envelope, HeapLimitExceeded, LocalSpawn, Placement, Process, ProcessInfo,
+    Relations, SpawnError,
+};
+use crate::ring::erased::{Deliver, ErasedMessage};
+use crate::ring::spsc::{Consumer, Producer};
+use crate::runtime::ShardStats;
+use crate::scheduler::shared::Shared;
+use crate::scheduler::{monitor_ref, waker, Packet, ShardWork, TimerAction};
+use crate::time::wheel::{TimerKey, TimerWheel};
+use crate::time::Instant;
+
+/// One shard's scheduler state.
+pub(crate) struct Shard {
+    pub(crate) id: ShardId,
+    pub(crate) node: NodeId,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) table: RefCell<Table<Process>>,
+    pub(crate) pool: Rc<ChunkPool>,
+    run_queue: RefCell<VecDeque<u32>>,
+    timers: RefCell<TimerWheel<TimerAction>>,
+    fired: RefCell<Vec<TimerAction>>,
+    now: Cell<Instant>,
+    outbox: RefCell<Outbox>,
+    inbox: RefCell<Vec<Consumer<Packet>>>,
+    /// The slot being polled, if any.
+    running: Cell<Option<u32>>,
+    /// The running process was woken during its poll.
+    running_woken: Cell<bool>,
+    /// The running process was told to end during its poll.
+    running_exiting: Cell<bool>,
+    /// Reductions left in the current poll.
+    budget: Cell<u32>,
+    next_monitor: Cell<u64>,
+    polls: Cell<u64>,
+}
+
+/// The producing ends of this shard's rings to every other shard, with the
+/// packets that did not fit yet.
+struct Outbox {
+    rings: Vec<Option<Producer<Packet>>>,
+    /// Packets waiting for room in a full ring, in order. A send never
+    /// blocks a shard: two shards filling each other's rings would deadlock.
+    overflow: Vec<VecDeque<Packet>>,
+    /// Destinations written to since the last flush.
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
+}
+
+/// What a shard thread is given when it starts.
+pub(crate) struct ShardParts {
+    pub(crate) id: ShardId,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) outbound: Vec<Option<Producer<Packet>>>,
+    pub(crate) inbound: Vec<Consumer<Packet>>,
+    pub(crate) pool: ChunkPool,
+}
+
+impl Shard {
+    pub(crate) fn new(parts: ShardParts) -> Rc<Shard> {
+        let destinations = parts.outbound.len();
+        let now = parts.shared.clock.now();
+        Rc::new(Shard {
+            id: parts.id,
+            node: parts.shared.node,
+            table: RefCell::new(Table::new()),
+            pool: Rc::new(parts.pool),
+            run_queue: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(TimerWheel::new(now.as_nanos())),
+            fired: RefCell::new(Vec::new()),
+            now: Cell::new(now),
+            outbox: RefCell::new(Outbox {
+                rings: parts.outbound,
+                overflow: (0..destinations).map(|_| VecDeque::new()).collect(),
+                dirty: Vec::new(),
+                is_dirty: vec![false; destinations],
+            }),
+            inbox: RefCell::new(parts.inbound),
+            running: Cell::new(None),
+            running_woken: Cell::new(false),
+            running_exiting: Cell::new(false),
+            budget: Cell::new(0),
+            next_monitor: Cell::new(0),
+            polls: Cell::new(0),
+            shared: parts.shared,
+        })
+    }
+
+    /// The shard's loop; returns, after stopping every process, when the
+    /// runtime shuts down. Returns how many processes it stopped.
+    pub(crate) fn run(self: &Rc<Shard>, mut driver: Box<dyn Driver>) -> usize {
+        let _current = waker::enter(self.clone());
+        loop {
+            self.now.set(self.shared.clock.now());
+            self.drain_inbound();
+            self.fire_timers();
+            self.run_pass();
+            self.flush();
+            if self.shared.shutdown.load(Ordering::Acquire) {
+                break;
+            }
+            if self.run_queue.borrow().is_empty() {
+                self.park(driver.as_mut());
+            }
+        }
+        self.stop_all()
+    }
+
+    /// The clock as of the start of this pass.
+    pub(crate) fn now(&self) -> Instant {
+        self.now.get()
+    }
+
+    fn shared_self(&self) -> &crate::scheduler::shared::ShardShared {
+        &self.shared.shards[self.id.0 as usize]
+    }
+
+    // ---- running processes -------------------------------------------
+
+    /// Polls every process that was runnable when the pass began.
+    fn run_pass(self: &Rc<Shard>) {
+        let runnable = self.run_queue.borrow().len();
+        for _ in 0..runnable {
+            let Some(slot) = self.run_queue.borrow_mut().pop_front() else {
+                break;
+            };
+            self.poll_slot(slot);
+            self.flush();
+        }
+    }
+
+    fn poll_slot(&self, slot: u32) {
+        let (pid, mut future) = {
+            let mut table = self.table.borrow_mut();
+            let Some(process) = table.get_slot_mut(slot) else {
+                return;
+            };
+            if !process.queued {
+                return; // A stale entry: the slot was requeued or reused.
+            }
+            process.queued = false;
+            if let Some(reason) = process.exit.clone() {
+                let pid = process.pid;
+                drop(table);
+                self.terminate(pid, reason);
+                return;
+            }
+            let Some(future) = process.future.take() else {
+                return;
+            };
+            process.running = true;
+            (process.pid, future)
+        };
+
+        self.running.set(Some(slot));
+        self.running_woken.set(false);
+        self.running_exiting.set(false);
+        self.budget.set(self.shared.reductions);
+        let polls = self.polls.get() + 1;
+        let watch = self.shared_self();
+        watch.polling.store(pid.to_bits(), Ordering::Relaxed);
+        watch.polls.store(polls, Ordering::Release);
+
+        let waker = waker::for_pid(pid);
+        let mut cx = task::Context::from_waker(&waker);
+        let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
+
+        watch.polls.store(polls + 1, Ordering::Release);
+        self.polls.set(polls + 1);
+        self.running.set(None);
+
+        let finished = match polled {
+            Ok(Poll::Pending) => None,
+            Ok(Poll::Ready(reason)) => Some(reason),
+            Err(payload) => Some(panic_reason(payload)),
+        };
+        let mut table = self.table.borrow_mut();
+        let process = table
+            .get_mut(pid.slot(), pid.generation())
+            .expect("a process stays in its slot while it runs");
+        process.running = false;
+        match finished {
+            None => {
+                process.future = Some(future);
+                if let Some(reason) = process.exit.clone() {
+                    drop(table);
+                    self.terminate(pid, reason);
+                } else if self.running_woken.get() {
+                    process.queued = true;
+                    drop(table);
+                    self.enqueue(slot);
+                }
+            }
+            Some(reason) => {
+                let reason = process.exit.take().unwrap_or(reason);
+                drop(table);
+                drop_quietly(future);
+                self.terminate(pid, reason);
+            }
+        }
+    }
+
+    /// Ends the process `pid`: frees its slot, drops its future (and with
+    /// it the context, the arena and the mailbox), then tells its links and
+    /// monitors.
+    fn terminate(&self, pid: Pid, reason: ExitReason) {
+        let Some(process) = self.table.borrow_mut().remove(pid.slot(), pid.generation()) else {
+            return;
+        };
+        self.shared_self().live.fetch_sub(1, Ordering::Relaxed);
+        let Process {
+            future, relations, ..
+        } = process;
+        if let Some(future) = future {
+            drop_quietly(future);
+        }
+        if let Some(relations) = relations {
+            self.announce_exit(pid, &reason, *relations);
+        }
+    }
+
+    /// Stops every process with reason `Shutdown`, including any spawned by
+    /// the destructors of the ones stopped (spawning fails once shutdown has
+    /// begun, so this ends). Returns how many it stopped.
+    fn stop_all(&self) -> usize {
+        let mut stopped = 0;
+        loop {
+            let occupied = self.table.borrow().occupied();
+            if occupied.is_empty() {
+                break;
+            }
+            for (slot, generation) in occupied {
+                self.terminate(
+                    Pid::new(self.node, self.id, slot, generation),
+                    ExitReason::Shutdown,
+                );
+                stopped += 1;
+            }
+        }
+        self.run_queue.borrow_mut().clear();
+        self.flush();
+        stopped
+    }
+
+    pub(crate) fn enqueue(&self, slot: u32) {
+        self.run_queue.borrow_mut().push_back(slot);
+    }
+
+    /// Makes `process` runnable. Returns whether the caller must put it in
+    /// the run queue (it was neither queued nor running).
+    pub(crate) fn wake_process(&self, process: &mut Process) -> bool {
+        if process.running {
+            self.running_woken.set(true);
+            false
+        } else if process.queued {
+            false
+        } else {
+            process.queued = true;
+            true
+        }
+    }
+
+    /// Wakes the process `pid` of this shard, if it still exists.
+    pub(crate) fn wake(&self, pid: Pid) {
+        let runnable = self
+            .with_process(pid, |process| self.wake_process(process))
+            .unwrap_or(false);
+        if runnable {
+            self.enqueue(pid.slot());
+        }
+    }
+
+    /// Wakes `pid` wherever it runs in this runtime.
+    pub(crate) fn wake_anywhere(&self, pid: Pid) {
+        if pid.shard() == self.id {
+            self.wake(pid);
+        } else {
+            self.push_packet(pid.shard(), Packet::Wake(pid));
+        }
+    }
+
+    /// The running process asks to run again after other processes.
+    pub(crate) fn yield_running(&self) {
+        self.running_woken.set(true);
+    }
+
+    pub(crate) fn set_running_exiting(&self) {
+        self.running_exiting.set(true);
+    }
+
+    /// Whether the running process was told to end during this poll; its
+    /// receives then stay pending so it stops at its next `.await`.
+    pub(crate) fn running_is_exiting(&self) -> bool {
+        self.running_exiting.get()
+    }
+
+    pub(crate) fn budget_used_up(&self) -> bool {
+        self.budget.get() == 0
+    }
+
+    pub(crate) fn consume_reduction<M>(&self, cell: &ProcessCell<M>) {
+        self.budget.set(self.budget.get().saturating_sub(1));
+        cell.reductions.set(cell.reductions.get() + 1);
+    }
+
+    /// Runs `f` on the live process `pid` of this shard.
+    pub(crate) fn with_process<R>(&self, pid: Pid, f: impl FnOnce(&mut Process) -> R) -> Option<R> {
+        if pid.node() != self.node || pid.shard() != self.id {
+            return None;
+        }
+        self.table
+            .borrow_mut()
+            .get_mut(pid.slot(), pid.generation())
+            .map(f)
+    }
+
+    // ---- spawning ----------------------------------------------------
+
+    /// Spawns a process on this shard.
+    pub(crate) fn spawn_local<T, F, Fut>(
+        self: &Rc<Shard>,
+        spawn: LocalSpawn,
+        start: F,
+    ) -> Result<Addr<T>, SpawnError>
+    where
+        T: Send + 'static,
+        F: FnOnce(crate::Context<T>) -> Fut + 'static,
+        Fut: Future + 'static,
+        Fut::Output: crate::ProcessResult,
+    {
+        if self.shared.shutdown.load(Ordering::Relaxed) {
+            return Err(SpawnError::ShuttingDown);
+        }
+        let (slot, generation) = self
+            .table
+            .borrow_mut()
+            .vacant()
+            .map_err(|_| SpawnError::TableFull)?;
+        let pid = Pid::new(self.node, self.id, slot, generation);
+        let (cell, future) = make_process(pid, self.clone(), spawn.max_heap_bytes, start);
+        let relations = (spawn.link.is_some() || spawn.monitored_by.is_some()).then(|| {
+            let mut relations = Box::<Relations>::default();
+            relations.links.extend(spawn.link);
+            relations.monitored_by.extend(spawn.monitored_by);
+            relations
+        });
+        self.table.borrow_mut().fill(
+            slot,
+            Process {
+                pid,
+                cell,
+                future: Some(future),
+                queued: true,
+                running: false,
+                exit: None,
+                trap_exit: spawn.trap_exit,
+                relations,
+            },
+        );
+        self.enqueue(slot);
+        self.shared_self().live.fetch_add(1, Ordering::Relaxed);
+        Ok(Addr::new(pid))
+    }
+
+    /// Which shard a placement means, checked.
+    pub(crate) fn place(&self, placement: Placement) -> Result<ShardId, SpawnError> {
+        self.shared.place(placement, self.id)
+    }
+
+    pub(crate) fn new_monitor_ref(&self) -> MonitorRef {
+        let counter = self.next_monitor.get();
+        self.next_monitor.set(counter + 1);
+        monitor_ref(self.id.0, counter)
+    }
+
+    // ---- messages, signals and packets ------------------------------
+
+    /// Sends a typed message to `to`, on this shard or another.
+    pub(crate) fn send_message<T: Send + 'static>(&self, to: Pid, message: T) {
+        if to.node() != self.node {
+            self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
+        } else if to.shard() == self.id {
+            self.deliver(to, message);
+        } else {
+            let message = ErasedMessage::new(message);
+            self.push_packet(to.shard(), Packet::Message { to, message });
+        }
+    }
+
+    /// Sends `signal` to `to`, on this shard or another.
+    pub(crate) fn send_signal(&self, to: Pid, signal: Signal) {
+        if to.node() != self.node {
+            // Distribution will carry these; until then the pid is unknown.
+            self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
+        } else if to.shard() == self.id {
+            self.handle_signal(to, signal);
+        } else {
+            self.push_packet(to.shard(), Packet::Signal { to, signal });
+        }
+    }
+
+    /// Runs `work` on shard `target`: here at once, or there through the
+    /// ring.
+    pub(crate) fn run_on(self: &Rc<Shard>, target: crate::ShardId, work: ShardWork) {
+        if target == self.id {
+            work(self);
+        } else {
+            self.push_packet(target, Packet::Run(work));
+        }
+    }
+
+    fn push_packet(&self, to: ShardId, packet: Packet) {
+        let index = to.0 as usize;
+        let mut outbox = self.outbox.borrow_mut();
+        let Outbox {
+            rings,
+            overflow,
+            dirty,
+            is_dirty,
+        } = &mut *outbox;
+        let Some(Some(ring)) = rings.get_mut(index) else {
+            drop(outbox);
+            self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if overflow[index].is_empty() {
+            if let Err(packet) = ring.push(packet) {
+                overflow[index].push_back(packet);
+            }
+        } else {
+            overflow[index].push_back(packet);
+        }
+        if !is_dirty[index] {
+            is_dirty[index] = true;
+            dirty.push(index);
+        }
+    }
+
+    /// Moves overflowed packets into rings that have room again, and wakes
+    /// every destination written to since the last flush.
+    fn flush(&self) {
+        let mut outbox = self.outbox.borrow_mut();
+        if outbox.dirty.is_empty() {
+            return;
+        }
+        let Outbox {
+            rings,
+            overflow,
+            dirty,
+            is_dirty,
+        } = &mut *outbox;
+        dirty.retain(|&index| {
+            if let Some(ring) = rings[index].as_mut() {
+                while let Some(packet) = overflow[index].pop_front() {
+                    if let Err(packet) = ring.push(packet) {
+                        overflow[index].push_front(packet);
+                        break;
+                    }
+                }
+            }
+            self.shared.shards[index].notify();
+            let keep = !overflow[index].is_empty();
+            is_dirty[index] = keep;
+            keep
+        });
+    }
+
+    fn drain_inbound(self: &Rc<Shard>) {
+        let sources = self.inbox.borrow().len();
+        for source in 0..sources {
+            // Bounded, so a flooding source cannot keep this shard from its
+            // run queue.
+            for _ in 0..INBOUND_BATCH {
+                let packet = self.inbox.borrow_mut()[source].pop();
+                match packet {
+                    Some(packet) => self.apply(packet),
+                    None => break,
+                }
+            }
+        }
+        let me = self.shared_self();
+        if me.injected.swap(false, Ordering::AcqRel) {
+            let injected = std::mem::take(
+                &mut *me
+                    .injector
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+            );
+            for packet in injected {
+                self.apply(packet);
+            }
+        }
+    }
+
+    fn apply(self: &Rc<Shard>, packet: Packet) {
+        match packet {
+            Packet::Message { to, message } => message.deliver(&**self, to),
+            Packet::Signal { to, signal } => self.handle_signal(to, signal),
+            Packet::Wake(pid) => self.wake(pid),
+            Packet::Run(work) => work(self),
+        }
+    }
+
+    fn has_inbound(&self) -> bool {
+        self.shared_self().injected.load(Ordering::Acquire)
+            || self.inbox.borrow().iter().any(|ring| !ring.is_empty())
+    }
+
+    fn park(&self, driver: &mut dyn Driver) {
+        let timeout = self
+            .timers
+            .borrow()
+            .next_deadline()
+            .map(|deadline| Instant::from_nanos(deadline) - self.now());
+        let me = self.shared_self();
+        me.parked.store(true, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        if !self.has_inbound() && !self.shared.shutdown.load(Ordering::SeqCst) {
+            driver.park(timeout);
+        }
+        me.parked.store(false, Ordering::Relaxed);
+    }
+
+    // ---- timers --------------------------------------------------------
+
+    pub(crate) fn set_timer(&self, deadline: Instant, action: TimerAction) -> TimerKey {
+        self.timers.borrow_mut().insert(deadline.as_nanos(), action)
+    }
+
+    pub(crate) fn cancel_timer(&self, key: TimerKey) -> bool {
+        self.timers.borrow_mut().cancel(key).is_some()
+    }
+
+    fn fire_timers(&self) {
+        let mut fired = std::mem::take(&mut *self.fired.borrow_mut());
+        self.timers
+            .borrow_mut()
+            .advance(self.now().as_nanos(), &mut fired);
+        for action in fired.drain(..) {
+            match action {
+                TimerAction::Wake(pid) => self.wake(pid),
+                TimerAction::Run(work) => work(self),
+            }
+        }
+        *self.fired.borrow_mut() = fired;
+    }
+
+    // ---- introspection -------------------------------------------------
+
+    pub(crate) fn process_info(&self, pid: Pid) -> Option<ProcessInfo> {
+        if pid.node() != self.node || pid.shard() != self.id {
+            return None;
+        }
+        self.table
+            .borrow()
+            .get(pid.slot(), pid.generation())
+            .map(Process::info)
+    }
+
+    pub(crate) fn stats(&self) -> ShardStats {
+        ShardStats {
+            shard: self.id,
+            processes: self.table.borrow().len(),
+            run_queue: self.run_queue.borrow().len(),
+            timers: self.timers.borrow().len(),
+            pool: self.pool_stats(),
+        }
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        self.pool.stats()
+    }
+}
+
+impl Deliver for Shard {
+    /// Puts `message` in the mailbox of `to`, a process of this shard, and
+    /// wakes it. A message for a process that is gone, or that is already
+    /// ending, is dropped.
+    fn deliver<T: Send + 'static>(&self, to: Pid, message: T) {
+        let mut table = self.table.borrow_mut();
+        let process = table
+            .get_mut(to.slot(), to.generation())
+            .filter(|process| process.exit.is_none());
+        let Some(process) = process else {
+            self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let Some(cell) = process.cell.as_any().downcast_ref::<ProcessCell<T>>() else {
+            self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        cell.push(Envelope::Msg(message));
+        if self.after_delivery(process) {
+            drop(table);
+            self.enqueue(to.slot());
+        }
+    }
+}
+
+/// Packets taken from one inbound ring before moving to the next.
+const INBOUND_BATCH: usize = 4096;
+
+/// The exit reason for a poll that unwound with `payload`.
+fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> ExitReason {
+    if payload.is::<HeapLimitExceeded>() {
+        return ExitReason::HeapLimit;
+    }
+    let message = if let Some(message) = payload.downcast_ref::<&'static str>() {
+        (*message).into()
+    } else if let Some(message) = payload.downcast_ref::<String>() {
+        message.as_str().into()
+    } else {
+        "a panic with a non-string payload".into()
+    };
+    ExitReason::Panic(message)
+}
+
+/// Drops a process's future, containing any panic from a destructor so that
+/// it cannot take the shard down.
+fn drop_quietly<T>(value: T) {
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(value)));
+}

@@ -1,0 +1,94 @@
+//! State the shards of one runtime share across threads: the only part of
+//! the scheduler that is `Sync`.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use crate::driver::Unpark;
+use crate::pid::{NodeId, ShardId};
+use crate::runtime::Stall;
+use crate::scheduler::Packet;
+use crate::time::Clock;
+
+/// Runtime-wide shared state.
+pub(crate) struct Shared {
+    pub(crate) node: NodeId,
+    /// Reductions a process may use in one poll.
+    pub(crate) reductions: u32,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) shards: Box<[ShardShared]>,
+    pub(crate) shutdown: AtomicBool,
+    /// Messages dropped because their destination did not exist.
+    pub(crate) undelivered: AtomicU64,
+    /// Stalls the watchdog reported, oldest first, at most
+    /// [`Shared::STALLS_KEPT`].
+    pub(crate) stalls: Mutex<Vec<Stall>>,
+}
+
+/// What other threads see of one shard.
+pub(crate) struct ShardShared {
+    pub(crate) unparker: Arc<dyn Unpark>,
+    /// Packets from threads outside the runtime.
+    pub(crate) injector: Mutex<Vec<Packet>>,
+    pub(crate) injected: AtomicBool,
+    /// Set while the shard is (about to be) parked in its driver.
+    pub(crate) parked: AtomicBool,
+    /// Live processes, for least-loaded placement.
+    pub(crate) live: AtomicUsize,
+    /// Poll counter for the stall watchdog: odd while a poll is running.
+    pub(crate) polls: AtomicU64,
+    /// The pid (bits) being polled while `polls` is odd.
+    pub(crate) polling: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) const STALLS_KEPT: usize = 1024;
+
+    /// Hands `packet` to `shard` from a thread outside the runtime (or from
+    /// a shard of another runtime).
+    pub(crate) fn inject(&self, shard: ShardId, packet: Packet) {
+        let Some(target) = self.shards.get(shard.0 as usize) else {
+            self.undelivered.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        target
+            .injector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(packet);
+        target.injected.store(true, Ordering::Release);
+        target.notify();
+    }
+
+    /// Records a stall, keeping the newest [`Shared::STALLS_KEPT`].
+    pub(crate) fn record_stall(&self, stall: Stall) {
+        let mut stalls = self.stalls.lock().unwrap_or_else(PoisonError::into_inner);
+        if stalls.len() == Self::STALLS_KEPT {
+            stalls.remove(0);
+        }
+        stalls.push(stall);
+    }
+}
+
+impl ShardShared {
+    pub(crate) fn new(unparker: Arc<dyn Unpark>) -> ShardShared {
+        ShardShared {
+            unparker,
+            injector: Mutex::new(Vec::new()),
+            injected: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            polls: AtomicU64::new(0),
+            polling: AtomicU64::new(0),
+        }
+    }
+
+    /// The sender's half of the parking handshake: called after publishing
+    /// a packet, unparks the shard if it is parked.
+    pub(crate) fn notify(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) {
+            self.unparker.unpark();
+        }
+    }
+}
