@@ -119,7 +119,7 @@ impl Shard {
 
     /// A link or monitor aimed at a process that is gone answers with
     /// `NoProc`; other signals to it are dropped.
-    fn answer_for_missing(&self, to: Pid, signal: Signal) {
+    pub(crate) fn answer_for_missing(&self, to: Pid, signal: Signal) {
         match signal {
             Signal::Link { from } => self.send_signal(
                 from,

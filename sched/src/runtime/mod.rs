@@ -74,6 +74,7 @@ pub struct Builder {
     pin: bool,
     reductions: u32,
     stall_threshold: Option<Duration>,
+    idle_spin: Duration,
     node: Option<NodeId>,
     clock: Option<Arc<dyn Clock>>,
     driver: Option<DriverFactory>,
@@ -128,6 +129,7 @@ impl Builder {
             pin: true,
             reductions: 2000,
             stall_threshold: Some(Duration::from_millis(500)),
+            idle_spin: Duration::from_micros(50),
             node: None,
             clock: None,
             driver: None,
@@ -166,6 +168,16 @@ impl Builder {
     /// (default 500 ms); `None` turns the watchdog off.
     pub fn stall_threshold(mut self, threshold: Option<Duration>) -> Builder {
         self.stall_threshold = threshold;
+        self
+    }
+
+    /// How long a shard that runs out of work busy-waits for more before
+    /// it parks (default 50 µs). Spinning turns a cross-shard wake-up from
+    /// a futex round trip (tens of microseconds) into a cache-line
+    /// transfer, at the price of a busy core for that long after each
+    /// burst; zero parks at once.
+    pub fn idle_spin(mut self, spin: Duration) -> Builder {
+        self.idle_spin = spin;
         self
     }
 
@@ -255,6 +267,7 @@ impl Builder {
             node,
             reductions: self.reductions,
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock::new())),
+            idle_spin: self.idle_spin,
             shards: drivers
                 .iter()
                 .map(|driver| ShardShared::new(driver.unparker()))

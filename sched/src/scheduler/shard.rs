@@ -52,10 +52,20 @@ pub(crate) struct Shard {
     running_woken: Cell<bool>,
     /// The running process was told to end during its poll.
     running_exiting: Cell<bool>,
+    /// The running process sent into a ring that was already backed up.
+    running_overflowed: Cell<bool>,
+    /// Processes that yielded after sending into a backed-up ring: they run
+    /// again once every ring has drained its overflow (or when a message
+    /// wakes them), so a fast sender cannot grow the overflow without
+    /// bound.
+    waiting_for_room: RefCell<Vec<Pid>>,
     /// Reductions left in the current poll.
     budget: Cell<u32>,
     next_monitor: Cell<u64>,
     polls: Cell<u64>,
+    /// Processes that ended after shutdown began, whatever ended them (the
+    /// shutdown itself, or a linked process stopped on another shard).
+    ended_in_shutdown: Cell<usize>,
 }
 
 /// The producing ends of this shard's rings to every other shard, with the
@@ -102,9 +112,12 @@ impl Shard {
             running: Cell::new(None),
             running_woken: Cell::new(false),
             running_exiting: Cell::new(false),
+            running_overflowed: Cell::new(false),
+            waiting_for_room: RefCell::new(Vec::new()),
             budget: Cell::new(0),
             next_monitor: Cell::new(0),
             polls: Cell::new(0),
+            ended_in_shutdown: Cell::new(0),
             shared: parts.shared,
         })
     }
@@ -122,7 +135,7 @@ impl Shard {
             if self.shared.shutdown.load(Ordering::Acquire) {
                 break;
             }
-            if self.run_queue.borrow().is_empty() {
+            if self.run_queue.borrow().is_empty() && !self.spin_for_work() {
                 self.park(driver.as_mut());
             }
         }
@@ -141,9 +154,11 @@ impl Shard {
     // ---- running processes -------------------------------------------
 
     /// Polls every process that was runnable when the pass began.
+    /// Polls up to [`POLLS_PER_PASS`] processes: enough to spread the cost
+    /// of reading the clock and the rings over many polls, few enough that
+    /// packets from other shards and due timers wait only briefly.
     fn run_pass(self: &Rc<Shard>) {
-        let runnable = self.run_queue.borrow().len();
-        for _ in 0..runnable {
+        for _ in 0..POLLS_PER_PASS {
             let Some(slot) = self.run_queue.borrow_mut().pop_front() else {
                 break;
             };
@@ -178,6 +193,7 @@ impl Shard {
         self.running.set(Some(slot));
         self.running_woken.set(false);
         self.running_exiting.set(false);
+        self.running_overflowed.set(false);
         self.budget.set(self.shared.reductions);
         let polls = self.polls.get() + 1;
         let watch = self.shared_self();
@@ -208,6 +224,9 @@ impl Shard {
                 if let Some(reason) = process.exit.clone() {
                     drop(table);
                     self.terminate(pid, reason);
+                } else if self.running_overflowed.get() {
+                    drop(table);
+                    self.waiting_for_room.borrow_mut().push(pid);
                 } else if self.running_woken.get() {
                     process.queued = true;
                     drop(table);
@@ -231,6 +250,9 @@ impl Shard {
             return;
         };
         self.shared_self().live.fetch_sub(1, Ordering::Relaxed);
+        if self.shared.shutdown.load(Ordering::Relaxed) {
+            self.ended_in_shutdown.set(self.ended_in_shutdown.get() + 1);
+        }
         let Process {
             future, relations, ..
         } = process;
@@ -246,23 +268,23 @@ impl Shard {
     /// the destructors of the ones stopped (spawning fails once shutdown has
     /// begun, so this ends). Returns how many it stopped.
     fn stop_all(&self) -> usize {
-        let mut stopped = 0;
         loop {
             let occupied = self.table.borrow().occupied();
             if occupied.is_empty() {
                 break;
             }
             for (slot, generation) in occupied {
-                self.terminate(
-                    Pid::new(self.node, self.id, slot, generation),
-                    ExitReason::Shutdown,
-                );
-                stopped += 1;
+                let pid = Pid::new(self.node, self.id, slot, generation);
+                self.terminate(pid, ExitReason::Shutdown);
             }
         }
         self.run_queue.borrow_mut().clear();
         self.flush();
-        stopped
+        // Whatever is injected from now on is dropped, so a waiting caller
+        // sees its reply channel close instead of blocking forever.
+        let closed = self.shared_self().close_injector();
+        drop(closed);
+        self.ended_in_shutdown.get()
     }
 
     pub(crate) fn enqueue(&self, slot: u32) {
@@ -417,6 +439,9 @@ impl Shard {
             self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
         } else if to.shard() == self.id {
             self.handle_signal(to, signal);
+        } else if usize::from(to.shard().0) >= self.shared.shards.len() {
+            // No such shard, so no such process.
+            self.answer_for_missing(to, signal);
         } else {
             self.push_packet(to.shard(), Packet::Signal { to, signal });
         }
@@ -452,6 +477,7 @@ impl Shard {
             }
         } else {
             overflow[index].push_back(packet);
+            self.running_overflowed.set(self.running.get().is_some());
         }
         if !is_dirty[index] {
             is_dirty[index] = true;
@@ -486,6 +512,13 @@ impl Shard {
             is_dirty[index] = keep;
             keep
         });
+        if dirty.is_empty() {
+            drop(outbox);
+            let waiting = std::mem::take(&mut *self.waiting_for_room.borrow_mut());
+            for pid in waiting {
+                self.wake(pid);
+            }
+        }
     }
 
     fn drain_inbound(self: &Rc<Shard>) {
@@ -502,14 +535,8 @@ impl Shard {
             }
         }
         let me = self.shared_self();
-        if me.injected.swap(false, Ordering::AcqRel) {
-            let injected = std::mem::take(
-                &mut *me
-                    .injector
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner),
-            );
-            for packet in injected {
+        if me.injected.load(Ordering::Relaxed) && me.injected.swap(false, Ordering::AcqRel) {
+            for packet in me.take_injected() {
                 self.apply(packet);
             }
         }
@@ -529,16 +556,56 @@ impl Shard {
             || self.inbox.borrow().iter().any(|ring| !ring.is_empty())
     }
 
+    /// Busy-waits up to the idle spin for a packet, a due timer or
+    /// shutdown, so that a shard that just ran out of work picks up the
+    /// next packet in nanoseconds rather than after a wake-up. Returns
+    /// whether work arrived.
+    fn spin_for_work(&self) -> bool {
+        let spin = self.shared.idle_spin;
+        if spin.is_zero() {
+            return false;
+        }
+        let clock = &self.shared.clock;
+        let deadline = clock.now() + spin;
+        let next_timer = self.timers.borrow().next_deadline();
+        loop {
+            for _ in 0..SPINS_PER_CLOCK_READ {
+                if self.has_inbound() {
+                    return true;
+                }
+                std::hint::spin_loop();
+            }
+            self.flush();
+            if !self.run_queue.borrow().is_empty() {
+                return true; // The flush woke processes waiting for room.
+            }
+            let now = clock.now();
+            let timer_due = next_timer.is_some_and(|deadline| deadline <= now.as_nanos());
+            if timer_due || self.shared.shutdown.load(Ordering::Relaxed) {
+                return true;
+            }
+            if now >= deadline {
+                return false;
+            }
+        }
+    }
+
     fn park(&self, driver: &mut dyn Driver) {
-        let timeout = self
+        let mut timeout = self
             .timers
             .borrow()
             .next_deadline()
             .map(|deadline| Instant::from_nanos(deadline) - self.now());
+        if !self.outbox.borrow().dirty.is_empty() {
+            // Packets wait for room in a full ring. Its consumer does not
+            // wake us when it makes room, so look again shortly.
+            timeout = Some(timeout.map_or(OVERFLOW_RETRY, |t| t.min(OVERFLOW_RETRY)));
+        }
         let me = self.shared_self();
         me.parked.store(true, Ordering::SeqCst);
         fence(Ordering::SeqCst);
-        if !self.has_inbound() && !self.shared.shutdown.load(Ordering::SeqCst) {
+        let idle = self.run_queue.borrow().is_empty() && !self.has_inbound();
+        if idle && !self.shared.shutdown.load(Ordering::SeqCst) {
             driver.park(timeout);
         }
         me.parked.store(false, Ordering::Relaxed);
@@ -620,8 +687,20 @@ impl Deliver for Shard {
     }
 }
 
-/// Packets taken from one inbound ring before moving to the next.
-const INBOUND_BATCH: usize = 4096;
+/// Polls between two reads of the clock, the rings and the timers.
+const POLLS_PER_PASS: usize = 64;
+
+/// Looks at the rings between two clock reads while spinning.
+const SPINS_PER_CLOCK_READ: usize = 64;
+
+/// How long a shard with packets waiting for ring space parks at most.
+const OVERFLOW_RETRY: std::time::Duration = std::time::Duration::from_micros(50);
+
+/// Packets taken from one inbound ring before moving to the next: no more
+/// than a receiver consumes in one poll's budget, so a flooded shard moves
+/// packets into mailboxes only as fast as its processes take them out, and
+/// the backlog stays in the (bounded) ring where the sender sees it.
+const INBOUND_BATCH: usize = 1024;
 
 /// The exit reason for a poll that unwound with `payload`.
 fn panic_reason(payload: Box<dyn std::any::Any + Send>) -> ExitReason {

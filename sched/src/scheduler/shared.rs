@@ -16,6 +16,8 @@ pub(crate) struct Shared {
     /// Reductions a process may use in one poll.
     pub(crate) reductions: u32,
     pub(crate) clock: Arc<dyn Clock>,
+    /// How long an idle shard busy-waits before it parks.
+    pub(crate) idle_spin: std::time::Duration,
     pub(crate) shards: Box<[ShardShared]>,
     pub(crate) shutdown: AtomicBool,
     /// Messages dropped because their destination did not exist.
@@ -28,8 +30,9 @@ pub(crate) struct Shared {
 /// What other threads see of one shard.
 pub(crate) struct ShardShared {
     pub(crate) unparker: Arc<dyn Unpark>,
-    /// Packets from threads outside the runtime.
-    pub(crate) injector: Mutex<Vec<Packet>>,
+    /// Packets from threads outside the runtime; `None` once the shard has
+    /// stopped, so that late packets are dropped rather than kept forever.
+    injector: Mutex<Option<Vec<Packet>>>,
     pub(crate) injected: AtomicBool,
     /// Set while the shard is (about to be) parked in its driver.
     pub(crate) parked: AtomicBool,
@@ -51,11 +54,25 @@ impl Shared {
             self.undelivered.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        target
-            .injector
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(packet);
+        let refused = {
+            let mut injector = target
+                .injector
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match injector.as_mut() {
+                Some(packets) => {
+                    packets.push(packet);
+                    None
+                }
+                None => Some(packet),
+            }
+        };
+        if let Some(packet) = refused {
+            // The shard has stopped. Dropping the packet (outside the lock:
+            // it may hold anything) closes any reply channel in it.
+            drop(packet);
+            return;
+        }
         target.injected.store(true, Ordering::Release);
         target.notify();
     }
@@ -74,13 +91,26 @@ impl ShardShared {
     pub(crate) fn new(unparker: Arc<dyn Unpark>) -> ShardShared {
         ShardShared {
             unparker,
-            injector: Mutex::new(Vec::new()),
+            injector: Mutex::new(Some(Vec::new())),
             injected: AtomicBool::new(false),
             parked: AtomicBool::new(false),
             live: AtomicUsize::new(0),
             polls: AtomicU64::new(0),
             polling: AtomicU64::new(0),
         }
+    }
+
+    /// Takes the packets injected so far.
+    pub(crate) fn take_injected(&self) -> Vec<Packet> {
+        let mut injector = self.injector.lock().unwrap_or_else(PoisonError::into_inner);
+        injector.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Stops accepting injected packets; returns those not yet taken, for
+    /// the caller to drop outside the lock.
+    pub(crate) fn close_injector(&self) -> Vec<Packet> {
+        let mut injector = self.injector.lock().unwrap_or_else(PoisonError::into_inner);
+        injector.take().unwrap_or_default()
     }
 
     /// The sender's half of the parking handshake: called after publishing
