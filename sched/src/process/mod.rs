@@ -324,6 +324,7 @@ impl<M: Send + 'static> Context<M> {
     }
 
     /// Waits for the next envelope in the mailbox.
+    #[inline]
     pub fn recv(&self) -> Receive<'_, M> {
         Receive::new(self, None)
     }
@@ -361,6 +362,7 @@ impl<M: Send + 'static> Context<M> {
     /// to a process that no longer exists is dropped silently (and counted
     /// in the runtime's undelivered count): use a monitor to learn of its
     /// end.
+    #[inline]
     pub fn send<T: Send + 'static>(&self, to: &Addr<T>, message: T) {
         self.shard.consume_reduction(&self.cell);
         self.shard.send_message(to.pid, message);
@@ -404,6 +406,7 @@ impl<M: Send + 'static> Context<M> {
     /// Counts one reduction and yields if the process has used up its
     /// budget for this poll. Call it in long loops that do not receive, so
     /// that other processes get their turn.
+    #[inline]
     pub fn checkpoint(&self) -> Checkpoint<'_, M> {
         Checkpoint::new(self)
     }
@@ -707,6 +710,9 @@ pub(crate) struct Process {
     /// kill overrides.
     pub(crate) exit: Option<ExitReason>,
     pub(crate) trap_exit: bool,
+    /// Whether a `max_heap_bytes` applies, so deliveries to the (many)
+    /// processes without one skip the check.
+    pub(crate) heap_limited: bool,
     /// Links and monitors, allocated on first use: most processes have
     /// none, and an idle process should stay small.
     pub(crate) relations: Option<Box<Relations>>,

@@ -81,6 +81,7 @@ impl<'a, M: Send + 'static, P> ReceiveTimeout<'a, M, P> {
 impl<M: Send + 'static, P: FnMut(&Envelope<M>) -> bool + Unpin> Future for Receive<'_, M, P> {
     type Output = Envelope<M>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, _: &mut task::Context<'_>) -> Poll<Envelope<M>> {
         match self.get_mut().core.poll_next() {
             Poll::Ready(Some(envelope)) => Poll::Ready(envelope),
@@ -95,6 +96,7 @@ impl<M: Send + 'static, P: FnMut(&Envelope<M>) -> bool + Unpin> Future
 {
     type Output = Option<Envelope<M>>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, _: &mut task::Context<'_>) -> Poll<Option<Envelope<M>>> {
         self.get_mut().core.poll_next()
     }
@@ -115,6 +117,7 @@ impl<'a, M: Send + 'static, P> ReceiveCore<'a, M, P> {
 impl<M: Send + 'static, P: FnMut(&Envelope<M>) -> bool> ReceiveCore<'_, M, P> {
     /// `Ready(Some)` with an envelope, `Ready(None)` when the deadline has
     /// passed, `Pending` otherwise.
+    #[inline]
     fn poll_next(&mut self) -> Poll<Option<Envelope<M>>> {
         let shard = self.context.shard_ref();
         if shard.running_is_exiting() {
@@ -245,6 +248,7 @@ impl<'a, M: Send + 'static> Checkpoint<'a, M> {
 impl<M: Send + 'static> Future for Checkpoint<'_, M> {
     type Output = ();
 
+    #[inline]
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
         if !self.counted {
             self.counted = true;

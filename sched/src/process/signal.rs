@@ -160,8 +160,9 @@ impl Shard {
 
     /// After an envelope went into `process`'s mailbox: checks the heap
     /// limit and wakes it. Returns whether it must be queued.
+    #[inline]
     pub(crate) fn after_delivery(&self, process: &mut Process) -> bool {
-        if process.cell.over_heap_limit() {
+        if process.heap_limited && process.cell.over_heap_limit() {
             return self.mark_exit(process, ExitReason::HeapLimit);
         }
         self.wake_process(process)

@@ -8,9 +8,14 @@
 //!   uninitialized. `tail - head <= capacity` always.
 //! * The producer publishes a slot with a release store of `tail` after
 //!   writing it; the consumer reads `tail` with acquire before reading the
-//!   slot. The consumer hands a slot back with a release store of `head`
-//!   after moving the value out; the producer reads `head` with acquire
-//!   before overwriting.
+//!   slot. The consumer hands slots back with a release store of `head`
+//!   after moving their values out — once per batch ([`Consumer::release`]),
+//!   not once per value, so a producer waiting on a full ring does not pull
+//!   the `head` cache line across cores for every slot; the producer reads
+//!   `head` with acquire before overwriting.
+//! * The consumer's local `head` may run ahead of the shared one; the
+//!   shared one is what the producer and `Drop` see, so the consumer
+//!   publishes it when it drops.
 //! * Each side caches the other side's index and re-reads it only when the
 //!   cache says the ring is full (producer) or empty (consumer).
 
@@ -23,7 +28,7 @@ use super::sync::{Arc, AtomicUsize, Ordering, UnsafeCell};
 pub(crate) fn ring<T>(capacity: usize) -> (Producer<T>, Consumer<T>) {
     let capacity = capacity.max(2).next_power_of_two();
     let slots = (0..capacity)
-        .map(|_| UnsafeCell::new(MaybeUninit::uninit()))
+        .map(|_| CacheAligned(UnsafeCell::new(MaybeUninit::uninit())))
         .collect();
     let shared = Arc::new(Shared {
         head: CachePadded(AtomicUsize::new(0)),
@@ -62,8 +67,21 @@ pub(crate) struct Consumer<T> {
 struct Shared<T> {
     head: CachePadded<AtomicUsize>,
     tail: CachePadded<AtomicUsize>,
-    slots: Box<[UnsafeCell<MaybeUninit<T>>]>,
+    slots: Box<[CacheAligned<UnsafeCell<MaybeUninit<T>>>]>,
     mask: usize,
+}
+
+/// Starts every slot on its own cache line, so the producer writing one
+/// slot does not steal the line of the slot the consumer is reading.
+#[repr(align(64))]
+struct CacheAligned<T>(T);
+
+impl<T> std::ops::Deref for CacheAligned<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// Keeps the two indices on separate cache lines, so producer and consumer
@@ -124,8 +142,12 @@ impl<T> Consumer<T> {
         // move it out exactly once, then advance `head`.
         let value = slot.with_mut(|p| unsafe { (*p).assume_init_read() });
         self.head = self.head.wrapping_add(1);
-        self.shared.head.store(self.head, Ordering::Release);
         Some(value)
+    }
+
+    /// Hands the slots popped so far back to the producer.
+    pub(crate) fn release(&mut self) {
+        self.shared.head.store(self.head, Ordering::Release);
     }
 
     /// Whether the ring looks empty to the consumer right now. With a
@@ -133,6 +155,14 @@ impl<T> Consumer<T> {
     /// handshake described in the scheduler.
     pub(crate) fn is_empty(&self) -> bool {
         self.head == self.shared.tail.load(Ordering::Acquire)
+    }
+}
+
+impl<T> Drop for Consumer<T> {
+    fn drop(&mut self) {
+        // `Shared::drop` drops what lies between the shared indices; the
+        // values popped since the last release are gone already.
+        self.release();
     }
 }
 
@@ -164,6 +194,12 @@ mod tests {
         }
         assert_eq!(tx.push(99), Err(99));
         assert_eq!(rx.pop(), Some(0));
+        assert_eq!(
+            tx.push(99),
+            Err(99),
+            "a popped slot is not free until released"
+        );
+        rx.release();
         tx.push(4).unwrap();
         let rest: Vec<_> = std::iter::from_fn(|| rx.pop()).collect();
         assert_eq!(rest, vec![1, 2, 3, 4]);
@@ -176,6 +212,7 @@ mod tests {
         for i in 0..1000u32 {
             tx.push(i).unwrap();
             assert_eq!(rx.pop(), Some(i));
+            rx.release();
         }
     }
 
@@ -218,7 +255,10 @@ mod tests {
                     assert_eq!(*value, expected);
                     expected += 1;
                 }
-                None => std::thread::yield_now(),
+                None => {
+                    rx.release();
+                    std::thread::yield_now();
+                }
             }
         }
         producer.join().unwrap();
@@ -258,6 +298,7 @@ mod loom_tests {
                     Some(value) => {
                         assert_eq!(*value, seen);
                         seen += 1;
+                        rx.release();
                     }
                     None => loom::thread::yield_now(),
                 }

@@ -78,7 +78,7 @@ pub struct Builder {
     node: Option<NodeId>,
     clock: Option<Arc<dyn Clock>>,
     driver: Option<DriverFactory>,
-    ring_capacity: usize,
+    ring_capacity: Option<usize>,
     arena_chunk_bytes: usize,
     arena_region_chunks: usize,
 }
@@ -133,7 +133,7 @@ impl Builder {
             node: None,
             clock: None,
             driver: None,
-            ring_capacity: 1024,
+            ring_capacity: None,
             arena_chunk_bytes: 8 * 1024,
             arena_region_chunks: 256,
         }
@@ -201,9 +201,13 @@ impl Builder {
     }
 
     /// Packets each cross-shard ring holds before senders overflow into a
-    /// local queue (default 1024).
+    /// local queue and wait. By default a shard's inbound rings share
+    /// 16,384 slots (128 bytes each), each ring getting 256 to 4096 of
+    /// them: deep rings let a sender keep filling while the receiver
+    /// drains, which is what cross-shard throughput needs, while memory
+    /// stays about 2 MiB per shard however many shards there are.
     pub fn ring_capacity(mut self, capacity: usize) -> Builder {
-        self.ring_capacity = capacity;
+        self.ring_capacity = Some(capacity);
         self
     }
 
@@ -247,6 +251,10 @@ impl Builder {
             .map(|shard| factory(ShardId(shard as u8)))
             .collect();
 
+        let ring_capacity = self.ring_capacity.unwrap_or_else(|| {
+            let sources = shard_count.saturating_sub(1).max(1);
+            (INBOUND_SLOTS_PER_SHARD / sources).clamp(256, 4096)
+        });
         // rings[source][destination]
         let mut outbound: Vec<Vec<Option<spsc::Producer<Packet>>>> = (0..shard_count)
             .map(|_| (0..shard_count).map(|_| None).collect())
@@ -256,7 +264,7 @@ impl Builder {
         for (source, producers) in outbound.iter_mut().enumerate() {
             for (destination, inbox) in inbound.iter_mut().enumerate() {
                 if source != destination {
-                    let (producer, consumer) = spsc::ring(self.ring_capacity);
+                    let (producer, consumer) = spsc::ring(ring_capacity);
                     producers[destination] = Some(producer);
                     inbox.push(consumer);
                 }
@@ -405,6 +413,9 @@ impl Drop for Runtime {
         }
     }
 }
+
+/// Ring slots a shard's inbound rings share by default.
+const INBOUND_SLOTS_PER_SHARD: usize = 16_384;
 
 /// Spawns, sends and queries from threads outside the runtime. Cheap to
 /// clone; `Send` and `Sync`.

@@ -293,6 +293,7 @@ impl Shard {
 
     /// Makes `process` runnable. Returns whether the caller must put it in
     /// the run queue (it was neither queued nor running).
+    #[inline]
     pub(crate) fn wake_process(&self, process: &mut Process) -> bool {
         if process.running {
             self.running_woken.set(true);
@@ -335,14 +336,17 @@ impl Shard {
 
     /// Whether the running process was told to end during this poll; its
     /// receives then stay pending so it stops at its next `.await`.
+    #[inline]
     pub(crate) fn running_is_exiting(&self) -> bool {
         self.running_exiting.get()
     }
 
+    #[inline]
     pub(crate) fn budget_used_up(&self) -> bool {
         self.budget.get() == 0
     }
 
+    #[inline]
     pub(crate) fn consume_reduction<M>(&self, cell: &ProcessCell<M>) {
         self.budget.set(self.budget.get().saturating_sub(1));
         cell.reductions.set(cell.reductions.get() + 1);
@@ -399,6 +403,7 @@ impl Shard {
                 running: false,
                 exit: None,
                 trap_exit: spawn.trap_exit,
+                heap_limited: spawn.max_heap_bytes.is_some(),
                 relations,
             },
         );
@@ -421,6 +426,7 @@ impl Shard {
     // ---- messages, signals and packets ------------------------------
 
     /// Sends a typed message to `to`, on this shard or another.
+    #[inline]
     pub(crate) fn send_message<T: Send + 'static>(&self, to: Pid, message: T) {
         if to.node() != self.node {
             self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
@@ -457,6 +463,7 @@ impl Shard {
         }
     }
 
+    #[inline]
     fn push_packet(&self, to: ShardId, packet: Packet) {
         let index = to.0 as usize;
         let mut outbox = self.outbox.borrow_mut();
@@ -533,6 +540,7 @@ impl Shard {
                     None => break,
                 }
             }
+            self.inbox.borrow_mut()[source].release();
         }
         let me = self.shared_self();
         if me.injected.load(Ordering::Relaxed) && me.injected.swap(false, Ordering::AcqRel) {
@@ -666,6 +674,7 @@ impl Deliver for Shard {
     /// Puts `message` in the mailbox of `to`, a process of this shard, and
     /// wakes it. A message for a process that is gone, or that is already
     /// ending, is dropped.
+    #[inline]
     fn deliver<T: Send + 'static>(&self, to: Pid, message: T) {
         let mut table = self.table.borrow_mut();
         let process = table
