@@ -318,9 +318,9 @@ fn number(value: f64) -> String {
 }
 
 // Chart geometry, in SVG user units.
-const CHART_WIDTH: f64 = 860.0;
+const CHART_WIDTH: f64 = 960.0;
 const LABEL_WIDTH: f64 = 200.0;
-const VALUE_WIDTH: f64 = 210.0;
+const VALUE_WIDTH: f64 = 260.0;
 const BAR_HEIGHT: f64 = 18.0;
 const BAR_GAP: f64 = 6.0;
 const TITLE_HEIGHT: f64 = 30.0;

@@ -1,12 +1,16 @@
 //! Foundation: a messaging engine and actor runtime.
 //!
 //! This is the crate users link: `use foundation::...` and nothing else.
-//! Today it is the single-node runtime of `foundation-sched` — thread-per-core
-//! shards running green processes with Erlang's links, monitors, exit
-//! signals, timers and per-process arenas — re-exported whole. The OTP
-//! layer (servers, supervisors, registries, ecosystems), the transport and
-//! distribution are built on it in the modules the architecture names, and
-//! join this facade as they land.
+//! It re-exports the single-node runtime of `foundation-sched` whole —
+//! thread-per-core shards running green processes with Erlang's links,
+//! monitors, exit signals, timers and per-process arenas — and builds the
+//! OTP layer on it:
+//!
+//! * [`server`]: request/reply (`call`) and fire-and-forget (`cast`)
+//!   messaging with a server behaviour, as `gen_server`.
+//!
+//! Supervisors, registries, ecosystems, the transport and distribution join
+//! this facade, in the modules the architecture names, as they land.
 //!
 //! ```
 //! use foundation::{Context, Envelope, ExitReason, Runtime};
@@ -28,5 +32,7 @@
 //! ```
 
 #![forbid(unsafe_code)]
+
+pub mod server;
 
 pub use foundation_sched::*;

@@ -67,7 +67,7 @@
 pub mod arena;
 pub mod driver;
 pub mod exit;
-mod oneshot;
+pub mod oneshot;
 mod pid;
 mod process;
 mod ring;

@@ -1,5 +1,20 @@
 //! A one-value channel that a process can await and an outside thread can
-//! block on: replies to remote spawns and queries between shards.
+//! block on: replies to calls, remote spawns and queries between shards.
+//!
+//! The receiving end is a future: a process awaiting it is woken (on its
+//! own shard) when the value arrives, from whichever thread sends it. It is
+//! the reply path of request/response protocols, so replies never enter
+//! the caller's typed mailbox and a late reply after a timeout is simply
+//! dropped with the receiver.
+//!
+//! ```
+//! use foundation_sched::{oneshot, Context, Runtime};
+//!
+//! let runtime = Runtime::builder().shards(2).build().unwrap();
+//! let (reply, answer) = oneshot::channel();
+//! runtime.spawn(move |_: Context<()>| async move { reply.send(42) }).unwrap();
+//! assert_eq!(answer.blocking_recv(), Some(42));
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,7 +22,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{self, Poll, Waker};
 
 /// Makes a channel for one value.
-pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
+pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
     let inner = Arc::new(Inner {
         state: Mutex::new(State::Empty(None)),
         ready: Condvar::new(),
@@ -20,11 +35,14 @@ pub(crate) fn channel<T>() -> (Sender<T>, Receiver<T>) {
     )
 }
 
-pub(crate) struct Sender<T> {
+/// The sending half: sends one value, or closes the channel when dropped.
+pub struct Sender<T> {
     inner: Option<Arc<Inner<T>>>,
 }
 
-pub(crate) struct Receiver<T> {
+/// The receiving half: a future of `Some(value)`, or `None` if the sender
+/// was dropped without sending.
+pub struct Receiver<T> {
     inner: Arc<Inner<T>>,
 }
 
@@ -43,7 +61,7 @@ enum State<T> {
 
 impl<T> Sender<T> {
     /// Sends the value, waking the receiver.
-    pub(crate) fn send(mut self, value: T) {
+    pub fn send(mut self, value: T) {
         if let Some(inner) = self.inner.take() {
             inner.finish(State::Full(value));
         }
@@ -81,7 +99,7 @@ impl<T> Inner<T> {
 impl<T> Receiver<T> {
     /// Blocks the calling thread until the value arrives; `None` if the
     /// sender was dropped without sending. Not for use inside a process.
-    pub(crate) fn blocking_recv(self) -> Option<T> {
+    pub fn blocking_recv(self) -> Option<T> {
         let mut state = self
             .inner
             .state

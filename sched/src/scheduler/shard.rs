@@ -478,11 +478,12 @@ impl Shard {
             self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if overflow[index].is_empty() {
-            if let Err(packet) = ring.push(packet) {
-                overflow[index].push_back(packet);
-            }
+        let packet = if overflow[index].is_empty() {
+            ring.push(packet).err()
         } else {
+            Some(packet)
+        };
+        if let Some(packet) = packet {
             overflow[index].push_back(packet);
             self.running_overflowed.set(self.running.get().is_some());
         }
