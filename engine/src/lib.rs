@@ -7,9 +7,14 @@
 //! OTP layer on it:
 //!
 //! * [`server`]: request/reply (`call`) and fire-and-forget (`cast`)
-//!   messaging with a server behaviour, as `gen_server`.
+//!   messaging with a server behaviour, as `gen_server`;
+//! * [`supervision`]: supervisors with child specs, the one-for-one,
+//!   one-for-all, rest-for-one and dynamic strategies, restart intensity and
+//!   ordered shutdown, as OTP's `supervisor`;
+//! * [`registry`]: names and process groups, removed when their processes
+//!   end.
 //!
-//! Supervisors, registries, ecosystems, the transport and distribution join
+//! Ecosystems, ecosystems, the transport and distribution join
 //! this facade, in the modules the architecture names, as they land.
 //!
 //! ```
@@ -33,6 +38,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod registry;
 pub mod server;
+pub mod supervision;
 
 pub use foundation_sched::*;

@@ -78,8 +78,8 @@ pub mod time;
 pub use exit::{Down, Exit, ExitReason, MonitorRef, ProcessResult};
 pub use pid::{NodeId, Pid, ShardId};
 pub use process::{
-    Addr, Checkpoint, Context, Envelope, Placement, ProcessInfo, Receive, ReceiveTimeout, Sleep,
-    SpawnError, SpawnOptions, Spawned, Status, TimerRef, YieldNow,
+    Addr, Checkpoint, Context, Envelope, ExitHook, Placement, ProcessInfo, Receive, ReceiveTimeout,
+    Sleep, SpawnError, SpawnOptions, Spawned, Status, TimerRef, YieldNow,
 };
 pub use runtime::{
     BlockOnError, BuildError, Builder, Handle, Runtime, ShardStats, ShutdownReport, Stall,

@@ -99,6 +99,15 @@ impl<M> Addr<M> {
         }
     }
 
+    /// The address of process `pid`, taking on trust that its messages are
+    /// `M`. Nothing checks it here; a message of the wrong type is dropped
+    /// when it reaches the process, and counted as undelivered. Registries
+    /// and distribution, which hold pids, use this after checking the type
+    /// their own way.
+    pub fn from_pid(pid: Pid) -> Addr<M> {
+        Addr::new(pid)
+    }
+
     /// The process's pid.
     pub fn pid(&self) -> Pid {
         self.pid
@@ -615,6 +624,21 @@ impl<M: Send + 'static> Context<M> {
         );
     }
 
+    /// Runs `hook` on `pid`'s shard when `pid` ends, with its exit reason —
+    /// at once with `NoProc` if it does not exist. This is a monitor for
+    /// runtime services (name registries, process groups) that must react
+    /// to a death without being a process: the hook runs inside the
+    /// runtime, so it must be short and must not block.
+    pub fn on_exit(&self, pid: Pid, hook: ExitHook) {
+        self.shard.on_exit(pid, hook);
+    }
+
+    /// A handle on this process's runtime, to give to other threads or to
+    /// reach runtime-wide services ([`Handle::extension`](crate::Handle::extension)).
+    pub fn runtime(&self) -> crate::Handle {
+        crate::Handle::from_shared(self.shard.shared.clone())
+    }
+
     /// A snapshot of any process of this runtime, or `None` if it does not
     /// exist.
     pub async fn process_info(&self, pid: Pid) -> Option<ProcessInfo> {
@@ -726,7 +750,12 @@ pub(crate) struct Relations {
     pub(crate) monitors: HashMap<MonitorRef, Pid>,
     /// Monitors on this process: reference → watching process.
     pub(crate) monitored_by: HashMap<MonitorRef, Pid>,
+    /// Run when the process ends (see [`Context::on_exit`]).
+    pub(crate) exit_hooks: Vec<ExitHook>,
 }
+
+/// Code run on a process's shard when the process ends, with its reason.
+pub type ExitHook = Box<dyn FnOnce(&ExitReason) + Send>;
 
 /// What a local spawn sets up atomically with the new process.
 #[derive(Default)]

@@ -205,6 +205,26 @@ impl Shard {
             .flatten()
     }
 
+    /// Attaches `hook` to `pid`, wherever it runs in this runtime; runs it
+    /// at once with `NoProc` if the process does not exist.
+    pub(crate) fn on_exit(&self, pid: Pid, hook: crate::process::ExitHook) {
+        if pid.node() != self.node || usize::from(pid.shard().0) >= self.shared.shards.len() {
+            hook(&ExitReason::NoProc);
+        } else if pid.shard() == self.id {
+            let mut hook = Some(hook);
+            self.with_process(pid, |process| {
+                if let Some(hook) = hook.take() {
+                    process.relations().exit_hooks.push(hook);
+                }
+            });
+            if let Some(hook) = hook {
+                hook(&ExitReason::NoProc);
+            }
+        } else {
+            self.push_run(pid.shard(), Box::new(move |shard| shard.on_exit(pid, hook)));
+        }
+    }
+
     /// Sets `me`'s `trap_exit`, returning the previous value.
     pub(crate) fn set_trap_exit(&self, me: Pid, trap: bool) -> bool {
         self.with_process(me, |process| {
@@ -221,6 +241,9 @@ impl Shard {
         reason: &ExitReason,
         relations: crate::process::Relations,
     ) {
+        for hook in relations.exit_hooks {
+            hook(reason);
+        }
         for linked in relations.links {
             self.send_signal(
                 linked,

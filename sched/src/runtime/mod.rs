@@ -283,6 +283,7 @@ impl Builder {
             shutdown: AtomicBool::new(false),
             undelivered: AtomicU64::new(0),
             stalls: Mutex::new(Vec::new()),
+            extensions: Mutex::new(std::collections::HashMap::new()),
         });
         registry::bind(node, &shared);
 
@@ -472,6 +473,50 @@ fn outside(node: NodeId) -> Pid {
 }
 
 impl Handle {
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Handle {
+        Handle { shared }
+    }
+
+    /// The runtime's one value of type `T`, made with `T::default()` on
+    /// first use: how services built on the runtime (registries, for
+    /// example) keep runtime-wide state without globals.
+    ///
+    /// ```
+    /// use foundation_sched::Runtime;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// let runtime = Runtime::builder().shards(1).build().unwrap();
+    /// runtime.extension::<AtomicU64>().fetch_add(1, Ordering::Relaxed);
+    /// assert_eq!(runtime.extension::<AtomicU64>().load(Ordering::Relaxed), 1);
+    /// ```
+    pub fn extension<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut extensions = self
+            .shared
+            .extensions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = extensions
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()));
+        entry
+            .clone()
+            .downcast::<T>()
+            .expect("extensions are keyed by their type")
+    }
+
+    /// Runs `hook` on `pid`'s shard when `pid` ends (see
+    /// [`Context::on_exit`]).
+    pub fn on_exit(&self, pid: Pid, hook: crate::process::ExitHook) {
+        if pid.node() != self.shared.node {
+            hook(&ExitReason::NoProc);
+            return;
+        }
+        self.shared.inject(
+            pid.shard(),
+            Packet::Run(Box::new(move |shard: &Rc<Shard>| shard.on_exit(pid, hook))),
+        );
+    }
+
     /// This runtime's node id.
     pub fn node(&self) -> NodeId {
         self.shared.node

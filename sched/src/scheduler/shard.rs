@@ -464,6 +464,11 @@ impl Shard {
     }
 
     #[inline]
+    /// Sends `work` to run on shard `to` (another shard).
+    pub(crate) fn push_run(&self, to: ShardId, work: ShardWork) {
+        self.push_packet(to, Packet::Run(work));
+    }
+
     fn push_packet(&self, to: ShardId, packet: Packet) {
         let index = to.0 as usize;
         let mut outbox = self.outbox.borrow_mut();

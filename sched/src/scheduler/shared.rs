@@ -1,6 +1,8 @@
 //! State the shards of one runtime share across threads: the only part of
 //! the scheduler that is `Sync`.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -25,6 +27,8 @@ pub(crate) struct Shared {
     /// Stalls the watchdog reported, oldest first, at most
     /// [`Shared::STALLS_KEPT`].
     pub(crate) stalls: Mutex<Vec<Stall>>,
+    /// Runtime-wide values of services built on the runtime, by type.
+    pub(crate) extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
 }
 
 /// What other threads see of one shard.
