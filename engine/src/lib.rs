@@ -12,9 +12,11 @@
 //!   one-for-all, rest-for-one and dynamic strategies, restart intensity and
 //!   ordered shutdown, as OTP's `supervisor`;
 //! * [`registry`]: names and process groups, removed when their processes
-//!   end.
+//!   end;
+//! * [`ecosystem`]: a coordinator and its workers as one supervised,
+//!   scalable unit.
 //!
-//! Ecosystems, ecosystems, the transport and distribution join
+//! The transport ecosystems, the transport and distribution join
 //! this facade, in the modules the architecture names, as they land.
 //!
 //! ```
@@ -38,6 +40,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ecosystem;
 pub mod registry;
 pub mod server;
 pub mod supervision;

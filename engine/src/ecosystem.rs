@@ -1,0 +1,535 @@
+//! Process ecosystems: a coordinator and its workers, spawned, supervised,
+//! scaled and stopped as one unit.
+//!
+//! [`spawn_ecosystem`] starts a manager process that starts the
+//! coordinator and `count` workers (from a factory called once per worker),
+//! links to all of them and traps their exits. When a worker ends the
+//! manager tells the coordinator ([`WorkerEvent::Exited`]), starts a
+//! replacement and tells the coordinator again ([`WorkerEvent::Started`]);
+//! when the coordinator ends it is restarted. Restarts obey the same
+//! intensity rule as a supervisor's: more than `max_restarts` within
+//! `period` and the manager stops everything and ends with
+//! [`INTENSITY_EXCEEDED`](crate::supervision::INTENSITY_EXCEEDED), which
+//! whoever supervises the manager sees.
+//!
+//! The [`Distribution`] says where the unit runs. This version places the
+//! whole ecosystem on the manager's node and shard
+//! ([`Distribution::LocalOnly`]); the other policies (explicit nodes,
+//! cluster-wide with a placement strategy) are part of the type already and
+//! are refused with [`EcosystemError::Unsupported`] until distribution
+//! exists.
+//!
+//! ```
+//! use foundation::ecosystem::{spawn_ecosystem, EcosystemSpec, WorkerEvent};
+//! use foundation::{Context, Envelope, Runtime};
+//!
+//! /// The coordinator's messages: its own, plus what the manager tells it.
+//! enum Coord {
+//!     Worker(WorkerEvent),
+//! }
+//! impl From<WorkerEvent> for Coord {
+//!     fn from(event: WorkerEvent) -> Coord {
+//!         Coord::Worker(event)
+//!     }
+//! }
+//!
+//! let runtime = Runtime::builder().shards(1).build().unwrap();
+//! let count = runtime
+//!     .block_on(|cx: Context<()>| async move {
+//!         let spec = EcosystemSpec::new(
+//!             |cx: Context<Coord>| async move { while let Envelope::Msg(_) = cx.recv().await {} },
+//!             |cx: Context<u64>| async move { while let Envelope::Msg(_) = cx.recv().await {} },
+//!             100,
+//!         );
+//!         let ecosystem = spawn_ecosystem(&cx, spec).unwrap();
+//!         ecosystem.scale(&cx, 10).await.unwrap();
+//!         let stats = ecosystem.stats(&cx).await.unwrap();
+//!         ecosystem.stop(&cx).await.unwrap();
+//!         stats.workers
+//!     })
+//!     .unwrap();
+//! assert_eq!(count, 10);
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use foundation_sched::time::Instant;
+use foundation_sched::{Addr, Context, ExitReason, NodeId, Pid, ProcessResult};
+
+use crate::server::{serve, CallError, Info, Server, ServerContext, ServerRef};
+use crate::supervision::INTENSITY_EXCEEDED;
+
+/// Where an ecosystem's processes run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Distribution {
+    /// On the node (and shard) of the manager.
+    LocalOnly,
+    /// On the listed nodes, placed by `placement`.
+    ExplicitNodes {
+        /// The nodes to use.
+        nodes: Vec<NodeId>,
+        /// How workers are spread over them.
+        placement: PlacementStrategy,
+    },
+    /// On every node of the cluster, placed by `placement`.
+    ClusterWide {
+        /// How workers are spread over the nodes.
+        placement: PlacementStrategy,
+    },
+}
+
+/// How workers are spread over nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PlacementStrategy {
+    /// In turn.
+    RoundRobin,
+    /// On the node with the fewest processes.
+    LeastLoaded,
+    /// At random.
+    Random,
+    /// Near the coordinator first (same machine, then same rack).
+    TopologyAware,
+}
+
+/// What the manager tells the coordinator about its workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// A worker ended, with this reason.
+    Exited {
+        /// The worker.
+        pid: Pid,
+        /// Why.
+        reason: ExitReason,
+    },
+    /// A worker started (a replacement, or one added by scaling up).
+    Started {
+        /// The new worker.
+        pid: Pid,
+    },
+}
+
+/// How to start an ecosystem.
+pub struct EcosystemSpec<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> {
+    coordinator: StartFn<C, W, C>,
+    worker: StartFn<C, W, W>,
+    workers: usize,
+    distribution: Distribution,
+    max_restarts: u32,
+    period: Duration,
+}
+
+impl<C, W> EcosystemSpec<C, W>
+where
+    C: From<WorkerEvent> + Send + 'static,
+    W: Send + 'static,
+{
+    /// A coordinator started by `coordinator` and `workers` workers started
+    /// by `worker` (called once per worker, and again for each
+    /// replacement). Defaults: local only; at most `max(10, workers / 10)`
+    /// restarts in 5 seconds.
+    pub fn new<FC, FutC, FW, FutW>(coordinator: FC, worker: FW, workers: usize) -> Self
+    where
+        FC: Fn(Context<C>) -> FutC + Clone + Send + Sync + 'static,
+        FutC: Future + 'static,
+        FutC::Output: ProcessResult,
+        FW: Fn(Context<W>) -> FutW + Clone + Send + Sync + 'static,
+        FutW: Future + 'static,
+        FutW::Output: ProcessResult,
+    {
+        EcosystemSpec {
+            coordinator: Arc::new(move |manager| manager.spawn_link(coordinator.clone())),
+            worker: Arc::new(move |manager| manager.spawn_link(worker.clone())),
+            workers,
+            distribution: Distribution::LocalOnly,
+            max_restarts: u32::try_from(workers / 10).unwrap_or(u32::MAX).max(10),
+            period: Duration::from_secs(5),
+        }
+    }
+
+    /// Where the ecosystem runs.
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
+    }
+
+    /// At most `max_restarts` restarts (coordinator or workers) within
+    /// `period`.
+    pub fn intensity(mut self, max_restarts: u32, period: Duration) -> Self {
+        self.max_restarts = max_restarts;
+        self.period = period;
+        self
+    }
+}
+
+/// Starts one process of an ecosystem, linked to its manager, whose
+/// messages are `T`.
+type StartFn<C, W, T> = Arc<dyn Fn(&ServerContext<Manager<C, W>>) -> Addr<T> + Send + Sync>;
+
+/// Why an ecosystem operation failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EcosystemError {
+    /// This distribution policy needs distribution, which this node does
+    /// not have yet.
+    Unsupported(Distribution),
+    /// The manager did not answer: it is gone, or too slow.
+    Call(CallError),
+}
+
+impl fmt::Display for EcosystemError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EcosystemError::Unsupported(distribution) => {
+                write!(f, "distribution {distribution:?} is not supported yet")
+            }
+            EcosystemError::Call(error) => write!(f, "ecosystem call failed: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for EcosystemError {}
+
+/// An ecosystem's figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EcosystemStats {
+    /// Workers running.
+    pub workers: usize,
+    /// Envelopes waiting in the coordinator's and workers' mailboxes.
+    pub mailbox_len: usize,
+    /// Restarts so far (coordinator and workers).
+    pub restarts: u64,
+}
+
+/// Starts an ecosystem on the caller's shard, its manager linked to the
+/// caller.
+pub fn spawn_ecosystem<C, W, M>(
+    cx: &Context<M>,
+    spec: EcosystemSpec<C, W>,
+) -> Result<Ecosystem<C, W>, EcosystemError>
+where
+    C: From<WorkerEvent> + Send + 'static,
+    W: Send + 'static,
+    M: Send + 'static,
+{
+    if spec.distribution != Distribution::LocalOnly {
+        return Err(EcosystemError::Unsupported(spec.distribution));
+    }
+    let parent = cx.pid();
+    let manager = cx.spawn_link(move |cx| serve(Manager::new(spec, parent), cx));
+    Ok(Ecosystem {
+        manager: ServerRef::from_addr(manager),
+    })
+}
+
+/// A running ecosystem.
+pub struct Ecosystem<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> {
+    manager: ServerRef<Manager<C, W>>,
+}
+
+impl<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> Clone for Ecosystem<C, W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> Copy for Ecosystem<C, W> {}
+
+impl<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> fmt::Debug for Ecosystem<C, W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ecosystem({})", self.manager.pid())
+    }
+}
+
+/// How long ecosystem requests wait for an answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl<C, W> Ecosystem<C, W>
+where
+    C: From<WorkerEvent> + Send + 'static,
+    W: Send + 'static,
+{
+    /// The manager's pid: link to it or monitor it to follow the whole
+    /// ecosystem.
+    pub fn pid(&self) -> Pid {
+        self.manager.pid()
+    }
+
+    /// The current coordinator.
+    pub async fn coordinator<M: Send + 'static>(
+        &self,
+        cx: &Context<M>,
+    ) -> Result<Addr<C>, EcosystemError> {
+        match self.request(cx, Request::Coordinator).await? {
+            Reply::Coordinator(addr) => Ok(addr),
+            _ => unreachable!("each request has one kind of answer"),
+        }
+    }
+
+    /// The current workers.
+    pub async fn workers<M: Send + 'static>(
+        &self,
+        cx: &Context<M>,
+    ) -> Result<Vec<Addr<W>>, EcosystemError> {
+        match self.request(cx, Request::Workers).await? {
+            Reply::Workers(workers) => Ok(workers),
+            _ => unreachable!("each request has one kind of answer"),
+        }
+    }
+
+    /// Starts or stops workers until there are `workers` of them. Stopped
+    /// workers are sent an exit signal with reason `Shutdown` and not
+    /// waited for.
+    pub async fn scale<M: Send + 'static>(
+        &self,
+        cx: &Context<M>,
+        workers: usize,
+    ) -> Result<(), EcosystemError> {
+        self.request(cx, Request::Scale(workers)).await.map(drop)
+    }
+
+    /// Worker count, mailbox lengths and restarts.
+    pub async fn stats<M: Send + 'static>(
+        &self,
+        cx: &Context<M>,
+    ) -> Result<EcosystemStats, EcosystemError> {
+        match self.request(cx, Request::Stats).await? {
+            Reply::Stats(stats) => Ok(stats),
+            _ => unreachable!("each request has one kind of answer"),
+        }
+    }
+
+    /// Stops the workers, then the coordinator, then the manager. Returns
+    /// once they have been told to stop.
+    pub async fn stop<M: Send + 'static>(&self, cx: &Context<M>) -> Result<(), EcosystemError> {
+        self.request(cx, Request::Stop).await.map(drop)
+    }
+
+    async fn request<M: Send + 'static>(
+        &self,
+        cx: &Context<M>,
+        request: Request,
+    ) -> Result<Reply<C, W>, EcosystemError> {
+        self.manager
+            .call(cx, request, REQUEST_TIMEOUT)
+            .await
+            .map_err(EcosystemError::Call)
+    }
+}
+
+pub(crate) enum Request {
+    Coordinator,
+    Workers,
+    Scale(usize),
+    Stats,
+    Stop,
+}
+
+pub(crate) enum Reply<C, W> {
+    Coordinator(Addr<C>),
+    Workers(Vec<Addr<W>>),
+    Stats(EcosystemStats),
+    Done,
+}
+
+/// The process that runs an ecosystem.
+pub(crate) struct Manager<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> {
+    spec: EcosystemSpec<C, W>,
+    parent: Pid,
+    coordinator: Option<Addr<C>>,
+    /// The running workers, and where each sits in `workers`, so that an
+    /// exit or a scale-down is O(1) whatever the size.
+    workers: Vec<Addr<W>>,
+    positions: HashMap<Pid, usize>,
+    restarts: u64,
+    recent: VecDeque<Instant>,
+}
+
+impl<C, W> Manager<C, W>
+where
+    C: From<WorkerEvent> + Send + 'static,
+    W: Send + 'static,
+{
+    fn new(spec: EcosystemSpec<C, W>, parent: Pid) -> Self {
+        Manager {
+            spec,
+            parent,
+            coordinator: None,
+            workers: Vec::new(),
+            positions: HashMap::new(),
+            restarts: 0,
+            recent: VecDeque::new(),
+        }
+    }
+
+    fn start_worker(&mut self, cx: &ServerContext<Self>) -> Addr<W> {
+        let worker = (self.spec.worker)(cx);
+        self.positions.insert(worker.pid(), self.workers.len());
+        self.workers.push(worker);
+        worker
+    }
+
+    /// Forgets worker `pid`; whether it was one.
+    fn forget_worker(&mut self, pid: Pid) -> bool {
+        let Some(position) = self.positions.remove(&pid) else {
+            return false;
+        };
+        self.workers.swap_remove(position);
+        if let Some(moved) = self.workers.get(position) {
+            self.positions.insert(moved.pid(), position);
+        }
+        true
+    }
+
+    fn tell_coordinator(&self, cx: &ServerContext<Self>, event: WorkerEvent) {
+        if let Some(coordinator) = &self.coordinator {
+            cx.send(coordinator, C::from(event));
+        }
+    }
+
+    /// Stops the newest worker.
+    fn stop_newest_worker(&mut self, cx: &ServerContext<Self>) {
+        if let Some(worker) = self.workers.pop() {
+            self.positions.remove(&worker.pid());
+            cx.unlink(worker.pid());
+            cx.exit(worker.pid(), ExitReason::Shutdown);
+        }
+    }
+
+    fn stop_all(&mut self, cx: &ServerContext<Self>) {
+        while !self.workers.is_empty() {
+            self.stop_newest_worker(cx);
+        }
+        if let Some(coordinator) = self.coordinator.take() {
+            cx.unlink(coordinator.pid());
+            cx.exit(coordinator.pid(), ExitReason::Shutdown);
+        }
+    }
+
+    /// Counts a restart; an error when it is one too many.
+    fn restart_allowed(&mut self, now: Instant) -> Result<(), ExitReason> {
+        self.restarts += 1;
+        while self
+            .recent
+            .front()
+            .is_some_and(|&at| now.saturating_duration_since(at) > self.spec.period)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        if self.recent.len() > self.spec.max_restarts as usize {
+            Err(ExitReason::error(INTENSITY_EXCEEDED))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl<C, W> Server for Manager<C, W>
+where
+    C: From<WorkerEvent> + Send + 'static,
+    W: Send + 'static,
+{
+    type Call = Request;
+    type Reply = Reply<C, W>;
+    type Cast = ();
+    type Info = ();
+
+    async fn init(&mut self, cx: &ServerContext<Self>) -> Result<(), ExitReason> {
+        cx.trap_exit(true);
+        self.coordinator = Some((self.spec.coordinator)(cx));
+        for _ in 0..self.spec.workers {
+            self.start_worker(cx);
+        }
+        Ok(())
+    }
+
+    async fn handle_call(
+        &mut self,
+        request: Request,
+        cx: &ServerContext<Self>,
+    ) -> Result<Reply<C, W>, ExitReason> {
+        Ok(match request {
+            Request::Coordinator => Reply::Coordinator(self.coordinator.expect("started in init")),
+            Request::Workers => Reply::Workers(self.workers.clone()),
+            Request::Scale(target) => {
+                while self.workers.len() < target {
+                    let worker = self.start_worker(cx);
+                    self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
+                }
+                while self.workers.len() > target {
+                    self.stop_newest_worker(cx);
+                }
+                Reply::Done
+            }
+            Request::Stats => {
+                let mut mailbox_len = 0;
+                let pids = self
+                    .coordinator
+                    .iter()
+                    .map(Addr::pid)
+                    .chain(self.workers.iter().map(Addr::pid));
+                for pid in pids.collect::<Vec<_>>() {
+                    if let Some(info) = cx.process_info(pid).await {
+                        mailbox_len += info.mailbox_len;
+                    }
+                }
+                Reply::Stats(EcosystemStats {
+                    workers: self.workers.len(),
+                    mailbox_len,
+                    restarts: self.restarts,
+                })
+            }
+            Request::Stop => {
+                self.stop_all(cx);
+                // Answer first, then end: the manager traps exits, so this
+                // signal comes back as the next message and stops it.
+                cx.exit(cx.pid(), ExitReason::Shutdown);
+                Reply::Done
+            }
+        })
+    }
+
+    async fn handle_info(
+        &mut self,
+        info: Info<()>,
+        cx: &ServerContext<Self>,
+    ) -> Result<(), ExitReason> {
+        let Info::Exit(exit) = info else {
+            return Ok(());
+        };
+        if exit.from == self.parent || exit.from == cx.pid() {
+            return Err(exit.reason);
+        }
+        if self
+            .coordinator
+            .is_some_and(|coordinator| coordinator.pid() == exit.from)
+        {
+            self.restart_allowed(cx.now())?;
+            self.coordinator = Some((self.spec.coordinator)(cx));
+            return Ok(());
+        }
+        if self.forget_worker(exit.from) {
+            self.tell_coordinator(
+                cx,
+                WorkerEvent::Exited {
+                    pid: exit.from,
+                    reason: exit.reason,
+                },
+            );
+            self.restart_allowed(cx.now())?;
+            let worker = self.start_worker(cx);
+            self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
+        }
+        Ok(())
+    }
+
+    async fn terminate(&mut self, _: &ExitReason, cx: &ServerContext<Self>) {
+        self.stop_all(cx);
+    }
+}
