@@ -9,7 +9,7 @@
 //! when the coordinator ends it is restarted. Restarts obey the same
 //! intensity rule as a supervisor's: more than `max_restarts` within
 //! `period` and the manager stops everything and ends with
-//! [`INTENSITY_EXCEEDED`](crate::supervision::INTENSITY_EXCEEDED), which
+//! [`INTENSITY_EXCEEDED`], which
 //! whoever supervises the manager sees.
 //!
 //! The [`Distribution`] says where the unit runs. This version places the
@@ -304,8 +304,8 @@ where
         }
     }
 
-    /// Stops the workers, then the coordinator, then the manager. Returns
-    /// once they have been told to stop.
+    /// Stops the workers, then the coordinator, then the manager, which
+    /// ends with reason `Normal`. Returns once they have been told to stop.
     pub async fn stop<M: Send + 'static>(&self, cx: &Context<M>) -> Result<(), EcosystemError> {
         self.request(cx, Request::Stop).await.map(drop)
     }
@@ -488,8 +488,10 @@ where
             Request::Stop => {
                 self.stop_all(cx);
                 // Answer first, then end: the manager traps exits, so this
-                // signal comes back as the next message and stops it.
-                cx.exit(cx.pid(), ExitReason::Shutdown);
+                // signal comes back as the next message and stops it. The
+                // reason is `Normal`, as for `gen_server:stop`, so a linked
+                // caller that asked for the stop is not taken down with it.
+                cx.exit(cx.pid(), ExitReason::Normal);
                 Reply::Done
             }
         })

@@ -81,7 +81,7 @@ fn workers_start_scale_down_and_up_and_stop() {
         })
         .unwrap();
     assert_eq!(counts, vec![1000, 100, 1500]);
-    assert_eq!(manager_reason, ExitReason::Shutdown);
+    assert_eq!(manager_reason, ExitReason::Normal);
 }
 
 #[test]
