@@ -295,6 +295,16 @@ impl SupervisorRef {
         }
     }
 
+    /// Stops the supervisor: its children in reverse start order, then
+    /// itself, with reason `Shutdown` (the way to stop a root supervisor,
+    /// which has no parent to do it). Returns once the stop has begun.
+    pub async fn stop<M: Send + 'static>(&self, cx: &Context<M>) -> Result<(), SupervisorError> {
+        match self.request(cx, Request::Stop).await? {
+            Reply::Done => Ok(()),
+            other => Err(other.unexpected()),
+        }
+    }
+
     /// Stops the child `id` (per its shutdown) and forgets it.
     pub async fn terminate_child<M: Send + 'static>(
         &self,
@@ -325,6 +335,7 @@ pub(crate) enum Request {
     CountChildren,
     StartChild(ChildSpec),
     TerminateChild(Arc<str>),
+    Stop,
 }
 
 /// What a supervisor answers.
@@ -432,18 +443,31 @@ impl Supervisor {
             Strategy::OneForOne | Strategy::Dynamic => self.start(index, cx),
             Strategy::OneForAll => {
                 self.stop_from(0, cx).await;
+                self.forget_temporary_from(0);
                 for index in 0..self.children.len() {
                     self.start(index, cx);
                 }
             }
             Strategy::RestForOne => {
                 self.stop_from(index + 1, cx).await;
+                self.forget_temporary_from(index + 1);
                 for index in index..self.children.len() {
                     self.start(index, cx);
                 }
             }
         }
         Ok(())
+    }
+
+    /// Forgets the temporary children from `from` on: stopped because a
+    /// sibling ended, they are never restarted (supervisor(3)).
+    fn forget_temporary_from(&mut self, from: usize) {
+        let stopped = self.children.split_off(from);
+        self.children.extend(
+            stopped
+                .into_iter()
+                .filter(|child| child.spec.restart != Restart::Temporary),
+        );
     }
 
     fn position(&self, id: &str) -> Option<usize> {
@@ -509,6 +533,12 @@ impl Server for Supervisor {
                     Reply::Started(self.children[index].pid.expect("just started"))
                 }
             }
+            Request::Stop => {
+                // Answer, then stop: the supervisor traps exits, so this
+                // signal comes back as its next message.
+                cx.exit(cx.pid(), ExitReason::Shutdown);
+                Reply::Done
+            }
             Request::TerminateChild(id) => match self.position(&id) {
                 None => Reply::Refused(SupervisorError::NotFound(id)),
                 Some(index) => {
@@ -530,7 +560,7 @@ impl Server for Supervisor {
         let Info::Exit(exit) = info else {
             return Ok(());
         };
-        if Some(exit.from) == self.parent {
+        if Some(exit.from) == self.parent || exit.from == cx.pid() {
             return Err(exit.reason);
         }
         match self
