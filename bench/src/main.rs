@@ -35,6 +35,13 @@
 //! - `local`: messages on one node — 64-byte messages one-to-one on one shard
 //!   and across shards, ping-pong round trips (p50 and p99) on one shard and
 //!   across shards, and N-to-1 fan-in.
+//! - `restart`: restart latency (p50 and p99) of a worker under a
+//!   `one_for_one` supervisor, from its crash to its replacement running;
+//!   Erlang's `supervisor` beside it.
+//! - `ecosystem`: milliseconds to spawn an ecosystem of 100,000 idle
+//!   workers (20,000 under `quick`), to scale it down to a tenth and back
+//!   up; Erlang's `simple_one_for_one` supervisor with
+//!   `start_child`/`terminate_child` beside it.
 //! - `quick`: every case with small counts and 3 repetitions; well under a
 //!   minute, for a smoke check rather than for figures to quote.
 //!
@@ -65,6 +72,8 @@
 //! cargo run --release -p foundation-bench -- quick
 //! cargo run --release -p foundation-bench -- local --rounds 200000
 //! cargo run --release -p foundation-bench -- --json spawn --count 1000000
+//! cargo run --release -p foundation-bench -- restart --restarts 50000
+//! cargo run --release -p foundation-bench -- ecosystem --workers 100000
 //! ```
 //!
 //! Criterion micro-benchmarks of the channels live in `bench/benches/`
@@ -124,6 +133,12 @@ struct Knobs {
     /// Senders in the fan-in case.
     #[arg(long, global = true)]
     senders: Option<usize>,
+    /// Timed restarts per repetition in the `restart` case.
+    #[arg(long, global = true)]
+    restarts: Option<u64>,
+    /// Workers in the `ecosystem` case (scaled down to a tenth and back).
+    #[arg(long, global = true)]
+    workers: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +147,10 @@ enum Command {
     Spawn,
     /// Local messaging: one-to-one, ping-pong and fan-in on one node.
     Local,
+    /// Supervision: restart latency of a crashed worker.
+    Restart,
+    /// Ecosystems: spawning 100,000 workers, scaling down and back up.
+    Ecosystem,
     /// Every case, short: a smoke run in well under a minute.
     Quick,
     /// Internal: measurements that need a fresh process of their own.
@@ -144,6 +163,8 @@ fn main() -> ExitCode {
     let (scale, cases): (Scale, &[cases::Case]) = match &cli.command {
         Command::Spawn => (Scale::full(), &[cases::Case::Spawn]),
         Command::Local => (Scale::full(), &[cases::Case::Local]),
+        Command::Restart => (Scale::full(), &[cases::Case::Restart]),
+        Command::Ecosystem => (Scale::full(), &[cases::Case::Ecosystem]),
         Command::Quick => (Scale::quick(), cases::Case::ALL),
         Command::Child(child) => return rss::run_child(child),
     };
@@ -183,6 +204,12 @@ impl Scale {
         }
         if let Some(senders) = knobs.senders {
             self.senders = senders.max(1);
+        }
+        if let Some(restarts) = knobs.restarts {
+            self.restarts = restarts.max(1);
+        }
+        if let Some(workers) = knobs.workers {
+            self.ecosystem_workers = workers.max(1);
         }
         self
     }

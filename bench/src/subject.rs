@@ -11,8 +11,13 @@
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::mpsc;
+use std::time::Duration;
 
-use foundation::{Addr, Context, Envelope, Placement, Runtime, ShardId, SpawnOptions};
+use foundation::ecosystem::{spawn_ecosystem, EcosystemSpec, WorkerEvent};
+use foundation::supervision::{ChildSpec, Strategy, SupervisorSpec};
+use foundation::{
+    Addr, Context, Envelope, ExitReason, Pid, Placement, Runtime, ShardId, SpawnOptions,
+};
 
 use crate::stats::{self, RoundTrips, Stopwatch};
 
@@ -124,6 +129,142 @@ pub(crate) fn fan_in(senders: usize, msgs_per_sender: u64) -> f64 {
     spawn_senders(&runtime, receiver, &shards, msgs_per_sender);
     done.recv().expect("the receiver reports");
     stats::rate(total, clock.elapsed())
+}
+
+/// `restarts` restarts of a supervised worker, each timed from the crash to
+/// the replacement running.
+///
+/// An observer process starts a `one_for_one` supervisor with one permanent
+/// worker (restart intensity `u32::MAX` in a second: it never gives up).
+/// The worker, when it starts, sends its pid to the observer and waits on
+/// its mailbox. The observer times each round: it kills the current worker
+/// (`exit` with an error reason), then waits for the replacement's pid.
+/// Observer, supervisor and worker share one shard.
+pub(crate) fn restart(restarts: u64) -> RoundTrips {
+    let runtime = runtime();
+    let samples = runtime
+        .block_on(move |cx: Context<Pid>| async move {
+            let observer = cx.addr();
+            let worker = ChildSpec::worker("worker", move |cx: Context<()>| async move {
+                cx.send(&observer, cx.pid());
+                while let Envelope::Msg(()) = cx.recv().await {}
+            });
+            let supervisor = SupervisorSpec::new(Strategy::OneForOne)
+                .intensity(u32::MAX, Duration::from_secs(1))
+                .child(worker)
+                .start_link(&cx);
+            let mut current = next_started(&cx).await;
+            let warm_up = stats::warm_up_rounds(restarts);
+            let mut samples = Vec::with_capacity(restarts as usize);
+            for round in 0..warm_up + restarts {
+                let clock = Stopwatch::start();
+                cx.exit(current, ExitReason::error("crash"));
+                let started = next_started(&cx).await;
+                if round >= warm_up {
+                    samples.push(clock.elapsed_ns());
+                }
+                assert_ne!(started, current, "the replacement is a new process");
+                current = started;
+            }
+            let children = supervisor
+                .which_children(&cx)
+                .await
+                .expect("the supervisor answers");
+            assert_eq!(children[0].pid, Some(current), "the supervisor's worker");
+            samples
+        })
+        .expect("the observer finishes");
+    RoundTrips::from_samples(samples)
+}
+
+/// The pid the next started worker sends to the observer.
+async fn next_started(cx: &Context<Pid>) -> Pid {
+    loop {
+        if let Envelope::Msg(pid) = cx.recv().await {
+            return pid;
+        }
+    }
+}
+
+/// Figures of one ecosystem repetition, in nanoseconds.
+pub(crate) struct EcosystemFigures {
+    /// `spawn_ecosystem` with every worker until `stats` answers.
+    pub(crate) spawn_ns: u64,
+    /// Scaling down to a tenth until every stopped worker has ended.
+    pub(crate) scale_down_ns: u64,
+    /// Scaling down to a tenth until the `scale` call returns (the workers
+    /// are told to stop, not waited for).
+    pub(crate) scale_down_call_ns: u64,
+    /// Scaling back up until the `scale` call returns.
+    pub(crate) scale_up_ns: u64,
+}
+
+/// The coordinator's messages: only what the manager tells it.
+enum Coordination {
+    /// A worker started or ended.
+    Worker,
+}
+
+impl From<WorkerEvent> for Coordination {
+    fn from(_: WorkerEvent) -> Self {
+        Coordination::Worker
+    }
+}
+
+/// An ecosystem of `workers` idle workers (each waiting on its mailbox) and
+/// a coordinator that drains the manager's worker events: spawned, scaled
+/// down to a tenth and back up, from a process on the manager's shard.
+pub(crate) fn ecosystem(workers: usize) -> EcosystemFigures {
+    let runtime = runtime();
+    let low = (workers / 10).max(1);
+    runtime
+        .block_on(move |cx: Context<()>| async move {
+            let spec = EcosystemSpec::new(
+                |cx: Context<Coordination>| async move {
+                    while let Envelope::Msg(Coordination::Worker) = cx.recv().await {}
+                },
+                |cx: Context<()>| async move { while let Envelope::Msg(()) = cx.recv().await {} },
+                workers,
+            );
+
+            let clock = Stopwatch::start();
+            let ecosystem = spawn_ecosystem(&cx, spec).expect("a local ecosystem");
+            let spawned = ecosystem.stats(&cx).await.expect("the manager answers");
+            let spawn_ns = clock.elapsed_ns();
+            assert_eq!(spawned.workers, workers, "workers after spawn_ecosystem");
+
+            // The manager stops the newest workers first; which ones does not
+            // matter to the wait below, only to how soon it finds them gone.
+            let stopping: Vec<Pid> = ecosystem.workers(&cx).await.expect("the manager answers")
+                [low..]
+                .iter()
+                .map(Addr::pid)
+                .collect();
+            let clock = Stopwatch::start();
+            ecosystem.scale(&cx, low).await.expect("scale down");
+            let scale_down_call_ns = clock.elapsed_ns();
+            for &pid in &stopping {
+                while cx.process_info(pid).await.is_some() {
+                    cx.yield_now().await;
+                }
+            }
+            let scale_down_ns = clock.elapsed_ns();
+
+            let clock = Stopwatch::start();
+            ecosystem.scale(&cx, workers).await.expect("scale up");
+            let scale_up_ns = clock.elapsed_ns();
+
+            let scaled = ecosystem.stats(&cx).await.expect("the manager answers");
+            assert_eq!(scaled.workers, workers, "workers after scaling back up");
+            ecosystem.stop(&cx).await.expect("stop the ecosystem");
+            EcosystemFigures {
+                spawn_ns,
+                scale_down_ns,
+                scale_down_call_ns,
+                scale_up_ns,
+            }
+        })
+        .expect("the measuring process finishes")
 }
 
 fn runtime() -> Runtime {

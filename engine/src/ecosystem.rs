@@ -6,7 +6,10 @@
 //! links to all of them and traps their exits. When a worker ends the
 //! manager tells the coordinator ([`WorkerEvent::Exited`]), starts a
 //! replacement and tells the coordinator again ([`WorkerEvent::Started`]);
-//! when the coordinator ends it is restarted. Restarts obey the same
+//! when the coordinator ends it is restarted. The spec's [`Strategy`]
+//! widens that to the whole unit where asked
+//! ([`EcosystemSpec::strategy`]). The manager is itself a supervisor, and
+//! [`EcosystemSpec::into_child_spec`] puts it in a supervision tree. Restarts obey the same
 //! intensity rule as a supervisor's: more than `max_restarts` within
 //! `period` and the manager stops everything and ends with
 //! [`INTENSITY_EXCEEDED`], which
@@ -61,7 +64,7 @@ use foundation_sched::time::Instant;
 use foundation_sched::{Addr, Context, ExitReason, NodeId, Pid, ProcessResult};
 
 use crate::server::{serve, CallError, Info, Server, ServerContext, ServerRef};
-use crate::supervision::INTENSITY_EXCEEDED;
+use crate::supervision::{ChildKind, ChildSpec, Strategy, INTENSITY_EXCEEDED};
 
 /// Where an ecosystem's processes run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,9 +122,24 @@ pub struct EcosystemSpec<C: From<WorkerEvent> + Send + 'static, W: Send + 'stati
     coordinator: StartFn<C, W, C>,
     worker: StartFn<C, W, W>,
     workers: usize,
+    strategy: Strategy,
     distribution: Distribution,
     max_restarts: u32,
     period: Duration,
+}
+
+impl<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> Clone for EcosystemSpec<C, W> {
+    fn clone(&self) -> Self {
+        EcosystemSpec {
+            coordinator: self.coordinator.clone(),
+            worker: self.worker.clone(),
+            workers: self.workers,
+            strategy: self.strategy,
+            distribution: self.distribution.clone(),
+            max_restarts: self.max_restarts,
+            period: self.period,
+        }
+    }
 }
 
 impl<C, W> EcosystemSpec<C, W>
@@ -146,10 +164,36 @@ where
             coordinator: Arc::new(move |manager| manager.spawn_link(coordinator.clone())),
             worker: Arc::new(move |manager| manager.spawn_link(worker.clone())),
             workers,
+            strategy: Strategy::OneForOne,
             distribution: Distribution::LocalOnly,
             max_restarts: u32::try_from(workers / 10).unwrap_or(u32::MAX).max(10),
             period: Duration::from_secs(5),
         }
+    }
+
+    /// What restarts when a process of the ecosystem ends. The coordinator
+    /// counts as started first, the workers after it:
+    /// * `OneForOne` (the default) and `Dynamic`: only the process that
+    ///   ended;
+    /// * `OneForAll`: the coordinator and every worker;
+    /// * `RestForOne`: a coordinator restart brings fresh workers with it;
+    ///   a worker is replaced alone (workers are not ordered among
+    ///   themselves).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// A child spec that runs this ecosystem under a supervisor: its manager
+    /// is the child, and supervises the coordinator and workers itself.
+    pub fn into_child_spec(self, id: impl Into<Arc<str>>) -> ChildSpec {
+        ChildSpec::from_start(id, ChildKind::Supervisor, move |supervisor| {
+            let spec = self.clone();
+            let parent = supervisor.pid();
+            supervisor
+                .spawn_link(move |cx| serve(Manager::new(spec, parent), cx))
+                .pid()
+        })
     }
 
     /// Where the ecosystem runs.
@@ -342,6 +386,8 @@ pub(crate) struct Manager<C: From<WorkerEvent> + Send + 'static, W: Send + 'stat
     spec: EcosystemSpec<C, W>,
     parent: Pid,
     coordinator: Option<Addr<C>>,
+    /// How many workers there should be.
+    target: usize,
     /// The running workers, and where each sits in `workers`, so that an
     /// exit or a scale-down is O(1) whatever the size.
     workers: Vec<Addr<W>>,
@@ -357,13 +403,27 @@ where
 {
     fn new(spec: EcosystemSpec<C, W>, parent: Pid) -> Self {
         Manager {
-            spec,
             parent,
             coordinator: None,
+            target: spec.workers,
             workers: Vec::new(),
             positions: HashMap::new(),
             restarts: 0,
             recent: VecDeque::new(),
+            spec,
+        }
+    }
+
+    /// Starts the coordinator, then workers up to the target. On a restart
+    /// (`announce`) the coordinator is told of each worker; at the first
+    /// start it can ask for them.
+    fn start_all(&mut self, cx: &ServerContext<Self>, announce: bool) {
+        self.coordinator = Some((self.spec.coordinator)(cx));
+        while self.workers.len() < self.target {
+            let worker = self.start_worker(cx);
+            if announce {
+                self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
+            }
         }
     }
 
@@ -442,10 +502,7 @@ where
 
     async fn init(&mut self, cx: &ServerContext<Self>) -> Result<(), ExitReason> {
         cx.trap_exit(true);
-        self.coordinator = Some((self.spec.coordinator)(cx));
-        for _ in 0..self.spec.workers {
-            self.start_worker(cx);
-        }
+        self.start_all(cx, false);
         Ok(())
     }
 
@@ -458,6 +515,7 @@ where
             Request::Coordinator => Reply::Coordinator(self.coordinator.expect("started in init")),
             Request::Workers => Reply::Workers(self.workers.clone()),
             Request::Scale(target) => {
+                self.target = target;
                 while self.workers.len() < target {
                     let worker = self.start_worker(cx);
                     self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
@@ -512,8 +570,17 @@ where
             .coordinator
             .is_some_and(|coordinator| coordinator.pid() == exit.from)
         {
+            self.coordinator = None;
             self.restart_allowed(cx.now())?;
-            self.coordinator = Some((self.spec.coordinator)(cx));
+            match self.spec.strategy {
+                Strategy::OneForAll | Strategy::RestForOne => {
+                    self.stop_all(cx);
+                    self.start_all(cx, true);
+                }
+                Strategy::OneForOne | Strategy::Dynamic => {
+                    self.coordinator = Some((self.spec.coordinator)(cx));
+                }
+            }
             return Ok(());
         }
         if self.forget_worker(exit.from) {
@@ -525,8 +592,13 @@ where
                 },
             );
             self.restart_allowed(cx.now())?;
-            let worker = self.start_worker(cx);
-            self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
+            if self.spec.strategy == Strategy::OneForAll {
+                self.stop_all(cx);
+                self.start_all(cx, true);
+            } else {
+                let worker = self.start_worker(cx);
+                self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
+            }
         }
         Ok(())
     }

@@ -223,3 +223,85 @@ fn distribution_beyond_this_node_is_refused_with_a_typed_error() {
         .unwrap();
     assert!(refused);
 }
+
+#[test]
+fn one_for_all_restarts_the_whole_unit_when_a_worker_ends() {
+    let runtime = runtime();
+    let (before, after) = runtime
+        .block_on(|cx: Context<()>| async move {
+            let spec = EcosystemSpec::new(
+                |cx: Context<Event>| async move { while let Envelope::Msg(_) = cx.recv().await {} },
+                idle_worker,
+                5,
+            )
+            .strategy(foundation::supervision::Strategy::OneForAll);
+            let ecosystem = spawn_ecosystem(&cx, spec).unwrap();
+            let pids = |coordinator: Pid, workers: Vec<foundation::Addr<u64>>| {
+                let mut all: Vec<Pid> = workers.iter().map(|w| w.pid()).collect();
+                all.push(coordinator);
+                all
+            };
+            let before = pids(
+                ecosystem.coordinator(&cx).await.unwrap().pid(),
+                ecosystem.workers(&cx).await.unwrap(),
+            );
+            cx.exit(before[0], ExitReason::error("one worker crashes"));
+            let mut after = before.clone();
+            for _ in 0..1000 {
+                after = pids(
+                    ecosystem.coordinator(&cx).await.unwrap().pid(),
+                    ecosystem.workers(&cx).await.unwrap(),
+                );
+                if after.len() == before.len() && after.iter().all(|pid| !before.contains(pid)) {
+                    break;
+                }
+                cx.sleep(Duration::from_millis(1)).await;
+            }
+            (before, after)
+        })
+        .unwrap();
+    assert_eq!(after.len(), 6);
+    assert!(
+        after.iter().all(|pid| !before.contains(pid)),
+        "every process of the unit was replaced: {before:?} -> {after:?}"
+    );
+}
+
+#[test]
+fn an_ecosystem_runs_under_a_supervisor_that_restarts_its_manager() {
+    use foundation::supervision::{Strategy, SupervisorSpec};
+    let runtime = runtime();
+    let (first, second, workers) = runtime
+        .block_on(|cx: Context<()>| async move {
+            let ecosystem = EcosystemSpec::new(
+                |cx: Context<Event>| async move { while let Envelope::Msg(_) = cx.recv().await {} },
+                idle_worker,
+                7,
+            );
+            let supervisor = SupervisorSpec::new(Strategy::OneForOne)
+                .child(ecosystem.into_child_spec("pool"))
+                .start_link(&cx);
+            let manager = || async {
+                supervisor.which_children(&cx).await.unwrap()[0]
+                    .pid
+                    .unwrap()
+            };
+            let first = manager().await;
+            cx.kill(first);
+            let mut second = first;
+            for _ in 0..1000 {
+                second = manager().await;
+                if second != first {
+                    break;
+                }
+                cx.sleep(Duration::from_millis(1)).await;
+            }
+            let info = cx.process_info(second).await.unwrap();
+            (first, second, info.links)
+        })
+        .unwrap();
+    assert_ne!(first, second, "the supervisor restarted the manager");
+    // The new manager is linked to its supervisor, its coordinator and its
+    // seven workers.
+    assert_eq!(workers, 9);
+}

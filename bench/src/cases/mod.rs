@@ -11,7 +11,9 @@
 //! or an error from a child process) is dropped from the remaining
 //! repetitions; its figure shows as missing, with the reason in the note.
 
+pub(crate) mod ecosystem;
 pub(crate) mod local;
+pub(crate) mod restart;
 pub(crate) mod spawn;
 
 use std::any::Any;
@@ -30,17 +32,24 @@ pub(crate) enum Case {
     Spawn,
     /// Local messaging: one-to-one, ping-pong, fan-in.
     Local,
+    /// Restart latency of a supervised worker.
+    Restart,
+    /// Spawning and scaling an ecosystem of idle workers.
+    Ecosystem,
 }
 
 impl Case {
     /// Every case.
-    pub(crate) const ALL: &'static [Case] = &[Case::Spawn, Case::Local];
+    pub(crate) const ALL: &'static [Case] =
+        &[Case::Spawn, Case::Local, Case::Restart, Case::Ecosystem];
 
     /// Name used in tables, JSON (`case`) and chart file names.
     pub(crate) fn name(self) -> &'static str {
         match self {
             Case::Spawn => spawn::CASE,
             Case::Local => local::CASE,
+            Case::Restart => restart::CASE,
+            Case::Ecosystem => ecosystem::CASE,
         }
     }
 
@@ -49,6 +58,8 @@ impl Case {
         match self {
             Case::Spawn => spawn::run(context),
             Case::Local => local::run(context),
+            Case::Restart => restart::run(context),
+            Case::Ecosystem => ecosystem::run(context),
         }
     }
 }
@@ -66,6 +77,10 @@ pub(crate) struct Scale {
     pub(crate) rounds: u64,
     /// Senders in the fan-in case.
     pub(crate) senders: usize,
+    /// Timed restarts per restart repetition.
+    pub(crate) restarts: u64,
+    /// Workers of the ecosystem case (scaled down to a tenth and back).
+    pub(crate) ecosystem_workers: usize,
 }
 
 impl Scale {
@@ -77,6 +92,8 @@ impl Scale {
             msgs: 2_000_000,
             rounds: 100_000,
             senders: 4,
+            restarts: 10_000,
+            ecosystem_workers: 100_000,
         }
     }
 
@@ -88,6 +105,8 @@ impl Scale {
             msgs: 500_000,
             rounds: 20_000,
             senders: 4,
+            restarts: 2_000,
+            ecosystem_workers: 20_000,
         }
     }
 }

@@ -12,7 +12,14 @@
 //! - `local` on `+S 1:1` (everything on one scheduler, the match for one
 //!   shard) and on `+S 2:2` with sender and receiver, pinger and ponger pinned
 //!   to different schedulers (the match for across shards): one-to-one rate,
-//!   ping-pong p50/p99/mean, fan-in rate.
+//!   ping-pong p50/p99/mean, fan-in rate;
+//! - `restart` on `+S 1:1` (observer, supervisor and worker on one
+//!   scheduler, as on one shard): a `one_for_one` supervisor (`fbench` is
+//!   its callback module too) restarting a worker the observer kills; p50,
+//!   p99 and mean of crash → replacement running;
+//! - `ecosystem`: default schedulers, `+P` raised; a `simple_one_for_one`
+//!   supervisor given its workers with `supervisor:start_child`, nine in ten
+//!   taken away with `supervisor:terminate_child`, then started again.
 //!
 //! The VM does its own repetitions and prints every one; [`Figures::median`]
 //! takes the median, as for every other figure. Without `erl` every function
@@ -108,6 +115,43 @@ pub(crate) fn local(
         reps.to_string(),
     ];
     run(progress, &["+S", &schedulers], &args)
+}
+
+/// The supervisor's restarts one supervisor serves before a fresh one takes
+/// over (untimed). OTP's supervisor keeps its restarts of the last `period`
+/// (at least a second) in a list it walks on every restart, so thousands of
+/// restarts in one supervisor measure that walk rather than a restart: 50
+/// keeps it short enough not to show (measured on OTP 25: p50 2.2 µs at 10
+/// or 50 per supervisor, 6.6 µs at 1,000, 58 µs at 12,000).
+pub(crate) const RESTART_BATCH: u64 = 50;
+
+/// The restart figures of `reps` repetitions of `restarts` timed restarts
+/// each, on one scheduler: keys `restart_p50`, `restart_p99`,
+/// `restart_mean`.
+pub(crate) fn restart(progress: &Progress, restarts: u64, reps: usize) -> Option<Figures> {
+    let args = [
+        "restart".to_owned(),
+        restarts.to_string(),
+        RESTART_BATCH.to_string(),
+        reps.to_string(),
+    ];
+    run(progress, &["+S", "1:1"], &args)
+}
+
+/// The ecosystem figures of `reps` repetitions with `workers` workers:
+/// keys `ecosystem_spawn_ms`, `ecosystem_scale_down_ms`,
+/// `ecosystem_scale_up_ms`.
+pub(crate) fn ecosystem(progress: &Progress, workers: usize, reps: usize) -> Option<Figures> {
+    let max_processes = workers
+        .saturating_mul(2)
+        .saturating_add(100_000)
+        .clamp(1 << 20, 134_217_727);
+    let args = [
+        "ecosystem".to_owned(),
+        workers.to_string(),
+        reps.to_string(),
+    ];
+    run(progress, &["+P", &max_processes.to_string()], &args)
 }
 
 /// Runs `fbench:main(Args)` in a fresh VM with `vm_flags`; `None` (with a

@@ -6,12 +6,20 @@
 %%
 %%   spawn N Reps PageSize            spawn_ns, spawn_bytes, spawn_rss_bytes
 %%   local Msgs Rounds Senders Reps   send, ping_pong_p50/p99/mean, fan_in
+%%   restart Restarts Batch Reps      restart_p50/p99/mean
+%%   ecosystem Workers Reps           ecosystem_spawn_ms, ecosystem_scale_down_ms,
+%%                                    ecosystem_scale_up_ms
+%%
+%% This module is also the callback module of the supervisors the restart
+%% and ecosystem figures use (init/1).
 %%
 %% Placement: processes are pinned to schedulers with the `{scheduler, I}`
 %% spawn option (used by OTP's own test suites) when the VM accepts it, so
 %% "across schedulers" really means two scheduler threads.
 -module(fbench).
+-behaviour(supervisor).
 -export([main/1]).
+-export([init/1, restart_worker/1, idle_worker/0]).
 
 main([Cmd | Args]) ->
     try
@@ -30,7 +38,14 @@ run("spawn", [N, Reps, PageSize]) ->
     [spawn_rep(N, PageSize) || _ <- lists:seq(1, Reps)];
 run("local", [Msgs, Rounds, Senders, Reps]) ->
     Cross = erlang:system_info(schedulers) > 1,
-    [local_rep(Msgs, Rounds, Senders, Cross) || _ <- lists:seq(1, Reps)].
+    [local_rep(Msgs, Rounds, Senders, Cross) || _ <- lists:seq(1, Reps)];
+run("restart", [Restarts, Batch, Reps]) ->
+    %% The supervisor logs every child crash by default; Foundation's does
+    %% not log, so neither does this one.
+    logger:set_primary_config(level, none),
+    [restart_rep(Restarts, Batch) || _ <- lists:seq(1, Reps)];
+run("ecosystem", [Workers, Reps]) ->
+    [ecosystem_rep(Workers) || _ <- lists:seq(1, Reps)].
 
 %% Spawn: N idle processes, each waiting in `receive`; timed until every one
 %% has run up to its receive (it bumps a counter first). Memory is the growth
@@ -153,6 +168,95 @@ ping(Ponger, Bin, Warm, Rounds, Acc) ->
 
 pong() ->
     receive {From, Bin} -> From ! {pong, Bin}, pong() end.
+
+%% Supervisors of the restart and ecosystem figures.
+init({restart, Observer}) ->
+    Flags = #{strategy => one_for_one, intensity => 1000000000, period => 1},
+    Child = #{id => worker, start => {?MODULE, restart_worker, [Observer]},
+              restart => permanent, shutdown => 5000, type => worker},
+    {ok, {Flags, [Child]}};
+init(ecosystem) ->
+    Flags = #{strategy => simple_one_for_one, intensity => 10, period => 5},
+    Child = #{id => worker, start => {?MODULE, idle_worker, []},
+              restart => permanent, shutdown => 5000, type => worker},
+    {ok, {Flags, [Child]}}.
+
+%% A worker that tells the observer it runs, then waits.
+restart_worker(Observer) ->
+    {ok, spawn_link(fun() -> Observer ! {up, self()}, idle() end)}.
+
+idle_worker() ->
+    {ok, spawn_link(fun idle/0)}.
+
+idle() ->
+    receive stop -> ok end.
+
+%% Restart latency: the observer (this process) kills the worker with
+%% exit(Pid, crash) and times until the replacement's {up, Pid} arrives.
+%% The supervisor keeps every restart of the last `period` in a list that
+%% it walks on each restart, so a fresh supervisor serves each Batch of
+%% restarts (started and stopped untimed) to keep that list short.
+restart_rep(Restarts, Batch) ->
+    Warm = min(1000, Restarts div 10),
+    Samples = restart_batches(Warm, Restarts, Batch, []),
+    Sorted = lists:sort(Samples),
+    Len = length(Sorted),
+    out(restart_p50, percentile(Sorted, Len, 50)),
+    out(restart_p99, percentile(Sorted, Len, 99)),
+    out(restart_mean, lists:sum(Sorted) / Len).
+
+restart_batches(0, 0, _Batch, Acc) ->
+    Acc;
+restart_batches(Warm, Restarts, Batch, Acc) ->
+    {ok, Sup} = supervisor:start_link(?MODULE, {restart, self()}),
+    Pid = receive {up, P} -> P end,
+    WarmHere = min(Warm, Batch),
+    TimedHere = min(Restarts, Batch - WarmHere),
+    Acc1 = restarts(Pid, WarmHere, TimedHere, Acc),
+    unlink(Sup),
+    gen_server:stop(Sup),
+    restart_batches(Warm - WarmHere, Restarts - TimedHere, Batch, Acc1).
+
+restarts(_Pid, 0, 0, Acc) ->
+    Acc;
+restarts(Pid, 0, Timed, Acc) ->
+    T0 = erlang:monotonic_time(nanosecond),
+    exit(Pid, crash),
+    New = receive {up, P} -> P end,
+    T1 = erlang:monotonic_time(nanosecond),
+    restarts(New, 0, Timed - 1, [T1 - T0 | Acc]);
+restarts(Pid, Warm, Timed, Acc) ->
+    exit(Pid, crash),
+    New = receive {up, P} -> P end,
+    restarts(New, Warm - 1, Timed, Acc).
+
+%% Ecosystem: a simple_one_for_one supervisor; Workers children started
+%% with supervisor:start_child, then nine in ten stopped with
+%% supervisor:terminate_child (newest first), then started again.
+ecosystem_rep(Workers) ->
+    Low = max(1, Workers div 10),
+    {ok, Sup} = supervisor:start_link(?MODULE, ecosystem),
+    T0 = erlang:monotonic_time(nanosecond),
+    Pids = start_children(Sup, Workers, []),
+    T1 = erlang:monotonic_time(nanosecond),
+    {Stop, _Keep} = lists:split(Workers - Low, Pids),
+    [ok = supervisor:terminate_child(Sup, P) || P <- Stop],
+    T2 = erlang:monotonic_time(nanosecond),
+    _ = start_children(Sup, Workers - Low, []),
+    T3 = erlang:monotonic_time(nanosecond),
+    Workers = proplists:get_value(active, supervisor:count_children(Sup)),
+    out(ecosystem_spawn_ms, (T1 - T0) / 1.0e6),
+    out(ecosystem_scale_down_ms, (T2 - T1) / 1.0e6),
+    out(ecosystem_scale_up_ms, (T3 - T2) / 1.0e6),
+    unlink(Sup),
+    gen_server:stop(Sup, normal, infinity).
+
+%% Starts K children; returns their pids, newest first.
+start_children(_Sup, 0, Acc) ->
+    Acc;
+start_children(Sup, K, Acc) ->
+    {ok, Pid} = supervisor:start_child(Sup, []),
+    start_children(Sup, K - 1, [Pid | Acc]).
 
 %% Nearest-rank percentile, as the Rust side computes it.
 percentile(Sorted, Len, Pct) ->

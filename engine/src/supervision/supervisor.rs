@@ -100,30 +100,39 @@ impl ChildSpec {
         Fut: Future + 'static,
         Fut::Output: ProcessResult,
     {
-        ChildSpec {
-            id: id.into(),
-            start: Arc::new(move |supervisor| supervisor.spawn_link(start.clone()).pid()),
-            restart: Restart::Permanent,
-            shutdown: Shutdown::Timeout(Duration::from_secs(5)),
-            kind: ChildKind::Worker,
-        }
+        ChildSpec::from_start(id, ChildKind::Worker, move |supervisor| {
+            supervisor.spawn_link(start.clone()).pid()
+        })
     }
 
     /// A nested supervisor. Defaults: permanent, infinite shutdown (it
     /// stops its own children first).
     pub fn supervisor(id: impl Into<Arc<str>>, spec: SupervisorSpec) -> ChildSpec {
+        ChildSpec::from_start(id, ChildKind::Supervisor, move |parent| {
+            let spec = spec.clone();
+            let parent_pid = parent.pid();
+            parent
+                .spawn_link(move |cx| serve(Supervisor::new(spec, Some(parent_pid)), cx))
+                .pid()
+        })
+    }
+
+    /// A child of `kind` started by `start`, which spawns it linked to the
+    /// supervisor it is given and returns its pid.
+    pub(crate) fn from_start(
+        id: impl Into<Arc<str>>,
+        kind: ChildKind,
+        start: impl Fn(&ServerContext<Supervisor>) -> Pid + Send + Sync + 'static,
+    ) -> ChildSpec {
         ChildSpec {
             id: id.into(),
-            start: Arc::new(move |parent| {
-                let spec = spec.clone();
-                let parent_pid = parent.pid();
-                parent
-                    .spawn_link(move |cx| serve(Supervisor::new(spec, Some(parent_pid)), cx))
-                    .pid()
-            }),
+            start: Arc::new(start),
             restart: Restart::Permanent,
-            shutdown: Shutdown::Infinity,
-            kind: ChildKind::Supervisor,
+            shutdown: match kind {
+                ChildKind::Worker => Shutdown::Timeout(Duration::from_secs(5)),
+                ChildKind::Supervisor => Shutdown::Infinity,
+            },
+            kind,
         }
     }
 
