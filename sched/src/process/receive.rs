@@ -81,7 +81,7 @@ impl<'a, M: Send + 'static, P> ReceiveTimeout<'a, M, P> {
 impl<M: Send + 'static, P: FnMut(&Envelope<M>) -> bool + Unpin> Future for Receive<'_, M, P> {
     type Output = Envelope<M>;
 
-    #[inline]
+    #[inline(always)]
     fn poll(self: Pin<&mut Self>, _: &mut task::Context<'_>) -> Poll<Envelope<M>> {
         match self.get_mut().core.poll_next() {
             Poll::Ready(Some(envelope)) => Poll::Ready(envelope),
@@ -117,7 +117,7 @@ impl<'a, M: Send + 'static, P> ReceiveCore<'a, M, P> {
 impl<M: Send + 'static, P: FnMut(&Envelope<M>) -> bool> ReceiveCore<'_, M, P> {
     /// `Ready(Some)` with an envelope, `Ready(None)` when the deadline has
     /// passed, `Pending` otherwise.
-    #[inline]
+    #[inline(always)]
     fn poll_next(&mut self) -> Poll<Option<Envelope<M>>> {
         let shard = self.context.shard_ref();
         if shard.running_is_exiting() {
