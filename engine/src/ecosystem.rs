@@ -54,7 +54,7 @@
 //! assert_eq!(count, 10);
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ use foundation_sched::time::Instant;
 use foundation_sched::{Addr, Context, ExitReason, NodeId, Pid, ProcessResult};
 
 use crate::server::{serve, CallError, Info, Server, ServerContext, ServerRef};
-use crate::supervision::{ChildKind, ChildSpec, Strategy, INTENSITY_EXCEEDED};
+use crate::supervision::{ChildKind, ChildSpec, RestartIntensity, Strategy};
 
 /// Where an ecosystem's processes run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -393,7 +393,7 @@ pub(crate) struct Manager<C: From<WorkerEvent> + Send + 'static, W: Send + 'stat
     workers: Vec<Addr<W>>,
     positions: HashMap<Pid, usize>,
     restarts: u64,
-    recent: VecDeque<Instant>,
+    intensity: RestartIntensity,
 }
 
 impl<C, W> Manager<C, W>
@@ -409,7 +409,7 @@ where
             workers: Vec::new(),
             positions: HashMap::new(),
             restarts: 0,
-            recent: VecDeque::new(),
+            intensity: RestartIntensity::new(spec.max_restarts, spec.period),
             spec,
         }
     }
@@ -474,19 +474,7 @@ where
     /// Counts a restart; an error when it is one too many.
     fn restart_allowed(&mut self, now: Instant) -> Result<(), ExitReason> {
         self.restarts += 1;
-        while self
-            .recent
-            .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) > self.spec.period)
-        {
-            self.recent.pop_front();
-        }
-        self.recent.push_back(now);
-        if self.recent.len() > self.spec.max_restarts as usize {
-            Err(ExitReason::error(INTENSITY_EXCEEDED))
-        } else {
-            Ok(())
-        }
+        self.intensity.record(now)
     }
 }
 

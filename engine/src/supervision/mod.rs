@@ -40,7 +40,10 @@
 //! assert!(restarted);
 //! ```
 
+mod intensity;
 mod supervisor;
+
+pub(crate) use intensity::RestartIntensity;
 
 pub use supervisor::{
     ChildInfo, ChildKind, ChildSpec, Counts, Restart, Shutdown, Strategy, SupervisorError,

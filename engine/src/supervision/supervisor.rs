@@ -1,15 +1,14 @@
 //! The supervisor process: child specs, strategies, restart intensity and
 //! ordered shutdown.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foundation_sched::time::Instant;
 use foundation_sched::{Context, Envelope, ExitReason, Pid, ProcessResult};
 
+use super::RestartIntensity;
 use crate::server::{serve, CallError, Info, Server, ServerContext, ServerRef};
 
 /// The reason a supervisor ends with when its children restart more often
@@ -368,12 +367,9 @@ impl Reply {
 /// The supervisor's state.
 pub(crate) struct Supervisor {
     strategy: Strategy,
-    max_restarts: u32,
-    period: Duration,
+    intensity: RestartIntensity,
     /// In start order.
     children: Vec<Child>,
-    /// When recent restarts happened, oldest first.
-    restarts: VecDeque<Instant>,
     parent: Option<Pid>,
 }
 
@@ -386,14 +382,12 @@ impl Supervisor {
     fn new(spec: SupervisorSpec, parent: Option<Pid>) -> Supervisor {
         Supervisor {
             strategy: spec.strategy,
-            max_restarts: spec.max_restarts,
-            period: spec.period,
+            intensity: RestartIntensity::new(spec.max_restarts, spec.period),
             children: spec
                 .children
                 .into_iter()
                 .map(|spec| Child { spec, pid: None })
                 .collect(),
-            restarts: VecDeque::new(),
             parent,
         }
     }
@@ -410,19 +404,6 @@ impl Supervisor {
                 stop_child(cx, pid, self.children[index].spec.shutdown).await;
             }
         }
-    }
-
-    /// Counts a restart; `false` when it is one too many.
-    fn allow_restart(&mut self, now: Instant) -> bool {
-        while self
-            .restarts
-            .front()
-            .is_some_and(|&at| now.saturating_duration_since(at) > self.period)
-        {
-            self.restarts.pop_front();
-        }
-        self.restarts.push_back(now);
-        self.restarts.len() <= self.max_restarts as usize
     }
 
     /// A child ended with `reason`: restart what the strategy says, or
@@ -445,9 +426,7 @@ impl Supervisor {
             }
             return Ok(());
         }
-        if !self.allow_restart(cx.now()) {
-            return Err(ExitReason::error(INTENSITY_EXCEEDED));
-        }
+        self.intensity.record(cx.now())?;
         match self.strategy {
             Strategy::OneForOne | Strategy::Dynamic => self.start(index, cx),
             Strategy::OneForAll => {
