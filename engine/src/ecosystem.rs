@@ -12,7 +12,7 @@
 //! [`EcosystemSpec::into_child_spec`] puts it in a supervision tree. Restarts obey the same
 //! intensity rule as a supervisor's: more than `max_restarts` within
 //! `period` and the manager stops everything and ends with
-//! [`INTENSITY_EXCEEDED`], which
+//! [`INTENSITY_EXCEEDED`](crate::supervision::INTENSITY_EXCEEDED), which
 //! whoever supervises the manager sees.
 //!
 //! The [`Distribution`] says where the unit runs. This version places the
