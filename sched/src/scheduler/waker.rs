@@ -19,6 +19,9 @@ use crate::pid::Pid;
 use crate::runtime::registry;
 use crate::scheduler::{Packet, Shard};
 
+// The waker's data word carries a whole pid.
+const _: () = assert!(usize::BITS >= u64::BITS, "wakers need 64-bit pointers");
+
 thread_local! {
     static CURRENT: RefCell<Option<Rc<Shard>>> = const { RefCell::new(None) };
 }
