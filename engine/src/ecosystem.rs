@@ -63,7 +63,7 @@ use std::time::Duration;
 use foundation_sched::time::Instant;
 use foundation_sched::{Addr, Context, ExitReason, NodeId, Pid, ProcessResult};
 
-use crate::server::{serve, CallError, Info, Server, ServerContext, ServerRef};
+use crate::server::{serve, stop_after_reply, CallError, Info, Server, ServerContext, ServerRef};
 use crate::supervision::{ChildKind, ChildSpec, RestartIntensity, Strategy};
 
 /// Where an ecosystem's processes run.
@@ -533,11 +533,9 @@ where
             }
             Request::Stop => {
                 self.stop_all(cx);
-                // Answer first, then end: the manager traps exits, so this
-                // signal comes back as the next message and stops it. The
-                // reason is `Normal`, as for `gen_server:stop`, so a linked
-                // caller that asked for the stop is not taken down with it.
-                cx.exit(cx.pid(), ExitReason::Normal);
+                // `Normal`, as for `gen_server:stop`, so a linked caller
+                // that asked for the stop is not taken down with it.
+                stop_after_reply(cx, ExitReason::Normal);
                 Reply::Done
             }
         })
@@ -551,7 +549,7 @@ where
         let Info::Exit(exit) = info else {
             return Ok(());
         };
-        if exit.from == self.parent || exit.from == cx.pid() {
+        if exit.from == self.parent {
             return Err(exit.reason);
         }
         if self

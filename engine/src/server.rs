@@ -291,6 +291,8 @@ pub async fn serve<S: Server>(mut server: S, cx: ServerContext<S>) -> ExitReason
                 server.handle_info(Info::Msg(message), &cx).await
             }
             Envelope::Down(down) => server.handle_info(Info::Down(down), &cx).await,
+            // The signal `stop_after_reply` sent.
+            Envelope::Exit(exit) if exit.from == cx.pid() => Err(exit.reason),
             Envelope::Exit(exit) => server.handle_info(Info::Exit(exit), &cx).await,
         };
         if let Err(reason) = outcome {
@@ -298,6 +300,14 @@ pub async fn serve<S: Server>(mut server: S, cx: ServerContext<S>) -> ExitReason
             return reason;
         }
     }
+}
+
+/// Ends the server with `reason` once the running callback has returned —
+/// so a call can be answered and then the server stopped, as
+/// `{stop, Reason, Reply, State}` does in `gen_server`. A server that traps
+/// exits runs [`Server::terminate`] first.
+pub fn stop_after_reply<S: Server>(cx: &ServerContext<S>, reason: ExitReason) {
+    cx.exit(cx.pid(), reason);
 }
 
 fn is_down_of<M>(monitor: MonitorRef) -> impl FnMut(&Envelope<M>) -> bool + Unpin {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use foundation_sched::{Context, Envelope, ExitReason, Pid, ProcessResult};
 
 use super::RestartIntensity;
-use crate::server::{serve, CallError, Info, Server, ServerContext, ServerRef};
+use crate::server::{serve, stop_after_reply, CallError, Info, Server, ServerContext, ServerRef};
 
 /// The reason a supervisor ends with when its children restart more often
 /// than its intensity allows.
@@ -522,9 +522,7 @@ impl Server for Supervisor {
                 }
             }
             Request::Stop => {
-                // Answer, then stop: the supervisor traps exits, so this
-                // signal comes back as its next message.
-                cx.exit(cx.pid(), ExitReason::Shutdown);
+                stop_after_reply(cx, ExitReason::Shutdown);
                 Reply::Done
             }
             Request::TerminateChild(id) => match self.position(&id) {
@@ -548,7 +546,7 @@ impl Server for Supervisor {
         let Info::Exit(exit) = info else {
             return Ok(());
         };
-        if Some(exit.from) == self.parent || exit.from == cx.pid() {
+        if Some(exit.from) == self.parent {
             return Err(exit.reason);
         }
         match self
