@@ -23,6 +23,20 @@ use crate::pid::ShardId;
 /// What a shard parks in when it is idle. One driver per shard, used only
 /// on that shard's thread.
 pub trait Driver: Send + 'static {
+    /// Called once on the shard's thread before its loop starts: a driver
+    /// that processes reach through thread-local state (an I/O reactor)
+    /// installs it here.
+    fn enter(&mut self) {}
+
+    /// Processes work the driver has ready without waiting (I/O
+    /// completions, and submissions queued since the last call), waking
+    /// the processes it concerns. Returns whether it did any. The shard
+    /// calls it once per pass while busy, so a busy shard still serves
+    /// I/O.
+    fn poll(&mut self) -> bool {
+        false
+    }
+
     /// Waits until [`Unpark::unpark`] is called, `timeout` elapses, or the
     /// driver has work of its own (such as I/O completions), processing that
     /// work before returning. An unpark that happened before the call makes

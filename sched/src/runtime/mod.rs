@@ -50,7 +50,7 @@ use crate::ring::erased::ErasedMessage;
 use crate::ring::spsc;
 use crate::scheduler::shard::ShardParts;
 use crate::scheduler::shared::{ShardShared, Shared};
-use crate::scheduler::{Packet, Shard};
+use crate::scheduler::{waker, Packet, Shard};
 use crate::time::{Clock, SystemClock};
 
 /// Configures and starts a [`Runtime`].
@@ -552,18 +552,22 @@ impl Handle {
         Fut: Future + 'static,
         Fut::Output: crate::ProcessResult,
     {
-        if options.link || options.monitor {
-            return Err(SpawnError::NotInProcess);
+        let (target, spawn) = self.prepare_spawn(&options)?;
+        // On the target shard's own thread, spawn at once: waiting for the
+        // shard to answer would wait for ourselves.
+        let mut pending = Some((spawn, start));
+        let here = waker::with_shard_of(&self.shared, |shard| {
+            if shard.id != target {
+                return None;
+            }
+            let (spawn, start) = pending.take()?;
+            Some(shard.spawn_local(spawn, start))
+        });
+        if let Some(Some(spawned)) = here {
+            return spawned;
         }
-        let placement = match options.placement {
-            Placement::Current => Placement::LeastLoaded,
-            other => other,
-        };
-        let target = self.shared.place(placement, ShardId(0))?;
-        let spawn = LocalSpawn {
-            trap_exit: options.trap_exit,
-            max_heap_bytes: options.max_heap_bytes,
-            ..LocalSpawn::default()
+        let Some((spawn, start)) = pending else {
+            unreachable!("`pending` is only taken by a spawn that returned")
         };
         let (reply, spawned) = oneshot::channel();
         self.shared.inject(
@@ -577,11 +581,66 @@ impl Handle {
             .unwrap_or(Err(SpawnError::ShuttingDown))
     }
 
+    /// Spawns a process with `options` without waiting for it to start,
+    /// for code that must not block — a process or a driver spawning on
+    /// another shard. The spawn itself happens on the target shard; a
+    /// failure there (the runtime shutting down) is not reported.
+    pub fn spawn_detached<T, F, Fut>(
+        &self,
+        options: SpawnOptions,
+        start: F,
+    ) -> Result<(), SpawnError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Context<T>) -> Fut + Send + 'static,
+        Fut: Future + 'static,
+        Fut::Output: crate::ProcessResult,
+    {
+        let (target, spawn) = self.prepare_spawn(&options)?;
+        self.shared.inject(
+            target,
+            Packet::Run(Box::new(move |shard: &Rc<Shard>| {
+                let _ = shard.spawn_local(spawn, start);
+            })),
+        );
+        Ok(())
+    }
+
+    /// Where a spawn from outside a process goes, and what it sets up.
+    fn prepare_spawn(&self, options: &SpawnOptions) -> Result<(ShardId, LocalSpawn), SpawnError> {
+        if options.link || options.monitor {
+            return Err(SpawnError::NotInProcess);
+        }
+        let placement = match options.placement {
+            Placement::Current => Placement::LeastLoaded,
+            other => other,
+        };
+        let target = self.shared.place(placement, ShardId(0))?;
+        let spawn = LocalSpawn {
+            trap_exit: options.trap_exit,
+            max_heap_bytes: options.max_heap_bytes,
+            ..LocalSpawn::default()
+        };
+        Ok((target, spawn))
+    }
+
     /// Sends `message` to `to`. Like a send inside a process, a message to
     /// a process that no longer exists is dropped and counted in
     /// [`Handle::undelivered`].
     pub fn send<T: Send + 'static>(&self, to: &Addr<T>, message: T) {
         let to = to.pid();
+        // On one of this runtime's shard threads (a driver, or a process
+        // holding a handle), take the shard's own path: no lock.
+        let mut message = Some(message);
+        let sent = waker::with_shard_of(&self.shared, |shard| {
+            if let Some(message) = message.take() {
+                shard.send_message(to, message);
+            }
+        });
+        if sent.is_some() {
+            return;
+        }
+        let Some(message) = message else { return };
         if to.node() != self.shared.node {
             self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
             return;

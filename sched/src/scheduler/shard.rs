@@ -126,16 +126,18 @@ impl Shard {
     /// runtime shuts down. Returns how many processes it stopped.
     pub(crate) fn run(self: &Rc<Shard>, mut driver: Box<dyn Driver>) -> usize {
         let _current = waker::enter(self.clone());
+        driver.enter();
         loop {
             self.now.set(self.shared.clock.now());
             self.drain_inbound();
+            driver.poll();
             self.fire_timers();
             self.run_pass();
             self.flush();
             if self.shared.shutdown.load(Ordering::Acquire) {
                 break;
             }
-            if self.run_queue.borrow().is_empty() && !self.spin_for_work() {
+            if self.run_queue.borrow().is_empty() && !self.spin_for_work(driver.as_mut()) {
                 self.park(driver.as_mut());
             }
         }
@@ -570,11 +572,11 @@ impl Shard {
             || self.inbox.borrow().iter().any(|ring| !ring.is_empty())
     }
 
-    /// Busy-waits up to the idle spin for a packet, a due timer or
-    /// shutdown, so that a shard that just ran out of work picks up the
-    /// next packet in nanoseconds rather than after a wake-up. Returns
-    /// whether work arrived.
-    fn spin_for_work(&self) -> bool {
+    /// Busy-waits up to the idle spin for a packet, an I/O completion, a
+    /// due timer or shutdown, so that a shard that just ran out of work
+    /// picks up the next packet in nanoseconds rather than after a wake-up.
+    /// Returns whether work arrived.
+    fn spin_for_work(&self, driver: &mut dyn Driver) -> bool {
         let spin = self.shared.idle_spin;
         if spin.is_zero() {
             return false;
@@ -590,8 +592,11 @@ impl Shard {
                 std::hint::spin_loop();
             }
             self.flush();
+            driver.poll();
             if !self.run_queue.borrow().is_empty() {
-                return true; // The flush woke processes waiting for room.
+                // The flush woke processes waiting for room, or the driver
+                // woke processes whose I/O completed.
+                return true;
             }
             let now = clock.now();
             let timer_due = next_timer.is_some_and(|deadline| deadline <= now.as_nanos());

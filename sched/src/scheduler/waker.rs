@@ -13,10 +13,12 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{RawWaker, RawWakerVTable, Waker};
 
 use crate::pid::Pid;
 use crate::runtime::registry;
+use crate::scheduler::shared::Shared;
 use crate::scheduler::{Packet, Shard};
 
 // The waker's data word carries a whole pid.
@@ -42,6 +44,17 @@ impl Drop for CurrentShard {
         let shard = CURRENT.with(|current| current.borrow_mut().take());
         drop(shard);
     }
+}
+
+/// Runs `f` on this thread's shard if it is one of `shared`'s runtime.
+pub(crate) fn with_shard_of<R>(shared: &Arc<Shared>, f: impl FnOnce(&Rc<Shard>) -> R) -> Option<R> {
+    CURRENT.with(|current| {
+        let current = current.try_borrow().ok()?;
+        let shard = current
+            .as_ref()
+            .filter(|shard| Arc::ptr_eq(&shard.shared, shared))?;
+        Some(f(shard))
+    })
 }
 
 /// The waker of process `pid`.
