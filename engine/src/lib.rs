@@ -14,10 +14,13 @@
 //! * [`registry`]: names and process groups, removed when their processes
 //!   end;
 //! * [`ecosystem`]: a coordinator and its workers as one supervised,
-//!   scalable unit.
+//!   scalable unit;
+//! * [`transport`]: nodes connected over io_uring or epoll, with
+//!   validated zero-copy frames on prioritized channels with credit-based
+//!   backpressure (the `foundation-transport` crate).
 //!
-//! The transport ecosystems, the transport and distribution join
-//! this facade, in the modules the architecture names, as they land.
+//! Distribution (remote pids, membership, remote spawn) joins this facade,
+//! in the modules the architecture names, as it lands.
 //!
 //! ```
 //! use foundation::{Context, Envelope, ExitReason, Runtime};
@@ -46,3 +49,4 @@ pub mod server;
 pub mod supervision;
 
 pub use foundation_sched::*;
+pub use foundation_transport as transport;

@@ -3,7 +3,7 @@
 //! ```text
 //!  0       4   5   6       8   9      12      16              24              32              40       48
 //! +-------+---+---+-------+---+------+-------+---------------+---------------+---------------+--------+
-//! | magic |ver|flg|channel|knd| zero | length|    source     |  destination  |   trace id    |  zero  |
+//! | magic |ver|flg|channel|knd| zero | length|    source     |  destination  |   trace id    |  seq   |
 //! +-------+---+---+-------+---+------+-------+---------------+---------------+---------------+--------+
 //! | rkyv payload, `length` bytes, starting 16-byte aligned ...
 //! ```
@@ -27,7 +27,6 @@ use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
-use rkyv::util::AlignedVec;
 use rkyv::{Archive, Portable, Serialize};
 
 /// The first four bytes of every frame.
@@ -88,6 +87,10 @@ pub struct FrameHeader {
     pub destination: Pid,
     /// Trace context carried across nodes; zero when untraced.
     pub trace_id: u64,
+    /// Position of the frame on its connection's lane, counted from 1, on
+    /// an acknowledged channel (the receiver acknowledges and de-duplicates
+    /// by it); zero elsewhere.
+    pub sequence: u64,
 }
 
 /// Why bytes are not a frame.
@@ -161,6 +164,7 @@ impl FrameHeader {
         bytes[16..24].copy_from_slice(&self.source.to_bits().to_le_bytes());
         bytes[24..32].copy_from_slice(&self.destination.to_bits().to_le_bytes());
         bytes[32..40].copy_from_slice(&self.trace_id.to_le_bytes());
+        bytes[40..48].copy_from_slice(&self.sequence.to_le_bytes());
         bytes
     }
 
@@ -180,7 +184,7 @@ impl FrameHeader {
             return Err(FrameError::UnsupportedVersion(bytes[4]));
         }
         let kind = FrameKind::from_byte(bytes[8]).ok_or(FrameError::UnknownKind(bytes[8]))?;
-        if bytes[9..12].iter().chain(&bytes[40..48]).any(|&b| b != 0) {
+        if bytes[9..12].iter().any(|&b| b != 0) {
             return Err(FrameError::Reserved);
         }
         let length = u32::from_le_bytes(field(bytes, 12));
@@ -198,12 +202,14 @@ impl FrameHeader {
             source: Pid::from_bits(u64::from_le_bytes(field(bytes, 16))),
             destination: Pid::from_bits(u64::from_le_bytes(field(bytes, 24))),
             trace_id: u64::from_le_bytes(field(bytes, 32)),
+            sequence: u64::from_le_bytes(field(bytes, 40)),
         })
     }
 
-    /// Header plus payload length in bytes.
+    /// Bytes the frame spans on the wire: header, payload and the padding
+    /// that keeps the next frame aligned.
     pub fn frame_len(&self) -> usize {
-        HEADER_LEN + self.length as usize
+        padded_len(self.length as usize)
     }
 }
 
@@ -226,12 +232,13 @@ where
     pub fn parse(bytes: &'a [u8], max_payload: u32) -> Result<(Frame<'a, A>, usize), FrameError> {
         let header = FrameHeader::parse(bytes, max_payload)?;
         let end = header.frame_len();
-        let Some(payload) = bytes.get(HEADER_LEN..end) else {
+        if bytes.len() < end {
             return Err(FrameError::Truncated {
                 needed: end,
                 got: bytes.len(),
             });
-        };
+        }
+        let payload = &bytes[HEADER_LEN..HEADER_LEN + header.length as usize];
         if payload.as_ptr().align_offset(PAYLOAD_ALIGN) != 0 {
             return Err(FrameError::Misaligned);
         }
@@ -241,33 +248,78 @@ where
     }
 }
 
+/// A value that can travel in a frame: serialized with rkyv straight into a
+/// send buffer, and validated with bytecheck on arrival.
+pub trait Wire:
+    Archive<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, rancor::Error>>>
+    + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
+{
+}
+
+impl<T> Wire for T where
+    T: Archive<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, rancor::Error>>>
+        + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
+{
+}
+
 /// Encodes `value` as a frame with `header` (whose `length` is set to the
-/// payload's), appended to `out`. `out` must hold whole frames only, so
-/// that this one starts (and its payload starts) 16-byte aligned.
-pub fn encode<T>(
+/// payload's), appended to `out`, and returns the frame's byte range in
+/// `out`. The value is serialized in place, after the header, without an
+/// intermediate buffer. `out` must hold whole frames only, so that this
+/// one's payload starts at an offset that is a multiple of 16: rkyv lays the
+/// archive out relative to the start of `out`, so the payload reads in
+/// place wherever the receiver puts it on a 16-byte boundary. On error
+/// `out` is left as it was.
+pub fn encode<T: Wire>(
     mut header: FrameHeader,
     value: &T,
-    out: &mut AlignedVec<PAYLOAD_ALIGN>,
-) -> Result<(), FrameError>
-where
-    T: for<'s> Serialize<HighSerializer<AlignedVec<PAYLOAD_ALIGN>, ArenaHandle<'s>, rancor::Error>>,
-    T: Archive,
-{
-    let payload = rkyv::to_bytes::<rancor::Error>(value)
-        .map_err(|error| FrameError::Encode(error.to_string()))?;
-    header.length = u32::try_from(payload.len())
-        .map_err(|_| FrameError::Encode(format!("payload of {} bytes", payload.len())))?;
+    out: &mut Vec<u8>,
+) -> Result<std::ops::Range<usize>, FrameError> {
     debug_assert_eq!(
         out.len() % PAYLOAD_ALIGN,
         0,
         "frames are padded to alignment"
     );
-    out.extend_from_slice(&header.to_bytes());
-    out.extend_from_slice(&payload);
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    if let Err(error) = rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, &mut *out) {
+        out.resize(start, 0);
+        return Err(FrameError::Encode(error.to_string()));
+    }
+    let payload = out.len() - start - HEADER_LEN;
+    let Ok(length) = u32::try_from(payload) else {
+        out.resize(start, 0);
+        return Err(FrameError::Encode(format!("payload of {payload} bytes")));
+    };
+    header.length = length;
+    out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
     // Pad so the next frame starts aligned.
-    let padding = out.len().next_multiple_of(PAYLOAD_ALIGN) - out.len();
-    out.extend_from_slice(&[0; PAYLOAD_ALIGN][..padding]);
-    Ok(())
+    let end = out.len().next_multiple_of(PAYLOAD_ALIGN);
+    out.resize(end, 0);
+    Ok(start..end)
+}
+
+/// Appends a frame whose payload is `payload` as it is (a chunk of a larger
+/// archive, which is validated once reassembled), padded like [`encode`]'s.
+pub fn encode_raw(
+    mut header: FrameHeader,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<std::ops::Range<usize>, FrameError> {
+    header.length = u32::try_from(payload.len())
+        .map_err(|_| FrameError::Encode(format!("payload of {} bytes", payload.len())))?;
+    let start = out.len();
+    out.extend_from_slice(&header.to_bytes());
+    out.extend_from_slice(payload);
+    let end = out.len().next_multiple_of(PAYLOAD_ALIGN);
+    out.resize(end, 0);
+    Ok(start..end)
+}
+
+/// Bytes a frame with a payload of `length` bytes spans on the wire,
+/// padding included.
+pub fn padded_len(length: usize) -> usize {
+    (HEADER_LEN + length).next_multiple_of(PAYLOAD_ALIGN)
 }
 
 fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
@@ -280,6 +332,7 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
 mod tests {
     use super::*;
     use foundation_sched::{NodeId, ShardId};
+    use rkyv::util::AlignedVec;
     use rkyv::{Archive, Deserialize, Serialize};
 
     #[derive(Archive, Serialize, Deserialize, Debug, PartialEq)]
@@ -298,6 +351,7 @@ mod tests {
             source: Pid::new(NodeId(1), ShardId(0), 5, 2),
             destination: Pid::new(NodeId(2), ShardId(1), 9, 1),
             trace_id: 0xdead_beef,
+            sequence: 0,
         }
     }
 
@@ -309,10 +363,18 @@ mod tests {
         }
     }
 
-    fn encoded() -> AlignedVec<PAYLOAD_ALIGN> {
+    /// `bytes` copied to a 16-byte aligned buffer, as a receiver holds
+    /// them.
+    fn aligned(bytes: &[u8]) -> AlignedVec<PAYLOAD_ALIGN> {
         let mut out = AlignedVec::new();
-        encode(header(), &greeting(), &mut out).unwrap();
+        out.extend_from_slice(bytes);
         out
+    }
+
+    fn encoded() -> AlignedVec<PAYLOAD_ALIGN> {
+        let mut out = Vec::new();
+        encode(header(), &greeting(), &mut out).unwrap();
+        aligned(&out)
     }
 
     #[test]
@@ -334,20 +396,21 @@ mod tests {
 
     #[test]
     fn consecutive_frames_stay_aligned() {
-        let mut bytes = AlignedVec::<PAYLOAD_ALIGN>::new();
+        let mut wire = Vec::new();
         for count in 0..5 {
             let value = Greeting {
                 from: "x".repeat(count as usize * 3),
                 count,
                 tags: vec![],
             };
-            encode(header(), &value, &mut bytes).unwrap();
+            encode(header(), &value, &mut wire).unwrap();
         }
+        let bytes = aligned(&wire);
         let mut at = 0;
         for count in 0..5 {
             let (frame, len) = Frame::<ArchivedGreeting>::parse(&bytes[at..], 1 << 20).unwrap();
             assert_eq!(frame.payload.count.to_native(), count);
-            at += len.next_multiple_of(PAYLOAD_ALIGN);
+            at += len;
         }
         assert_eq!(at, bytes.len());
     }
@@ -379,7 +442,7 @@ mod tests {
         assert_eq!(parse(&bytes), Err(FrameError::UnknownKind(200)));
 
         let mut bytes = good.clone();
-        bytes[44] = 1;
+        bytes[10] = 1;
         assert_eq!(parse(&bytes), Err(FrameError::Reserved));
 
         let length = FrameHeader::parse(&good, u32::MAX).unwrap().length;

@@ -1,17 +1,943 @@
 //! Foundation's transport: bytes between nodes.
 //!
-//! This crate holds the io_uring and epoll backends, the rkyv frame format,
-//! the handshake and the prioritized named channels described in the
-//! architecture (`DESIGN.md`, section *transport*). So far it has the
-//! [`frame`] format: a fixed little-endian header and an rkyv payload,
-//! validated before anything reads it. Backends, connections and channels
-//! follow.
+//! A [`Transport`] connects one node's runtime to its peers over TCP. It is
+//! built from the pieces the architecture (`DESIGN.md`, *transport*) names:
 //!
-//! The runtime side of the seam it will plug into already exists:
-//! [`foundation_sched::driver::Driver`] is the trait an io_uring or epoll
-//! driver implements so that a shard's idle park waits on I/O completions and
-//! cross-shard wake-ups at once.
+//! - **Backends** ([`Backend`]): io_uring, one ring per shard, or epoll
+//!   through `mio`; the shard's driver *is* the reactor, so a shard parks in
+//!   one wait for I/O, cross-shard messages and timers. `sys/mod.rs`
+//!   documents the contract both implement.
+//! - **Frames** ([`frame`]): a 48-byte little-endian header and an rkyv
+//!   payload at 16-byte alignment, validated before delivery and read in
+//!   place by the receiver ([`Remote`]).
+//! - **Handshake**: protocol version, node name and id, and a cookie proved
+//!   by HMAC challenge-response; a mismatch is a typed [`HandshakeError`] on
+//!   both sides.
+//! - **Channels** ([`ChannelSpec`]): named, prioritized, each with its own
+//!   connections (*parallelism* of them per peer), delivery guarantee,
+//!   maximum frame and credit window. Defaults: `control`, `data`,
+//!   `gossip`, `bulk`.
+//! - **Backpressure**: credit per (peer, channel, lane), granted back as the
+//!   receiving processes drop what they received; [`Transport::try_send`]
+//!   says [`SendError::WouldBlock`], [`Transport::send`] waits.
+//! - **Large messages** are cut into chunk frames of the channel's maximum
+//!   and reassembled before delivery.
+//! - **Bad input** closes only the connection it came on, with a typed
+//!   [`ConnectionError`] in the log, in [`Transport::recent_errors`] and in
+//!   a counter ([`TransportStats`]).
+//!
+//! # Example
+//!
+//! Two nodes in one process, one message from a process on the first to a
+//! process on the second:
+//!
+//! ```
+//! use foundation_sched::{Context, NodeId, Runtime};
+//! use foundation_transport::{ChannelId, Cookie, Remote, Transport, TransportConfig};
+//!
+//! let start = |node: u16| {
+//!     let builder = Runtime::builder().shards(1).node(NodeId(node));
+//!     let config = TransportConfig::new(format!("node-{node}"), Cookie::new("secret"));
+//!     Transport::start(builder, config).unwrap()
+//! };
+//! let (runtime_a, a) = start(1);
+//! let (runtime_b, b) = start(2);
+//! a.add_peer(NodeId(2), b.local_addr()).unwrap();
+//!
+//! // A process on node 2 that receives a `String` from afar.
+//! let (tx, rx) = std::sync::mpsc::channel();
+//! let receiver = runtime_b
+//!     .spawn(move |cx: Context<Remote<String>>| async move {
+//!         let message = cx.recv().await.into_msg().unwrap();
+//!         tx.send(message.as_str().to_owned()).unwrap();
+//!     })
+//!     .unwrap();
+//! b.register(&receiver);
+//!
+//! let sender = a.clone();
+//! runtime_a
+//!     .spawn(move |cx: Context<()>| async move {
+//!         let hello = String::from("hello from node 1");
+//!         sender.send(cx.pid(), receiver.pid(), ChannelId::DATA, &hello).await.unwrap();
+//!     })
+//!     .unwrap();
+//! assert_eq!(rx.recv().unwrap(), "hello from node 1");
+//! # a.stop(); b.stop();
+//! # runtime_a.shutdown(); runtime_b.shutdown();
+//! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
+mod channel;
+mod connection;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
+mod handshake;
+mod inbound;
+mod lane;
+mod sys;
+
+pub use channel::{ChannelId, ChannelSpec, ConfigError, Delivery, WhenDisconnected};
+pub use handshake::{Cookie, HandshakeError, PROTOCOL_VERSION};
+pub use inbound::Remote;
+pub use sys::{Backend, BackendError, IoOptions, BACKEND_ENV};
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::Poll;
+use std::time::Duration;
+
+use foundation_sched::{
+    Addr, Builder, Context, Handle, NodeId, Pid, Placement, Runtime, ShardId, SpawnOptions,
+};
+
+use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
+use crate::handshake::{Accepted, Identity};
+use crate::inbound::{Block, Endpoints};
+use crate::lane::{Lane, Push};
+
+/// How a node's transport is set up.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// The node's name, shown to peers.
+    pub name: String,
+    /// The cluster's shared secret.
+    pub cookie: Cookie,
+    /// Where to listen (default `127.0.0.1:0`: loopback, any free port).
+    pub listen: SocketAddr,
+    /// The channels, in [`ChannelId`] order (default
+    /// [`ChannelSpec::defaults`]).
+    pub channels: Vec<ChannelSpec>,
+    /// The I/O backend; `None` chooses with [`Backend::select`].
+    pub backend: Option<Backend>,
+    /// Backend tuning.
+    pub io: IoOptions,
+    /// First wait before dialling a lost peer again (default 20 ms),
+    /// doubled per failure up to `reconnect_max` (default 2 s).
+    pub reconnect_min: Duration,
+    /// Longest wait between dials.
+    pub reconnect_max: Duration,
+    /// Time a handshake may take (default 5 s).
+    pub handshake_timeout: Duration,
+}
+
+impl TransportConfig {
+    /// The defaults, with a name and a cookie.
+    pub fn new(name: impl Into<String>, cookie: Cookie) -> TransportConfig {
+        TransportConfig {
+            name: name.into(),
+            cookie,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            channels: ChannelSpec::defaults(),
+            backend: None,
+            io: IoOptions::default(),
+            reconnect_min: Duration::from_millis(20),
+            reconnect_max: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(5),
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.channels.is_empty() {
+            return Err(ConfigError::NoChannels);
+        }
+        for (i, channel) in self.channels.iter().enumerate() {
+            channel.check()?;
+            if self.channels[..i].iter().any(|c| c.name == channel.name) {
+                return Err(ConfigError::DuplicateChannel(channel.name.clone()));
+            }
+        }
+        if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
+            return Err(ConfigError::Backoff {
+                min: self.reconnect_min,
+                max: self.reconnect_max,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Why a transport could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The configuration contradicts itself.
+    Config(ConfigError),
+    /// No usable I/O backend.
+    Backend(BackendError),
+    /// The runtime could not be built.
+    Runtime(foundation_sched::BuildError),
+    /// The listen address could not be bound.
+    Listen(io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::Config(error) => write!(f, "bad transport configuration: {error}"),
+            StartError::Backend(error) => write!(f, "{error}"),
+            StartError::Runtime(error) => write!(f, "cannot build the runtime: {error}"),
+            StartError::Listen(error) => write!(f, "cannot listen: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why a send failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The destination's node is not a peer ([`Transport::add_peer`]).
+    UnknownPeer(NodeId),
+    /// No such channel.
+    UnknownChannel(ChannelId),
+    /// Out of credit, or of queue room while disconnected: nothing was
+    /// sent; try again later (or use [`Transport::send`], which waits).
+    WouldBlock,
+    /// The channel has no connection to the peer and fails sends while
+    /// disconnected.
+    NotConnected,
+    /// Larger than the channel's maximum message.
+    TooLarge {
+        /// The encoded size.
+        size: usize,
+        /// The channel's maximum.
+        max: usize,
+    },
+    /// The message could not be encoded.
+    Encode(FrameError),
+    /// The transport stopped.
+    Closed,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::UnknownPeer(node) => write!(f, "node {} is not a peer", node.0),
+            SendError::UnknownChannel(channel) => write!(f, "no {channel}"),
+            SendError::WouldBlock => f.write_str("out of credit"),
+            SendError::NotConnected => f.write_str("not connected"),
+            SendError::TooLarge { size, max } => {
+                write!(f, "message of {size} bytes over the channel's {max}")
+            }
+            SendError::Encode(error) => write!(f, "{error}"),
+            SendError::Closed => f.write_str("transport stopped"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Why a peer could not be added.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PeerError {
+    /// That node is this one.
+    IsSelf,
+    /// That node is a peer already.
+    AlreadyPeer(NodeId),
+    /// The transport stopped.
+    Closed,
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerError::IsSelf => f.write_str("a node cannot be its own peer"),
+            PeerError::AlreadyPeer(node) => write!(f, "node {} is a peer already", node.0),
+            PeerError::Closed => f.write_str("transport stopped"),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+/// Why a connection ended or could not be made. Logged, counted and kept
+/// in [`Transport::recent_errors`]; the node carries on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectionError {
+    /// A socket error.
+    Io(io::ErrorKind, String),
+    /// The handshake failed.
+    Handshake(HandshakeError),
+    /// A malformed frame (bad magic or version, oversized, truncated, or a
+    /// payload that is not the destination's message type).
+    Frame(FrameError),
+    /// A frame of a kind that has no business on this connection.
+    UnexpectedFrame(FrameKind),
+    /// A frame for another channel.
+    WrongChannel(u16),
+    /// A frame skipped ahead on an acknowledged channel.
+    SequenceGap {
+        /// The sequence number due.
+        expected: u64,
+        /// The one that came.
+        got: u64,
+    },
+    /// A chunked message over the channel's maximum.
+    MessageTooLarge(usize),
+    /// The handshake took too long.
+    TimedOut,
+    /// A newer connection of the same lane took over.
+    Superseded,
+    /// The peer closed the connection.
+    PeerClosed,
+    /// The transport or lane closed.
+    Closed,
+    /// The process runs on a shard without an I/O reactor.
+    NoReactor,
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionError::Io(_, error) => write!(f, "{error}"),
+            ConnectionError::Handshake(error) => write!(f, "handshake: {error}"),
+            ConnectionError::Frame(error) => write!(f, "{error}"),
+            ConnectionError::UnexpectedFrame(kind) => write!(f, "unexpected {kind:?} frame"),
+            ConnectionError::WrongChannel(channel) => {
+                write!(
+                    f,
+                    "frame for channel {channel} on another channel's connection"
+                )
+            }
+            ConnectionError::SequenceGap { expected, got } => {
+                write!(f, "sequence gap: expected {expected}, got {got}")
+            }
+            ConnectionError::MessageTooLarge(size) => {
+                write!(f, "chunked message of {size} bytes over the maximum")
+            }
+            ConnectionError::TimedOut => f.write_str("handshake timed out"),
+            ConnectionError::Superseded => f.write_str("superseded by a newer connection"),
+            ConnectionError::PeerClosed => f.write_str("closed by the peer"),
+            ConnectionError::Closed => f.write_str("closed"),
+            ConnectionError::NoReactor => f.write_str("no I/O reactor on this shard"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectionError {}
+
+/// Counters of a transport since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TransportStats {
+    /// Outbound connections established.
+    pub connections: u64,
+    /// Inbound connections accepted (before their handshake).
+    pub accepted: u64,
+    /// Inbound connections refused by the handshake.
+    pub refused: u64,
+    /// Connections that ended with an error (each also logged).
+    pub connection_errors: u64,
+    /// Of those, ended by a malformed frame.
+    pub frame_errors: u64,
+    /// Messages delivered to local processes.
+    pub delivered: u64,
+    /// Messages for local processes that are not registered.
+    pub undeliverable: u64,
+}
+
+/// A node's transport: its listener, its peers and their lanes.
+///
+/// Cheap to clone; every clone is the same transport.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    handle: Handle,
+    config: TransportConfig,
+    identity: Identity,
+    channels: Vec<ChannelSpec>,
+    backend: Backend,
+    local_addr: SocketAddr,
+    peers: RwLock<HashMap<NodeId, Arc<Peer>>>,
+    endpoints: Endpoints,
+    inbound: Mutex<HashMap<(NodeId, u16, u16), Arc<InboundLane>>>,
+    counters: Counters,
+    recent_errors: Mutex<VecDeque<ConnectionError>>,
+    closed: AtomicBool,
+}
+
+/// Errors kept for [`Transport::recent_errors`].
+const RECENT_ERRORS: usize = 64;
+
+impl Transport {
+    /// Builds the runtime from `builder` with this transport's I/O backend
+    /// as every shard's driver, binds the listen address and starts
+    /// accepting. Returns the runtime and the transport.
+    pub fn start(
+        builder: Builder,
+        config: TransportConfig,
+    ) -> Result<(Runtime, Transport), StartError> {
+        config.check().map_err(StartError::Config)?;
+        let backend = match config.backend {
+            Some(backend) => {
+                backend.probe(&config.io).map_err(|error| {
+                    StartError::Backend(BackendError::Unavailable { backend, error })
+                })?;
+                backend
+            }
+            None => Backend::select(&config.io).map_err(StartError::Backend)?,
+        };
+        let listener = std::net::TcpListener::bind(config.listen).map_err(StartError::Listen)?;
+        listener.set_nonblocking(true).map_err(StartError::Listen)?;
+        let local_addr = listener.local_addr().map_err(StartError::Listen)?;
+        let runtime = builder
+            .driver(backend.driver_factory(config.io.clone()))
+            .build()
+            .map_err(StartError::Runtime)?;
+        let mut incarnation = [0; 8];
+        getrandom::getrandom(&mut incarnation).expect("the OS random source");
+        let identity = Identity {
+            name: config.name.clone(),
+            node: runtime.node(),
+            incarnation: u64::from_le_bytes(incarnation),
+            cookie: config.cookie.clone(),
+            channels: channel::digest(&config.channels),
+            lanes: config.channels.iter().map(|c| c.parallelism).collect(),
+        };
+        let inner = Arc::new(Inner {
+            handle: runtime.handle().clone(),
+            channels: config.channels.clone(),
+            config,
+            identity,
+            backend,
+            local_addr,
+            peers: RwLock::new(HashMap::new()),
+            endpoints: Endpoints::default(),
+            inbound: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            recent_errors: Mutex::new(VecDeque::new()),
+            closed: AtomicBool::new(false),
+        });
+        for shard in 0..runtime.shard_count() {
+            let listener = listener.try_clone().map_err(StartError::Listen)?;
+            let accept = inner.clone();
+            let options = SpawnOptions::new().placement(Placement::Shard(ShardId(shard as u8)));
+            runtime
+                .spawn_with(options, move |cx: Context<()>| {
+                    connection::listen(cx, accept, listener)
+                })
+                .map_err(|error| StartError::Listen(io::Error::other(error.to_string())))?;
+        }
+        Ok((runtime, Transport { inner }))
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local_addr
+    }
+
+    /// The I/O backend in use.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// This node.
+    pub fn node(&self) -> NodeId {
+        self.inner.identity.node
+    }
+
+    /// The channels, in [`ChannelId`] order.
+    pub fn channels(&self) -> &[ChannelSpec] {
+        &self.inner.channels
+    }
+
+    /// Makes `node`, listening at `addr`, a peer: one dialer process per
+    /// lane of every channel connects to it, and reconnects with backoff
+    /// whenever the connection fails. Sends to it may start at once; they
+    /// queue (or fail) per channel until connected.
+    pub fn add_peer(&self, node: NodeId, addr: SocketAddr) -> Result<(), PeerError> {
+        if node == self.node() {
+            return Err(PeerError::IsSelf);
+        }
+        if self.inner.is_closed() {
+            return Err(PeerError::Closed);
+        }
+        let peer = {
+            let mut peers = self
+                .inner
+                .peers
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if peers.contains_key(&node) {
+                return Err(PeerError::AlreadyPeer(node));
+            }
+            let lanes = self
+                .inner
+                .channels
+                .iter()
+                .map(|spec| {
+                    (0..spec.parallelism)
+                        .map(|_| Arc::new(Lane::new(spec)))
+                        .collect()
+                })
+                .collect();
+            let peer = Arc::new(Peer {
+                node,
+                addr,
+                lanes,
+                removed: AtomicBool::new(false),
+            });
+            peers.insert(node, peer.clone());
+            peer
+        };
+        let shards = self.inner.handle.shard_count();
+        let mut next_shard = usize::from(node.0);
+        for (channel, spec) in self.inner.channels.iter().enumerate() {
+            for lane in 0..spec.parallelism {
+                let (inner, peer) = (self.inner.clone(), peer.clone());
+                let channel = channel as u16;
+                // Spread the lanes over the shards.
+                let shard = foundation_sched::ShardId((next_shard % shards) as u8);
+                next_shard += 1;
+                let options =
+                    SpawnOptions::new().placement(foundation_sched::Placement::Shard(shard));
+                let spawned = self
+                    .inner
+                    .handle
+                    .spawn_with(options, move |cx: Context<()>| {
+                        connection::dial(cx, inner, peer, channel, lane)
+                    });
+                if spawned.is_err() {
+                    return Err(PeerError::Closed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops dialling `node` and closes its lanes; frames not yet written
+    /// are dropped.
+    pub fn remove_peer(&self, node: NodeId) -> bool {
+        let removed = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&node);
+        if let Some(peer) = &removed {
+            peer.removed.store(true, Ordering::Release);
+            peer.lanes.iter().flatten().for_each(|lane| lane.close());
+        }
+        removed.is_some()
+    }
+
+    /// Whether every lane of `channel` to `node` is connected.
+    pub fn is_connected(&self, node: NodeId, channel: ChannelId) -> bool {
+        self.inner
+            .peer(node)
+            .and_then(|peer| {
+                let lanes = peer.lanes.get(usize::from(channel.0))?;
+                Some(lanes.iter().all(|lane| lane.is_connected()))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Makes the local process `addr` reachable from peers: frames for its
+    /// pid are validated as `T` and delivered as [`Remote<T>`]. It stays
+    /// registered until it exits.
+    pub fn register<T: Wire + 'static>(&self, addr: &Addr<Remote<T>>) {
+        self.inner.endpoints.insert(addr);
+        let inner = Arc::downgrade(&self.inner);
+        let pid = addr.pid();
+        self.inner.handle.on_exit(
+            pid,
+            Box::new(move |_reason| {
+                if let Some(inner) = inner.upgrade() {
+                    inner.endpoints.remove(pid);
+                }
+            }),
+        );
+    }
+
+    /// Sends `message` from local process `from` to `to` on another node,
+    /// on `channel`, without waiting: [`SendError::WouldBlock`] when the
+    /// lane is out of credit. Order is kept per (from, to, channel).
+    pub fn try_send<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+    ) -> Result<(), SendError> {
+        let lane = self.inner.lane_for(from, to, channel)?;
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            self.inner
+                .encode(from, to, channel, message, &mut scratch)?;
+            lane.push(&scratch.frames, false, None)
+                .map(drop)
+                .map_err(SendError::from)
+        })
+    }
+
+    /// Sends like [`Transport::try_send`], waiting for credit (and, while
+    /// disconnected, for queue room) instead of failing. A message larger
+    /// than the window goes out as credit returns, chunk by chunk.
+    pub async fn send<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+    ) -> Result<(), SendError> {
+        let lane = self.inner.lane_for(from, to, channel)?;
+        // Encode into the thread's scratch and try at once; only a send
+        // that must wait copies its frames out.
+        let rest = SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            self.inner
+                .encode(from, to, channel, message, &mut scratch)?;
+            match lane.push(&scratch.frames, true, None) {
+                Ok(taken) if taken == scratch.frames.len() => Ok(None),
+                Ok(taken) => Ok(Some(scratch.frames[taken..].to_vec())),
+                Err(Push::WouldBlock) => Ok(Some(scratch.frames.clone())),
+                Err(error) => Err(SendError::from(error)),
+            }
+        })?;
+        let Some(frames) = rest else { return Ok(()) };
+        let mut at = 0;
+        poll_fn(|task| {
+            while at < frames.len() {
+                match lane.push(&frames[at..], true, Some(task)) {
+                    Ok(taken) => at += taken,
+                    Err(Push::WouldBlock) => return Poll::Pending,
+                    Err(error) => return Poll::Ready(Err(SendError::from(error))),
+                }
+            }
+            Poll::Ready(Ok(()))
+        })
+        .await
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        TransportStats {
+            connections: c.connections.get(),
+            accepted: c.accepted.get(),
+            refused: c.refused.get(),
+            connection_errors: c.connection_errors.get(),
+            frame_errors: c.frame_errors.get(),
+            delivered: c.delivered.get(),
+            undeliverable: c.undeliverable.get(),
+        }
+    }
+
+    /// The last connection errors, oldest first (at most 64).
+    pub fn recent_errors(&self) -> Vec<ConnectionError> {
+        self.inner.recent().iter().cloned().collect()
+    }
+
+    /// Bytes held for `node` on `channel`: frames not yet written, and
+    /// written but not yet acknowledged.
+    pub fn held_bytes(&self, node: NodeId, channel: ChannelId) -> usize {
+        self.inner
+            .peer(node)
+            .and_then(|peer| peer.lanes.get(usize::from(channel.0)).cloned())
+            .map_or(0, |lanes| lanes.iter().map(|lane| lane.held_bytes()).sum())
+    }
+
+    /// Stops the transport: lanes close, dialers stop, sends fail with
+    /// [`SendError::Closed`]. Connections end as their processes notice;
+    /// shutting the runtime down ends them all.
+    pub fn stop(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let peers: Vec<_> = self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, peer)| peer)
+            .collect();
+        for peer in peers {
+            peer.removed.store(true, Ordering::Release);
+            peer.lanes.iter().flatten().for_each(|lane| lane.close());
+        }
+    }
+}
+
+impl fmt::Debug for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transport")
+            .field("node", &self.node())
+            .field("listen", &self.inner.local_addr)
+            .field("backend", &self.inner.backend)
+            .finish()
+    }
+}
+
+impl From<Push> for SendError {
+    fn from(push: Push) -> SendError {
+        match push {
+            Push::WouldBlock => SendError::WouldBlock,
+            Push::NotConnected => SendError::NotConnected,
+            Push::Closed => SendError::Closed,
+        }
+    }
+}
+
+/// The frames of one message, encoded on the sending thread.
+#[derive(Default)]
+struct Scratch {
+    /// The message as one frame.
+    message: Vec<u8>,
+    /// What goes on the lane: that frame, or its chunks.
+    frames: Vec<u8>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn peer(&self, node: NodeId) -> Option<Arc<Peer>> {
+        self.peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node)
+            .cloned()
+    }
+
+    /// The lane a message from `from` to `to` on `channel` travels on.
+    fn lane_for(&self, from: Pid, to: Pid, channel: ChannelId) -> Result<Arc<Lane>, SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        let peer = self
+            .peer(to.node())
+            .ok_or(SendError::UnknownPeer(to.node()))?;
+        let lanes = peer
+            .lanes
+            .get(usize::from(channel.0))
+            .ok_or(SendError::UnknownChannel(channel))?;
+        let mix =
+            (from.to_bits() ^ to.to_bits().rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        Ok(lanes[(mix >> 32) as usize % lanes.len()].clone())
+    }
+
+    /// Encodes `message` into `scratch.frames`: one frame, or chunks of
+    /// the channel's maximum frame.
+    fn encode<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+        scratch: &mut Scratch,
+    ) -> Result<(), SendError> {
+        let spec = &self.channels[usize::from(channel.0)];
+        let header = FrameHeader {
+            flags: 0,
+            channel: channel.0,
+            kind: FrameKind::Message,
+            length: 0,
+            source: from,
+            destination: to,
+            trace_id: 0,
+            sequence: 0,
+        };
+        scratch.frames.clear();
+        frame::encode(header, message, &mut scratch.frames).map_err(SendError::Encode)?;
+        let payload_len = FrameHeader::parse(&scratch.frames, u32::MAX)
+            .map_err(SendError::Encode)?
+            .length as usize;
+        if payload_len > spec.max_message {
+            return Err(SendError::TooLarge {
+                size: payload_len,
+                max: spec.max_message,
+            });
+        }
+        if payload_len <= spec.max_frame as usize {
+            return Ok(());
+        }
+        // Too big for one frame: cut the payload into chunks.
+        std::mem::swap(&mut scratch.message, &mut scratch.frames);
+        scratch.frames.clear();
+        let payload = &scratch.message[HEADER_LEN..HEADER_LEN + payload_len];
+        let mut pieces = payload.chunks(spec.max_frame as usize).peekable();
+        while let Some(piece) = pieces.next() {
+            let flags = if pieces.peek().is_none() {
+                connection::LAST_CHUNK
+            } else {
+                0
+            };
+            let chunk = FrameHeader {
+                flags,
+                kind: FrameKind::Chunk,
+                ..header
+            };
+            frame::encode_raw(chunk, piece, &mut scratch.frames).map_err(SendError::Encode)?;
+        }
+        Ok(())
+    }
+
+    /// Delivers the frame at `payload` of `block` to its local endpoint.
+    fn deliver(
+        &self,
+        block: &Arc<Block>,
+        header: FrameHeader,
+        payload: Range<usize>,
+    ) -> Result<(), ConnectionError> {
+        match self.endpoints.get(header.destination) {
+            Some(endpoint) => {
+                endpoint
+                    .deliver(&self.handle, block, header, payload)
+                    .map_err(ConnectionError::Frame)?;
+                self.counters.delivered.increment();
+            }
+            None => self.counters.undeliverable.increment(),
+        }
+        Ok(())
+    }
+
+    /// The receive state of a dialer's lane.
+    fn inbound_lane(&self, hello: &Accepted) -> Arc<InboundLane> {
+        let mut inbound = self.inbound.lock().unwrap_or_else(PoisonError::into_inner);
+        let lane = inbound
+            .entry((hello.peer, hello.channel, hello.lane))
+            .or_insert_with(|| Arc::new(InboundLane::default()))
+            .clone();
+        drop(inbound);
+        lane.meet(hello.incarnation);
+        lane
+    }
+
+    fn recent(&self) -> MutexGuard<'_, VecDeque<ConnectionError>> {
+        self.recent_errors
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Logs, counts and keeps a connection's end.
+    fn connection_failed(&self, peer: Option<NodeId>, addr: SocketAddr, error: ConnectionError) {
+        if self.is_closed() {
+            return;
+        }
+        self.counters.connection_errors.increment();
+        if matches!(error, ConnectionError::Frame(_)) {
+            self.counters.frame_errors.increment();
+        }
+        match peer {
+            Some(peer) => tracing::warn!("connection with node {} ({addr}): {error}", peer.0),
+            None => tracing::warn!("connection from {addr}: {error}"),
+        }
+        let mut recent = self.recent();
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(error);
+    }
+}
+
+/// A peer node and its outbound lanes, by channel then lane.
+pub(crate) struct Peer {
+    node: NodeId,
+    addr: SocketAddr,
+    lanes: Vec<Vec<Arc<Lane>>>,
+    removed: AtomicBool,
+}
+
+impl Peer {
+    fn lane(&self, channel: u16, lane: u16) -> &Arc<Lane> {
+        &self.lanes[usize::from(channel)][usize::from(lane)]
+    }
+
+    fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+}
+
+/// What this node knows of one dialer's lane, across its connections: the
+/// dialer's incarnation, how far its acknowledged frames were delivered,
+/// and which connection currently owns it.
+#[derive(Default)]
+pub(crate) struct InboundLane {
+    state: Mutex<InboundState>,
+}
+
+#[derive(Default)]
+pub(crate) struct InboundState {
+    incarnation: u64,
+    delivered: u64,
+    generation: u64,
+}
+
+impl InboundLane {
+    /// A hello from `incarnation`: a restarted dialer numbers afresh.
+    fn meet(&self, incarnation: u64) {
+        let mut state = self.lock();
+        if state.incarnation != incarnation {
+            state.incarnation = incarnation;
+            state.delivered = 0;
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        self.lock().delivered
+    }
+
+    /// A new connection takes the lane over: older readers stop delivering.
+    fn claim(&self) -> (u64, u64) {
+        let mut state = self.lock();
+        state.generation += 1;
+        (state.generation, state.delivered)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, InboundState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl InboundState {
+    fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn set_delivered(&mut self, delivered: u64) {
+        self.delivered = delivered;
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    connections: Counter,
+    accepted: Counter,
+    refused: Counter,
+    connection_errors: Counter,
+    frame_errors: Counter,
+    delivered: Counter,
+    undeliverable: Counter,
+}
+
+#[derive(Default)]
+struct Counter(AtomicU64);
+
+impl Counter {
+    fn increment(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}

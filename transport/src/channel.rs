@@ -1,0 +1,284 @@
+//! Named channels and their options.
+//!
+//! A channel is a class of traffic between two nodes with its own TCP
+//! connections, so that one class never waits behind another in a socket
+//! buffer: membership and supervision signals on `control` are not stuck
+//! behind a megabyte on `bulk`. Partisan's insight is that a channel may
+//! also use several connections at once (*parallelism*); a message's lane
+//! is chosen by hashing its sender and receiver, which keeps the order of
+//! every (sender, receiver, channel) triple.
+//!
+//! Every node of a cluster must declare the same channels in the same
+//! order: the handshake compares a digest of their names and refuses a
+//! connection on mismatch ([`crate::HandshakeError::Channels`]).
+
+use std::fmt;
+use std::time::Duration;
+
+/// A channel's index in the transport's channel list, as carried in frame
+/// headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u16);
+
+impl ChannelId {
+    /// The default `control` channel.
+    pub const CONTROL: ChannelId = ChannelId(0);
+    /// The default `data` channel.
+    pub const DATA: ChannelId = ChannelId(1);
+    /// The default `gossip` channel.
+    pub const GOSSIP: ChannelId = ChannelId(2);
+    /// The default `bulk` channel.
+    pub const BULK: ChannelId = ChannelId(3);
+}
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "channel {}", self.0)
+    }
+}
+
+/// What a channel promises about delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Frames written to a connection that then fails may be lost.
+    BestEffort,
+    /// Frames carry sequence numbers; the receiver acknowledges them, the
+    /// sender keeps them until acknowledged and sends them again on the
+    /// next connection, and the receiver drops the ones it already
+    /// delivered. Nothing is lost or duplicated while the sending node
+    /// lives.
+    Acknowledged,
+}
+
+/// What a send does while the channel has no connection to the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenDisconnected {
+    /// Keep up to this many bytes of frames for when it connects; beyond,
+    /// a send waits (or `try_send` says `WouldBlock`).
+    Queue {
+        /// Most bytes kept.
+        max_bytes: usize,
+    },
+    /// Refuse the send with [`crate::SendError::NotConnected`].
+    Fail,
+}
+
+/// A channel's name and options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelSpec {
+    /// The channel's name.
+    pub name: String,
+    /// Lower is more urgent; `control` is 0.
+    pub priority: u8,
+    /// Connections per peer.
+    pub parallelism: u16,
+    /// Best-effort or acknowledged.
+    pub delivery: Delivery,
+    /// Largest frame payload; larger messages travel as chunks.
+    pub max_frame: u32,
+    /// Largest message accepted (reassembled from chunks).
+    pub max_message: usize,
+    /// Bytes a sender may have in flight to one peer's lane before the
+    /// receiver grants more (as its processes drain what they received).
+    pub credit_window: u32,
+    /// What a send does while disconnected.
+    pub when_disconnected: WhenDisconnected,
+}
+
+impl ChannelSpec {
+    /// A best-effort channel named `name`, priority 1, one connection,
+    /// 64 KiB frames, a 4 MiB window, queueing up to one window while
+    /// disconnected.
+    pub fn new(name: impl Into<String>) -> ChannelSpec {
+        ChannelSpec {
+            name: name.into(),
+            priority: 1,
+            parallelism: 1,
+            delivery: Delivery::BestEffort,
+            max_frame: 64 * 1024,
+            max_message: 256 * 1024 * 1024,
+            credit_window: 4 * 1024 * 1024,
+            when_disconnected: WhenDisconnected::Queue {
+                max_bytes: 4 * 1024 * 1024,
+            },
+        }
+    }
+
+    /// Sets the priority (lower is more urgent).
+    pub fn priority(mut self, priority: u8) -> ChannelSpec {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the connections per peer (at least one).
+    pub fn parallelism(mut self, connections: u16) -> ChannelSpec {
+        self.parallelism = connections;
+        self
+    }
+
+    /// Sets the delivery guarantee.
+    pub fn delivery(mut self, delivery: Delivery) -> ChannelSpec {
+        self.delivery = delivery;
+        self
+    }
+
+    /// Sets the largest frame payload.
+    pub fn max_frame(mut self, bytes: u32) -> ChannelSpec {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Sets the largest message.
+    pub fn max_message(mut self, bytes: usize) -> ChannelSpec {
+        self.max_message = bytes;
+        self
+    }
+
+    /// Sets the credit window.
+    pub fn credit_window(mut self, bytes: u32) -> ChannelSpec {
+        self.credit_window = bytes;
+        self
+    }
+
+    /// Sets what a send does while disconnected.
+    pub fn when_disconnected(mut self, when: WhenDisconnected) -> ChannelSpec {
+        self.when_disconnected = when;
+        self
+    }
+
+    /// The four default channels, in [`ChannelId`] order:
+    ///
+    /// | name | priority | connections | delivery | max frame | window |
+    /// |---|---|---|---|---|---|
+    /// | `control` | 0 | 1 | acknowledged | 64 KiB | 1 MiB |
+    /// | `data` | 1 | 2 | best effort | 64 KiB | 4 MiB |
+    /// | `gossip` | 2 | 1 | best effort | 64 KiB | 1 MiB |
+    /// | `bulk` | 3 | 1 | best effort | 1 MiB | 16 MiB |
+    pub fn defaults() -> Vec<ChannelSpec> {
+        vec![
+            ChannelSpec::new("control")
+                .priority(0)
+                .delivery(Delivery::Acknowledged)
+                .credit_window(1024 * 1024),
+            ChannelSpec::new("data").priority(1).parallelism(2),
+            ChannelSpec::new("gossip")
+                .priority(2)
+                .credit_window(1024 * 1024),
+            ChannelSpec::new("bulk")
+                .priority(3)
+                .max_frame(1024 * 1024)
+                .credit_window(16 * 1024 * 1024)
+                .when_disconnected(WhenDisconnected::Queue {
+                    max_bytes: 16 * 1024 * 1024,
+                }),
+        ]
+    }
+
+    /// Checks the options make sense together.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        let problem = if self.name.is_empty() {
+            "has no name"
+        } else if self.parallelism == 0 {
+            "has no connections (parallelism 0)"
+        } else if self.max_frame < 64 {
+            "has a max frame under 64 bytes"
+        } else if (self.credit_window as usize) < crate::frame::padded_len(self.max_frame as usize)
+        {
+            "has a credit window smaller than one frame"
+        } else {
+            return Ok(());
+        };
+        Err(ConfigError::Channel {
+            name: self.name.clone(),
+            problem,
+        })
+    }
+}
+
+/// A transport configuration that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No channels.
+    NoChannels,
+    /// Two channels share a name.
+    DuplicateChannel(String),
+    /// A channel's options contradict each other.
+    Channel {
+        /// The channel.
+        name: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// Reconnect backoff: the minimum is zero or above the maximum.
+    Backoff {
+        /// The minimum.
+        min: Duration,
+        /// The maximum.
+        max: Duration,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::NoChannels => f.write_str("no channels"),
+            ConfigError::DuplicateChannel(name) => write!(f, "two channels named {name:?}"),
+            ConfigError::Channel { name, problem } => write!(f, "channel {name:?} {problem}"),
+            ConfigError::Backoff { min, max } => {
+                write!(f, "reconnect backoff {min:?}..{max:?} is empty")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A digest of the channel names, compared in the handshake (FNV-1a: the
+/// aim is to catch a misconfiguration, not an adversary — the cookie does
+/// that).
+pub(crate) fn digest(channels: &[ChannelSpec]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for channel in channels {
+        for byte in channel.name.bytes().chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_in_id_order() {
+        let channels = ChannelSpec::defaults();
+        let names: Vec<_> = channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["control", "data", "gossip", "bulk"]);
+        for channel in &channels {
+            channel.check().unwrap();
+        }
+        assert_eq!(channels[ChannelId::CONTROL.0 as usize].priority, 0);
+    }
+
+    #[test]
+    fn contradictory_options_are_refused() {
+        let bad = ChannelSpec::new("x").parallelism(0);
+        assert!(matches!(bad.check(), Err(ConfigError::Channel { .. })));
+        let bad = ChannelSpec::new("x")
+            .max_frame(1 << 20)
+            .credit_window(1 << 10);
+        assert!(matches!(bad.check(), Err(ConfigError::Channel { .. })));
+    }
+
+    #[test]
+    fn the_digest_tells_channel_lists_apart() {
+        let a = ChannelSpec::defaults();
+        let mut b = a.clone();
+        b.swap(1, 2);
+        assert_ne!(digest(&a), digest(&b));
+        assert_eq!(digest(&a), digest(&ChannelSpec::defaults()));
+    }
+}

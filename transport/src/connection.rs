@@ -1,0 +1,637 @@
+//! The connection processes: one *dialer* per outbound lane, one *reader*
+//! per accepted connection, and the *listener* that accepts them.
+//!
+//! Each TCP connection carries one lane in one direction: the dialer
+//! writes the lane's frames and reads back credit and acknowledgements; the
+//! reader (on the peer) reads frames, delivers them and writes credit and
+//! acknowledgements. Two nodes that talk both ways hold one connection per
+//! lane per direction. That costs a socket, and buys simplicity: no race
+//! between two nodes dialling each other at once, and every connection has
+//! one writer of data.
+//!
+//! They are ordinary processes, so they run under the shard's reduction
+//! budget beside everything else, and a failure in one (an error from a
+//! peer, a malformed frame) ends only that connection.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use foundation_sched::{Context, NodeId, Pid};
+use rkyv::util::AlignedVec;
+
+use crate::frame::{self, FrameError, FrameHeader, FrameKind, HEADER_LEN, PAYLOAD_ALIGN};
+use crate::handshake::{self, Dialer, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
+use crate::inbound::{Block, Feedback};
+use crate::lane::Lane;
+use crate::sys::{Listener, Reactor, Stream};
+use crate::{ConnectionError, Inner, Peer};
+
+/// Size of a reader's receive block, unless the channel's frames need more.
+const BLOCK_BYTES: usize = 256 * 1024;
+
+/// Read at least this much free room per receive.
+const MIN_READ_ROOM: usize = 16 * 1024;
+
+/// Flag of a chunk frame: the last piece of its message.
+pub(crate) const LAST_CHUNK: u8 = 1;
+
+/// Accepts connections and gives each to a reader process on this shard.
+/// Every shard runs one, on its own descriptor of the same listening
+/// socket, so connections spread over the shards as they arrive.
+pub(crate) async fn listen(cx: Context<()>, inner: Arc<Inner>, listener: std::net::TcpListener) {
+    let Some(reactor) = Reactor::current() else {
+        tracing::error!("transport listener on a shard without an I/O reactor");
+        return;
+    };
+    let listener: Listener = match reactor.listener(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!("transport listener: {error}");
+            return;
+        }
+    };
+    loop {
+        let accepted = poll_fn(|task| listener.poll_accept(task)).await;
+        if inner.is_closed() {
+            return;
+        }
+        match accepted {
+            Ok((socket, addr)) => {
+                let inner = inner.clone();
+                cx.spawn(move |cx: Context<()>| serve(cx, inner, socket, addr));
+            }
+            Err(error) => {
+                tracing::warn!("accept failed: {error}");
+                cx.sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// Keeps one outbound lane connected: dials, handshakes, writes the lane's
+/// frames until the connection fails, and dials again with backoff.
+pub(crate) async fn dial(
+    cx: Context<()>,
+    inner: Arc<Inner>,
+    peer: Arc<Peer>,
+    channel: u16,
+    lane_index: u16,
+) {
+    let lane = peer.lane(channel, lane_index).clone();
+    let mut backoff = inner.config.reconnect_min;
+    while !inner.is_closed() && !peer.is_removed() {
+        match connect(&cx, &inner, &peer, channel, lane_index).await {
+            Ok((stream, delivered)) => {
+                backoff = inner.config.reconnect_min;
+                lane.connected(delivered);
+                inner.counters.connections.increment();
+                let error = write_lane(&lane, &stream).await;
+                lane.disconnected();
+                if !inner.is_closed() && !peer.is_removed() {
+                    inner.connection_failed(Some(peer.node), peer.addr, error);
+                }
+            }
+            Err(error) => inner.connection_failed(Some(peer.node), peer.addr, error),
+        }
+        cx.sleep(backoff).await;
+        backoff = (backoff * 2).min(inner.config.reconnect_max);
+    }
+}
+
+/// Connects and handshakes as the dialer; returns the stream and how far
+/// the peer delivered this lane.
+async fn connect(
+    cx: &Context<()>,
+    inner: &Arc<Inner>,
+    peer: &Peer,
+    channel: u16,
+    lane: u16,
+) -> Result<(Stream, u64), ConnectionError> {
+    let reactor = Reactor::current().ok_or(ConnectionError::NoReactor)?;
+    let stream = reactor.connect(peer.addr).map_err(ConnectionError::io)?;
+    let handshake = async {
+        poll_fn(|task| stream.poll_connected(task))
+            .await
+            .map_err(ConnectionError::io)?;
+        let mut out = Vec::new();
+        let mut dialer = Dialer::start(
+            inner.identity.clone(),
+            peer.node,
+            channel,
+            lane,
+            handshake::nonce(),
+            &mut out,
+        );
+        send_all(&stream, &mut out).await?;
+        let mut buffer = FrameBuffer::new(4096);
+        loop {
+            let frame = buffer.next_frame(&stream, MAX_HANDSHAKE_PAYLOAD).await?;
+            let step = dialer.on_frame(buffer.frame(frame.clone()), &mut out);
+            buffer.consume(frame.end);
+            if let Some(established) = step? {
+                return Ok(established.delivered);
+            }
+            send_all(&stream, &mut out).await?;
+        }
+    };
+    let delivered = within(cx, inner.config.handshake_timeout, handshake).await?;
+    Ok((stream, delivered))
+}
+
+/// Writes the lane's batches and applies the credit and acknowledgements
+/// that come back, until the connection fails or the lane closes.
+async fn write_lane(lane: &Lane, stream: &Stream) -> ConnectionError {
+    let mut feedback = FrameBuffer::new(4096);
+    poll_fn(|task| loop {
+        let mut progress = false;
+        if stream.sending() {
+            if let Poll::Ready((batch, result)) = stream.poll_sent(task) {
+                lane.written(batch);
+                if let Err(error) = result {
+                    return Poll::Ready(ConnectionError::io(error));
+                }
+                progress = true;
+            }
+        } else {
+            match lane.poll_batch(task) {
+                Poll::Ready(Some(batch)) => {
+                    stream.start_send(batch);
+                    progress = true;
+                }
+                Poll::Ready(None) => return Poll::Ready(ConnectionError::Closed),
+                Poll::Pending => {}
+            }
+        }
+        match feedback.poll_fill(task, stream) {
+            Poll::Ready(Ok(())) => {
+                progress = true;
+                while let Some(frame) = feedback.complete_frame(64) {
+                    let Framed { header, range } = match frame {
+                        Ok(frame) => frame,
+                        Err(error) => return Poll::Ready(ConnectionError::Frame(error)),
+                    };
+                    match (header.kind, read_counter(feedback.frame(range.clone()))) {
+                        (FrameKind::Credit, Ok(consumed)) => lane.credit(consumed),
+                        (FrameKind::Ack, Ok(delivered)) => lane.acknowledged(delivered),
+                        (_, Err(error)) => return Poll::Ready(ConnectionError::Frame(error)),
+                        (kind, _) => return Poll::Ready(ConnectionError::UnexpectedFrame(kind)),
+                    }
+                    feedback.consume(range.end);
+                }
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(error),
+            Poll::Pending => {}
+        }
+        if !progress {
+            return Poll::Pending;
+        }
+    })
+    .await
+}
+
+/// Serves one accepted connection: the listener's handshake, then frames
+/// until it closes.
+async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: std::net::TcpStream, addr: SocketAddr) {
+    let Some(reactor) = Reactor::current() else {
+        tracing::error!("transport reader on a shard without an I/O reactor");
+        return;
+    };
+    let stream = match reactor.adopt(socket) {
+        Ok(stream) => stream,
+        Err(error) => return inner.connection_failed(None, addr, ConnectionError::io(error)),
+    };
+    inner.counters.accepted.increment();
+    let accepted = within(&cx, inner.config.handshake_timeout, accept(&inner, &stream)).await;
+    let (peer, mut reader) = match accepted {
+        Ok(accepted) => accepted,
+        Err(error) => {
+            if matches!(error, ConnectionError::Handshake(_)) {
+                inner.counters.refused.increment();
+            }
+            return inner.connection_failed(None, addr, error);
+        }
+    };
+    let error = reader.run(&inner, &stream).await;
+    if !inner.is_closed() {
+        inner.connection_failed(Some(peer), addr, error);
+    }
+}
+
+/// The listener's side of the handshake.
+async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader), ConnectionError> {
+    let mut listener = handshake::Listener::new(inner.identity.clone(), handshake::nonce());
+    let mut buffer = FrameBuffer::new(4096);
+    let mut out = Vec::new();
+    loop {
+        let frame = buffer.next_frame(stream, MAX_HANDSHAKE_PAYLOAD).await?;
+        let step = listener.on_frame(buffer.frame(frame.clone()), &mut out, |hello| {
+            inner.inbound_lane(hello).delivered()
+        });
+        buffer.consume(frame.end);
+        // Send the answer, a refusal included, before acting on the step.
+        let sent = send_all(stream, &mut out).await;
+        let Some(accepted) = step? else {
+            sent?;
+            continue;
+        };
+        sent?;
+        let lane = inner.inbound_lane(&accepted);
+        let (generation, delivered) = lane.claim();
+        let spec = &inner.channels[usize::from(accepted.channel)];
+        let window = u64::from(spec.credit_window);
+        let frame_max = frame::padded_len(spec.max_frame as usize) as u64;
+        let threshold = (window / 4).min(window.saturating_sub(frame_max));
+        let block_bytes = BLOCK_BYTES.max(2 * frame_max as usize);
+        let mut reader = Reader {
+            channel: accepted.channel,
+            max_frame: spec.max_frame,
+            max_message: spec.max_message,
+            acknowledged: spec.delivery == crate::Delivery::Acknowledged,
+            lane,
+            generation,
+            received: delivered,
+            delivered,
+            acked: delivered,
+            feedback: Feedback::new(threshold),
+            buffer: FrameBuffer::new(block_bytes),
+            reassembly: std::collections::HashMap::new(),
+        };
+        // Bytes after the handshake already belong to the lane.
+        reader.buffer.take_from(&mut buffer);
+        return Ok((accepted.peer, reader));
+    }
+}
+
+/// The reading end of one connection.
+struct Reader {
+    channel: u16,
+    max_frame: u32,
+    max_message: usize,
+    acknowledged: bool,
+    lane: Arc<crate::InboundLane>,
+    generation: u64,
+    /// Highest sequence number received (acknowledged channels).
+    received: u64,
+    /// Highest sequence number delivered: a message, or the last chunk of
+    /// one. A message in chunks counts as delivered only once whole, so a
+    /// reconnect in its middle sends all its chunks again.
+    delivered: u64,
+    /// Highest sequence number acknowledged to the sender.
+    acked: u64,
+    feedback: Arc<Feedback>,
+    buffer: FrameBuffer,
+    /// Messages arriving in chunks, by (source, destination): bytes so
+    /// far and the frame bytes they account for.
+    reassembly: std::collections::HashMap<(Pid, Pid), (AlignedVec<PAYLOAD_ALIGN>, u64)>,
+}
+
+impl Reader {
+    async fn run(&mut self, inner: &Arc<Inner>, stream: &Stream) -> ConnectionError {
+        let mut out: Vec<u8> = Vec::new();
+        poll_fn(|task| loop {
+            let mut progress = false;
+            // Credit and acknowledgements back to the sender.
+            if stream.sending() {
+                if let Poll::Ready((batch, result)) = stream.poll_sent(task) {
+                    out = batch;
+                    out.clear();
+                    if let Err(error) = result {
+                        return Poll::Ready(ConnectionError::io(error));
+                    }
+                    progress = true;
+                }
+            }
+            if !stream.sending() {
+                if let Some(consumed) = self.feedback.due(task.waker()).or_else(|| {
+                    // Idle: grant the rest too, so a small window is never
+                    // stuck below the threshold.
+                    (!progress).then(|| self.feedback.ungranted()).flatten()
+                }) {
+                    write_counter(&mut out, FrameKind::Credit, self.channel, consumed);
+                    self.feedback.granted(consumed);
+                }
+                if self.delivered > self.acked {
+                    write_counter(&mut out, FrameKind::Ack, self.channel, self.delivered);
+                    self.acked = self.delivered;
+                }
+                if !out.is_empty() {
+                    stream.start_send(std::mem::take(&mut out));
+                    progress = true;
+                }
+            }
+            match self.buffer.poll_fill(task, stream) {
+                Poll::Ready(Ok(())) => {
+                    progress = true;
+                    if let Err(error) = self.deliver_frames(inner) {
+                        return Poll::Ready(error);
+                    }
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(error),
+                Poll::Pending => {}
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        })
+        .await
+    }
+
+    /// Delivers every complete frame in the buffer.
+    fn deliver_frames(&mut self, inner: &Inner) -> Result<(), ConnectionError> {
+        // First pass: find the complete frames and check their headers.
+        let mut end = 0;
+        let mut headers = Vec::new();
+        while let Some(frame) = self.buffer.complete_frame_at(end, self.max_frame) {
+            let frame = frame.map_err(ConnectionError::Frame)?;
+            end = frame.range.end;
+            headers.push(frame.header);
+        }
+        if headers.is_empty() {
+            return Ok(());
+        }
+        let bytes = self.buffer.split_off_frames(end);
+        let mut skipped = 0;
+        let mut held = 0;
+        let mut deliveries = Vec::new();
+        let mut at = 0;
+        // The lane's state is locked while this batch is delivered, so a
+        // newer connection of the same lane cannot read a stale
+        // `delivered` in between.
+        let mut lane = self.lane.lock();
+        if lane.generation() != self.generation {
+            return Err(ConnectionError::Superseded);
+        }
+        for header in headers {
+            let len = header.frame_len();
+            let payload = at + HEADER_LEN..at + HEADER_LEN + header.length as usize;
+            at += len;
+            if header.channel != self.channel {
+                return Err(ConnectionError::WrongChannel(header.channel));
+            }
+            if self.acknowledged {
+                if header.sequence <= self.received {
+                    skipped += len as u64; // Sent again after a reconnect.
+                    continue;
+                }
+                if header.sequence != self.received + 1 {
+                    return Err(ConnectionError::SequenceGap {
+                        expected: self.received + 1,
+                        got: header.sequence,
+                    });
+                }
+                self.received = header.sequence;
+            }
+            match header.kind {
+                FrameKind::Message => {
+                    self.delivered = header.sequence;
+                    deliveries.push((header, payload));
+                    held += len as u64;
+                }
+                FrameKind::Chunk => {
+                    let key = (header.source, header.destination);
+                    let (message, frame_bytes) = self.reassembly.entry(key).or_default();
+                    message.extend_from_slice(&bytes[payload]);
+                    *frame_bytes += len as u64;
+                    if message.len() > self.max_message {
+                        return Err(ConnectionError::MessageTooLarge(message.len()));
+                    }
+                    if header.flags & LAST_CHUNK != 0 {
+                        let (message, frame_bytes) =
+                            self.reassembly.remove(&key).unwrap_or_default();
+                        self.delivered = header.sequence;
+                        let length = message.len();
+                        let block = Block::new(message, frame_bytes, self.feedback.clone());
+                        inner.deliver(&block, header, 0..length)?;
+                    }
+                }
+                kind => return Err(ConnectionError::UnexpectedFrame(kind)),
+            }
+        }
+        let block = Block::new(bytes, held, self.feedback.clone());
+        for (header, payload) in deliveries {
+            inner.deliver(&block, header, payload)?;
+        }
+        if self.acknowledged {
+            lane.set_delivered(self.delivered);
+        }
+        drop(lane);
+        // Duplicates were dropped: their bytes are consumed already.
+        self.feedback.consume(skipped);
+        Ok(())
+    }
+}
+
+/// A complete frame in a [`FrameBuffer`]: its checked header and where it
+/// lies.
+struct Framed {
+    header: FrameHeader,
+    range: std::ops::Range<usize>,
+}
+
+/// A receive buffer that yields whole frames, aligned.
+struct FrameBuffer {
+    bytes: AlignedVec<PAYLOAD_ALIGN>,
+    /// Bytes received.
+    filled: usize,
+    /// Bytes at the front already consumed.
+    start: usize,
+    capacity: usize,
+}
+
+impl FrameBuffer {
+    fn new(capacity: usize) -> FrameBuffer {
+        FrameBuffer {
+            bytes: AlignedVec::new(),
+            filled: 0,
+            start: 0,
+            capacity,
+        }
+    }
+
+    /// Receives more bytes; `Ready(Ok(()))` when some arrived.
+    fn poll_fill(
+        &mut self,
+        task: &mut std::task::Context<'_>,
+        stream: &Stream,
+    ) -> Poll<Result<(), ConnectionError>> {
+        if self.start > 0 && self.capacity - self.filled < MIN_READ_ROOM {
+            // Move the partial frame to the front.
+            self.bytes.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
+            self.start = 0;
+        }
+        if self.bytes.len() < self.capacity {
+            self.bytes.resize(self.capacity, 0);
+        }
+        if self.filled == self.capacity {
+            return Poll::Ready(Err(ConnectionError::Frame(FrameError::Oversized {
+                length: self.capacity as u32,
+                max: self.capacity as u32,
+            })));
+        }
+        match stream.poll_recv(task, &mut self.bytes[self.filled..]) {
+            Poll::Ready(Ok(0)) => Poll::Ready(Err(ConnectionError::PeerClosed)),
+            Poll::Ready(Ok(n)) => {
+                self.filled += n;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(error)) => Poll::Ready(Err(ConnectionError::io(error))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// The next complete frame, as a range of the buffer, waiting for it.
+    async fn next_frame(
+        &mut self,
+        stream: &Stream,
+        max_payload: u32,
+    ) -> Result<std::ops::Range<usize>, ConnectionError> {
+        loop {
+            if let Some(frame) = self.complete_frame(max_payload) {
+                return frame
+                    .map(|frame| frame.range)
+                    .map_err(ConnectionError::Frame);
+            }
+            poll_fn(|task| self.poll_fill(task, stream)).await?;
+        }
+    }
+
+    /// The complete frame at the front, if there is one; an error if the
+    /// header is bad.
+    fn complete_frame(&self, max_payload: u32) -> Option<Result<Framed, FrameError>> {
+        self.complete_frame_at(self.start, max_payload)
+    }
+
+    fn complete_frame_at(&self, at: usize, max_payload: u32) -> Option<Result<Framed, FrameError>> {
+        let at = at.max(self.start);
+        let available = &self.bytes[at..self.filled];
+        if available.len() < HEADER_LEN {
+            return None;
+        }
+        match FrameHeader::parse(available, max_payload) {
+            Err(error) => Some(Err(error)),
+            Ok(header) if header.frame_len() <= available.len() => Some(Ok(Framed {
+                header,
+                range: at..at + header.frame_len(),
+            })),
+            Ok(header) if header.frame_len() > self.capacity => Some(Err(FrameError::Oversized {
+                length: header.length,
+                max: max_payload,
+            })),
+            Ok(_) => None,
+        }
+    }
+
+    fn frame(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.bytes[range]
+    }
+
+    fn consume(&mut self, end: usize) {
+        self.start = end;
+        if self.start == self.filled {
+            self.start = 0;
+            self.filled = 0;
+        }
+    }
+
+    /// Takes the complete frames `[start, end)` out as their own aligned
+    /// buffer, keeping the rest. A large run
+    /// takes the buffer itself (no copy) and leaves a fresh one; a small
+    /// run is copied, so a few small messages never pin a whole block.
+    fn split_off_frames(&mut self, end: usize) -> AlignedVec<PAYLOAD_ALIGN> {
+        let frames = end - self.start;
+        let mut taken;
+        if self.start == 0 && frames >= self.capacity / 4 {
+            let mut rest = AlignedVec::with_capacity(self.capacity);
+            rest.extend_from_slice(&self.bytes[end..self.filled]);
+            self.filled -= end;
+            taken = std::mem::replace(&mut self.bytes, rest);
+            taken.resize(frames, 0);
+        } else {
+            taken = AlignedVec::with_capacity(frames);
+            taken.extend_from_slice(&self.bytes[self.start..end]);
+            self.start = end;
+        }
+        self.consume(self.start);
+        taken
+    }
+
+    /// Takes over what `other` received beyond its consumed frames.
+    fn take_from(&mut self, other: &mut FrameBuffer) {
+        self.bytes.clear();
+        self.bytes
+            .extend_from_slice(&other.bytes[other.start..other.filled]);
+        self.filled = other.filled - other.start;
+        self.start = 0;
+    }
+}
+
+/// Writes all of `out` and clears it.
+async fn send_all(stream: &Stream, out: &mut Vec<u8>) -> Result<(), ConnectionError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    stream.start_send(std::mem::take(out));
+    let (mut buffer, result) = poll_fn(|task| stream.poll_sent(task)).await;
+    buffer.clear();
+    *out = buffer;
+    result.map_err(ConnectionError::io)
+}
+
+/// Runs `future` for at most `timeout`.
+async fn within<T>(
+    cx: &Context<()>,
+    timeout: Duration,
+    future: impl Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    let mut future = pin!(future);
+    let mut sleep = pin!(cx.sleep(timeout));
+    poll_fn(|task| {
+        if let Poll::Ready(result) = future.as_mut().poll(task) {
+            return Poll::Ready(result);
+        }
+        if sleep.as_mut().poll(task).is_ready() {
+            return Poll::Ready(Err(ConnectionError::TimedOut));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Appends a credit or acknowledgement frame carrying `value`.
+fn write_counter(out: &mut Vec<u8>, kind: FrameKind, channel: u16, value: u64) {
+    let header = FrameHeader {
+        flags: 0,
+        channel,
+        kind,
+        length: 0,
+        source: Pid::from_bits(0),
+        destination: Pid::from_bits(0),
+        trace_id: 0,
+        sequence: 0,
+    };
+    frame::encode(header, &value, out).expect("a u64 encodes");
+}
+
+/// Reads the value of a credit or acknowledgement frame.
+fn read_counter(bytes: &[u8]) -> Result<u64, FrameError> {
+    let (frame, _) = frame::Frame::<rkyv::Archived<u64>>::parse(bytes, 64)?;
+    Ok(frame.payload.to_native())
+}
+
+impl ConnectionError {
+    pub(crate) fn io(error: io::Error) -> ConnectionError {
+        ConnectionError::Io(error.kind(), error.to_string())
+    }
+}
+
+impl From<HandshakeError> for ConnectionError {
+    fn from(error: HandshakeError) -> ConnectionError {
+        ConnectionError::Handshake(error)
+    }
+}

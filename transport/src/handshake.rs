@@ -1,0 +1,578 @@
+//! The connection handshake, as a sans-IO state machine.
+//!
+//! ```text
+//! dialer                                   listener
+//!   Hello { protocol, name, node, incarnation, channel, lane,
+//!           channel digest, nonce_d }  ------------>
+//!                                          checks protocol, digest
+//!   <------------  Challenge { protocol, name, node, nonce_l,
+//!                              mac_l = HMAC(cookie, "listener" | nonce_d | nonce_l),
+//!                              delivered }
+//! checks mac_l
+//!   Proof { mac_d = HMAC(cookie, "dialer" | nonce_l | nonce_d) }  --->
+//!                                          checks mac_d
+//!   <------------  Welcome
+//! ```
+//!
+//! Both sides prove that they know the cookie without sending it: each
+//! answers the other's fresh nonce with an HMAC-SHA256 keyed by the cookie,
+//! and each checks the other's answer in constant time. A mismatch of
+//! protocol version, channel list or cookie is refused with a typed
+//! [`HandshakeError`] on both sides: the listener sends `Refuse` with the
+//! reason before it closes, so the dialer can tell "wrong cookie" from
+//! "network trouble" and does not hammer a peer that will never accept it.
+//!
+//! `delivered` (in the challenge) is how far the listener has delivered
+//! this dialer's acknowledged lane, so that after a reconnect the dialer
+//! resends only what was lost. `incarnation` (in the hello) tells a
+//! restarted dialer from a reconnecting one: a new incarnation starts its
+//! sequence numbers afresh.
+
+use std::fmt;
+
+use foundation_sched::{NodeId, Pid};
+use hmac::{Hmac, Mac};
+use rkyv::{Archive, Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::frame::{self, Frame, FrameError, FrameHeader, FrameKind};
+
+/// The handshake protocol this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest handshake frame payload accepted.
+pub(crate) const MAX_HANDSHAKE_PAYLOAD: u32 = 4096;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The shared secret that admits a node to the cluster. It never leaves the
+/// node: the handshake proves knowledge of it with HMAC.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cookie(Vec<u8>);
+
+impl Cookie {
+    /// A cookie from its secret bytes.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Cookie {
+        Cookie(secret.into())
+    }
+
+    fn mac(&self, label: &[u8], first: &[u8; 32], second: &[u8; 32]) -> HmacSha256 {
+        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        mac.update(label);
+        mac.update(first);
+        mac.update(second);
+        mac
+    }
+}
+
+impl fmt::Debug for Cookie {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cookie(<secret>)")
+    }
+}
+
+/// Why a handshake failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandshakeError {
+    /// The two sides speak different protocol versions.
+    Protocol {
+        /// This node's version.
+        ours: u16,
+        /// The peer's.
+        theirs: u16,
+    },
+    /// A side failed to prove it knows the cookie.
+    Cookie,
+    /// The two nodes declare different channel lists.
+    Channels,
+    /// The dialer asked for a channel or lane that does not exist.
+    UnknownChannel(u16),
+    /// The listener is not the node the dialer meant to reach.
+    UnexpectedNode {
+        /// The node dialled.
+        expected: NodeId,
+        /// The node that answered.
+        got: NodeId,
+    },
+    /// A frame that is not a valid handshake message.
+    Malformed(FrameError),
+    /// A valid message at the wrong step.
+    OutOfOrder,
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HandshakeError::Protocol { ours, theirs } => {
+                write!(f, "protocol version mismatch: ours {ours}, theirs {theirs}")
+            }
+            HandshakeError::Cookie => f.write_str("cookie mismatch"),
+            HandshakeError::Channels => f.write_str("channel lists differ"),
+            HandshakeError::UnknownChannel(channel) => write!(f, "unknown channel {channel}"),
+            HandshakeError::UnexpectedNode { expected, got } => {
+                write!(f, "dialled node {} but node {} answered", expected.0, got.0)
+            }
+            HandshakeError::Malformed(error) => write!(f, "malformed handshake: {error}"),
+            HandshakeError::OutOfOrder => f.write_str("handshake message out of order"),
+        }
+    }
+}
+
+impl std::error::Error for HandshakeError {}
+
+/// Who this node is, as the handshake presents it.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub(crate) name: String,
+    pub(crate) node: NodeId,
+    /// Random per start of the transport.
+    pub(crate) incarnation: u64,
+    pub(crate) cookie: Cookie,
+    pub(crate) channels: u64,
+    /// How many channels, and the lanes of each.
+    pub(crate) lanes: Vec<u16>,
+}
+
+/// A handshake message (the payload of a `Handshake` frame).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) enum Message {
+    Hello {
+        protocol: u16,
+        name: String,
+        node: u16,
+        incarnation: u64,
+        channel: u16,
+        lane: u16,
+        channels: u64,
+        nonce: [u8; 32],
+    },
+    Challenge {
+        protocol: u16,
+        name: String,
+        node: u16,
+        nonce: [u8; 32],
+        mac: [u8; 32],
+        delivered: u64,
+    },
+    Proof {
+        mac: [u8; 32],
+    },
+    Welcome,
+    Refuse {
+        reason: Refusal,
+        protocol: u16,
+    },
+}
+
+/// Why a listener refused.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    Protocol,
+    Cookie,
+    Channels,
+    UnknownChannel,
+}
+
+/// A dialer's view of an established connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Established {
+    pub(crate) peer_name: String,
+    pub(crate) peer: NodeId,
+    /// Highest sequence number the listener delivered on this lane.
+    pub(crate) delivered: u64,
+}
+
+/// A listener's view of an established connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Accepted {
+    pub(crate) peer_name: String,
+    pub(crate) peer: NodeId,
+    pub(crate) incarnation: u64,
+    pub(crate) channel: u16,
+    pub(crate) lane: u16,
+}
+
+/// The dialing side.
+pub(crate) struct Dialer {
+    identity: Identity,
+    expected: NodeId,
+    nonce: [u8; 32],
+    established: Option<Established>,
+}
+
+impl Dialer {
+    /// Starts a handshake on `channel`'s `lane` towards `expected`, writing
+    /// the hello into `out`.
+    pub(crate) fn start(
+        identity: Identity,
+        expected: NodeId,
+        channel: u16,
+        lane: u16,
+        nonce: [u8; 32],
+        out: &mut Vec<u8>,
+    ) -> Dialer {
+        let hello = Message::Hello {
+            protocol: PROTOCOL_VERSION,
+            name: identity.name.clone(),
+            node: identity.node.0,
+            incarnation: identity.incarnation,
+            channel,
+            lane,
+            channels: identity.channels,
+            nonce,
+        };
+        write(&hello, out);
+        Dialer {
+            identity,
+            expected,
+            nonce,
+            established: None,
+        }
+    }
+
+    /// Takes the next frame from the listener; writes any answer into
+    /// `out`. Returns the connection once welcomed.
+    pub(crate) fn on_frame(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<Option<Established>, HandshakeError> {
+        match read(bytes)? {
+            Message::Challenge {
+                protocol,
+                name,
+                node,
+                nonce,
+                mac,
+                delivered,
+            } if self.established.is_none() => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(HandshakeError::Protocol {
+                        ours: PROTOCOL_VERSION,
+                        theirs: protocol,
+                    });
+                }
+                if NodeId(node) != self.expected {
+                    return Err(HandshakeError::UnexpectedNode {
+                        expected: self.expected,
+                        got: NodeId(node),
+                    });
+                }
+                self.identity
+                    .cookie
+                    .mac(b"listener", &self.nonce, &nonce)
+                    .verify_slice(&mac)
+                    .map_err(|_| HandshakeError::Cookie)?;
+                let proof = self.identity.cookie.mac(b"dialer", &nonce, &self.nonce);
+                write(
+                    &Message::Proof {
+                        mac: proof.finalize().into_bytes().into(),
+                    },
+                    out,
+                );
+                self.established = Some(Established {
+                    peer_name: name,
+                    peer: NodeId(node),
+                    delivered,
+                });
+                Ok(None)
+            }
+            Message::Welcome => self
+                .established
+                .take()
+                .map(Some)
+                .ok_or(HandshakeError::OutOfOrder),
+            Message::Refuse { reason, protocol } => Err(match reason {
+                Refusal::Protocol => HandshakeError::Protocol {
+                    ours: PROTOCOL_VERSION,
+                    theirs: protocol,
+                },
+                Refusal::Cookie => HandshakeError::Cookie,
+                Refusal::Channels => HandshakeError::Channels,
+                Refusal::UnknownChannel => HandshakeError::UnknownChannel(u16::MAX),
+            }),
+            _ => Err(HandshakeError::OutOfOrder),
+        }
+    }
+}
+
+/// The listening side.
+pub(crate) struct Listener {
+    identity: Identity,
+    nonce: [u8; 32],
+    pending: Option<(Accepted, [u8; 32])>,
+}
+
+impl Listener {
+    /// Waits for a hello; `nonce` is this side's challenge.
+    pub(crate) fn new(identity: Identity, nonce: [u8; 32]) -> Listener {
+        Listener {
+            identity,
+            nonce,
+            pending: None,
+        }
+    }
+
+    /// Takes the next frame from the dialer; writes the answer into `out`
+    /// (a refusal too, which the caller sends before closing). `delivered`
+    /// says how far a dialer's lane was delivered, given its node,
+    /// incarnation, channel and lane.
+    pub(crate) fn on_frame(
+        &mut self,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+        delivered: impl FnOnce(&Accepted) -> u64,
+    ) -> Result<Option<Accepted>, HandshakeError> {
+        let refuse = |reason, out: &mut Vec<u8>| {
+            write(
+                &Message::Refuse {
+                    reason,
+                    protocol: PROTOCOL_VERSION,
+                },
+                out,
+            );
+        };
+        match read(bytes)? {
+            Message::Hello {
+                protocol,
+                name,
+                node,
+                incarnation,
+                channel,
+                lane,
+                channels,
+                nonce,
+            } if self.pending.is_none() => {
+                if protocol != PROTOCOL_VERSION {
+                    refuse(Refusal::Protocol, out);
+                    return Err(HandshakeError::Protocol {
+                        ours: PROTOCOL_VERSION,
+                        theirs: protocol,
+                    });
+                }
+                if channels != self.identity.channels {
+                    refuse(Refusal::Channels, out);
+                    return Err(HandshakeError::Channels);
+                }
+                let lanes = self.identity.lanes.get(usize::from(channel)).copied();
+                if lanes.is_none_or(|lanes| lane >= lanes) {
+                    refuse(Refusal::UnknownChannel, out);
+                    return Err(HandshakeError::UnknownChannel(channel));
+                }
+                let accepted = Accepted {
+                    peer_name: name,
+                    peer: NodeId(node),
+                    incarnation,
+                    channel,
+                    lane,
+                };
+                let mac = self.identity.cookie.mac(b"listener", &nonce, &self.nonce);
+                write(
+                    &Message::Challenge {
+                        protocol: PROTOCOL_VERSION,
+                        name: self.identity.name.clone(),
+                        node: self.identity.node.0,
+                        nonce: self.nonce,
+                        mac: mac.finalize().into_bytes().into(),
+                        delivered: delivered(&accepted),
+                    },
+                    out,
+                );
+                self.pending = Some((accepted, nonce));
+                Ok(None)
+            }
+            Message::Proof { mac } => {
+                let Some((accepted, their_nonce)) = self.pending.take() else {
+                    return Err(HandshakeError::OutOfOrder);
+                };
+                let proof = self
+                    .identity
+                    .cookie
+                    .mac(b"dialer", &self.nonce, &their_nonce);
+                if proof.verify_slice(&mac).is_err() {
+                    refuse(Refusal::Cookie, out);
+                    return Err(HandshakeError::Cookie);
+                }
+                write(&Message::Welcome, out);
+                Ok(Some(accepted))
+            }
+            _ => Err(HandshakeError::OutOfOrder),
+        }
+    }
+}
+
+/// A fresh random nonce.
+pub(crate) fn nonce() -> [u8; 32] {
+    let mut nonce = [0; 32];
+    getrandom::getrandom(&mut nonce).expect("the OS random source");
+    nonce
+}
+
+fn write(message: &Message, out: &mut Vec<u8>) {
+    let header = FrameHeader {
+        flags: 0,
+        channel: 0,
+        kind: FrameKind::Handshake,
+        length: 0,
+        source: Pid::from_bits(0),
+        destination: Pid::from_bits(0),
+        trace_id: 0,
+        sequence: 0,
+    };
+    frame::encode(header, message, out).expect("handshake messages are small");
+}
+
+fn read(bytes: &[u8]) -> Result<Message, HandshakeError> {
+    let (frame, _) = Frame::<ArchivedMessage>::parse(bytes, MAX_HANDSHAKE_PAYLOAD)
+        .map_err(HandshakeError::Malformed)?;
+    if frame.header.kind != FrameKind::Handshake {
+        return Err(HandshakeError::OutOfOrder);
+    }
+    rkyv::deserialize::<Message, rkyv::rancor::Error>(frame.payload)
+        .map_err(|error| HandshakeError::Malformed(FrameError::InvalidPayload(error.to_string())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::PAYLOAD_ALIGN;
+    use rkyv::util::AlignedVec;
+
+    /// What the other side receives: the bytes, 16-byte aligned.
+    fn wire(bytes: &[u8]) -> AlignedVec<PAYLOAD_ALIGN> {
+        let mut out = AlignedVec::new();
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    fn identity(name: &str, node: u16, cookie: &str) -> Identity {
+        Identity {
+            name: name.into(),
+            node: NodeId(node),
+            incarnation: 7,
+            cookie: Cookie::new(cookie),
+            channels: 42,
+            lanes: vec![1, 2],
+        }
+    }
+
+    /// Runs a whole handshake between two identities; returns each side's
+    /// result.
+    fn run(
+        dialer: Identity,
+        listener: Identity,
+    ) -> (
+        Result<Option<Established>, HandshakeError>,
+        Result<Option<Accepted>, HandshakeError>,
+    ) {
+        let expected = listener.node;
+        let mut hello = Vec::new();
+        let mut d = Dialer::start(dialer, expected, 1, 1, nonce(), &mut hello);
+        let mut l = Listener::new(listener, nonce());
+        let mut answer = Vec::new();
+        let accepted = l.on_frame(&wire(&hello), &mut answer, |_| 5);
+        if accepted.is_err() {
+            return (d.on_frame(&wire(&answer), &mut Vec::new()), accepted);
+        }
+        let mut proof = Vec::new();
+        let established = d.on_frame(&wire(&answer), &mut proof);
+        if established.is_err() {
+            return (established, accepted);
+        }
+        let mut welcome = Vec::new();
+        let accepted = l.on_frame(&wire(&proof), &mut welcome, |_| 5);
+        (d.on_frame(&wire(&welcome), &mut Vec::new()), accepted)
+    }
+
+    #[test]
+    fn matching_cookies_establish_both_sides() {
+        let (dialer, listener) = run(identity("a", 1, "s3cret"), identity("b", 2, "s3cret"));
+        let established = dialer.unwrap().unwrap();
+        assert_eq!(established.peer, NodeId(2));
+        assert_eq!(established.peer_name, "b");
+        assert_eq!(established.delivered, 5);
+        let accepted = listener.unwrap().unwrap();
+        assert_eq!(
+            (accepted.peer, accepted.channel, accepted.lane),
+            (NodeId(1), 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_wrong_cookie_is_refused_on_both_sides() {
+        let (dialer, _) = run(identity("a", 1, "one"), identity("b", 2, "two"));
+        // The dialer sees the listener's proof fail first.
+        assert_eq!(dialer, Err(HandshakeError::Cookie));
+    }
+
+    #[test]
+    fn a_dialer_without_the_cookie_is_refused_with_a_reason() {
+        // The dialer skips its own check (as an attacker would) and sends a
+        // bad proof: the listener refuses and says why.
+        let mut hello = Vec::new();
+        let _ = Dialer::start(identity("a", 1, "x"), NodeId(2), 0, 0, nonce(), &mut hello);
+        let mut l = Listener::new(identity("b", 2, "y"), nonce());
+        let mut answer = Vec::new();
+        assert_eq!(l.on_frame(&wire(&hello), &mut answer, |_| 0), Ok(None));
+        let mut proof = Vec::new();
+        write(&Message::Proof { mac: [0; 32] }, &mut proof);
+        let mut refusal = Vec::new();
+        assert_eq!(
+            l.on_frame(&wire(&proof), &mut refusal, |_| 0),
+            Err(HandshakeError::Cookie)
+        );
+        assert!(matches!(
+            read(&wire(&refusal)),
+            Ok(Message::Refuse {
+                reason: Refusal::Cookie,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn channel_lists_and_lanes_must_match() {
+        let mut other = identity("b", 2, "s");
+        other.channels = 43;
+        let (dialer, listener) = run(identity("a", 1, "s"), other);
+        assert_eq!(dialer, Err(HandshakeError::Channels));
+        assert_eq!(listener, Err(HandshakeError::Channels));
+
+        let mut narrow = identity("b", 2, "s");
+        narrow.lanes = vec![1, 1];
+        let (_, listener) = run(identity("a", 1, "s"), narrow);
+        assert_eq!(listener, Err(HandshakeError::UnknownChannel(1)));
+    }
+
+    #[test]
+    fn the_wrong_node_is_detected_by_the_dialer() {
+        let mut hello = Vec::new();
+        let mut d = Dialer::start(identity("a", 1, "s"), NodeId(9), 0, 0, nonce(), &mut hello);
+        let mut l = Listener::new(identity("b", 2, "s"), nonce());
+        let mut answer = Vec::new();
+        l.on_frame(&wire(&hello), &mut answer, |_| 0).unwrap();
+        assert_eq!(
+            d.on_frame(&wire(&answer), &mut Vec::new()),
+            Err(HandshakeError::UnexpectedNode {
+                expected: NodeId(9),
+                got: NodeId(2)
+            })
+        );
+    }
+
+    #[test]
+    fn garbage_and_out_of_order_messages_are_errors() {
+        let mut l = Listener::new(identity("b", 2, "s"), nonce());
+        assert!(matches!(
+            l.on_frame(&[0; 64], &mut Vec::new(), |_| 0),
+            Err(HandshakeError::Malformed(_))
+        ));
+        let mut welcome = Vec::new();
+        write(&Message::Welcome, &mut welcome);
+        assert_eq!(
+            l.on_frame(&wire(&welcome), &mut Vec::new(), |_| 0),
+            Err(HandshakeError::OutOfOrder)
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! The receiving side: receive blocks, in-place messages and endpoints.
+//!
+//! A connection reads into a *block*, an aligned buffer that becomes
+//! immutable and shared (`Arc`) once the frames in it are parsed. Each
+//! message delivered from it is a [`Remote<T>`]: a reference to the block
+//! and the payload's place in it, through which the receiving process reads
+//! the archived value in place — no copy, no deserialization. When the last
+//! message of a block is dropped the block is freed, and its bytes are
+//! reported to the connection as *consumed*: that is the credit the sender
+//! is granted back. A process that stops reading therefore stops its
+//! senders, and the memory held for it stays within the channel's window.
+//!
+//! Payloads are validated (`rkyv::access`, bytecheck) once, when the frame
+//! is delivered to an [`Endpoint`] that knows its type; a payload that is
+//! not a valid `T` closes the connection it came on.
+
+#![allow(unsafe_code)] // One block: re-reading a validated archive in place.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::Waker;
+
+use foundation_sched::{Addr, Handle, Pid};
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+use crate::channel::ChannelId;
+use crate::frame::{FrameError, FrameHeader, Wire, PAYLOAD_ALIGN};
+
+/// A message that arrived from another node, read in place from the
+/// receive buffer it landed in. Dereferences to the archived `T`.
+///
+/// ```no_run
+/// # use foundation_transport::Remote;
+/// # fn show(message: Remote<String>) {
+/// let text: &str = message.as_str(); // rkyv's ArchivedString, in place
+/// println!("{text} from {}", message.source());
+/// # }
+/// ```
+pub struct Remote<T: Wire> {
+    block: Arc<Block>,
+    header: FrameHeader,
+    payload: Range<usize>,
+    message: PhantomData<fn() -> T>,
+}
+
+impl<T: Wire> Remote<T> {
+    /// The sending process.
+    pub fn source(&self) -> Pid {
+        self.header.source
+    }
+
+    /// The channel it came on.
+    pub fn channel(&self) -> ChannelId {
+        ChannelId(self.header.channel)
+    }
+
+    /// The sender's trace id (zero when untraced).
+    pub fn trace_id(&self) -> u64 {
+        self.header.trace_id
+    }
+
+    /// The archived bytes, for forwarding or storing as they are.
+    pub fn bytes(&self) -> &[u8] {
+        &self.block.bytes[self.payload.clone()]
+    }
+
+    /// Deserializes an owned `T`.
+    pub fn to_owned_value(&self) -> T
+    where
+        T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+    {
+        rkyv::deserialize::<T, rancor::Error>(&**self).expect("a validated archive deserializes")
+    }
+}
+
+impl<T: Wire> std::ops::Deref for Remote<T> {
+    type Target = T::Archived;
+
+    fn deref(&self) -> &T::Archived {
+        let bytes = &self.block.bytes[self.payload.clone()];
+        // SAFETY: `Remote` is only built by `TypedEndpoint::deliver`, after
+        // `rkyv::access::<T::Archived>` accepted exactly these bytes. The
+        // block is immutable once shared (its only owner wrote it before
+        // wrapping it in an `Arc`), so they are the same bytes at the same
+        // (16-byte aligned) address.
+        unsafe { rkyv::access_unchecked::<T::Archived>(bytes) }
+    }
+}
+
+impl<T: Wire> fmt::Debug for Remote<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote")
+            .field("source", &self.header.source)
+            .field("channel", &self.header.channel)
+            .field("bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+/// An immutable receive buffer shared by the messages read from it.
+pub(crate) struct Block {
+    bytes: AlignedVec<PAYLOAD_ALIGN>,
+    /// Frame bytes this block accounts for, returned as credit on drop.
+    frame_bytes: u64,
+    feedback: Arc<Feedback>,
+}
+
+impl Block {
+    pub(crate) fn new(
+        bytes: AlignedVec<PAYLOAD_ALIGN>,
+        frame_bytes: u64,
+        feedback: Arc<Feedback>,
+    ) -> Arc<Block> {
+        Arc::new(Block {
+            bytes,
+            frame_bytes,
+            feedback,
+        })
+    }
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        self.feedback.consume(self.frame_bytes);
+    }
+}
+
+/// What a connection's reader owes its sender: credit for consumed bytes.
+/// Blocks dropped on any shard add to it; the reader is woken once enough
+/// has accumulated to be worth a credit frame.
+pub(crate) struct Feedback {
+    consumed: AtomicU64,
+    granted: AtomicU64,
+    threshold: u64,
+    reader: Mutex<Option<Waker>>,
+}
+
+impl Feedback {
+    pub(crate) fn new(threshold: u64) -> Arc<Feedback> {
+        Arc::new(Feedback {
+            consumed: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
+            threshold: threshold.max(1),
+            reader: Mutex::new(None),
+        })
+    }
+
+    /// Bytes consumed on this connection so far.
+    pub(crate) fn consumed(&self) -> u64 {
+        self.consumed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn consume(&self, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        let consumed = self.consumed.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if consumed - self.granted.load(Ordering::Acquire) >= self.threshold {
+            let reader = self
+                .reader
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(reader) = reader {
+                reader.wake();
+            }
+        }
+    }
+
+    /// Whether enough is consumed to grant; if not, registers `waker`.
+    pub(crate) fn due(&self, waker: &Waker) -> Option<u64> {
+        *self.reader.lock().unwrap_or_else(PoisonError::into_inner) = Some(waker.clone());
+        let consumed = self.consumed();
+        (consumed - self.granted.load(Ordering::Acquire) >= self.threshold).then_some(consumed)
+    }
+
+    /// Consumed bytes not yet granted, if any.
+    pub(crate) fn ungranted(&self) -> Option<u64> {
+        let consumed = self.consumed();
+        (consumed > self.granted.load(Ordering::Acquire)).then_some(consumed)
+    }
+
+    pub(crate) fn granted(&self, consumed: u64) {
+        self.granted.fetch_max(consumed, Ordering::AcqRel);
+    }
+}
+
+/// Where frames for a local process go: validates the payload as the
+/// process's message type and delivers it.
+pub(crate) trait Endpoint: Send + Sync {
+    fn deliver(
+        &self,
+        handle: &Handle,
+        block: &Arc<Block>,
+        header: FrameHeader,
+        payload: Range<usize>,
+    ) -> Result<(), FrameError>;
+}
+
+struct TypedEndpoint<T: Wire> {
+    addr: Addr<Remote<T>>,
+}
+
+impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
+    fn deliver(
+        &self,
+        handle: &Handle,
+        block: &Arc<Block>,
+        header: FrameHeader,
+        payload: Range<usize>,
+    ) -> Result<(), FrameError> {
+        rkyv::access::<T::Archived, rancor::Error>(&block.bytes[payload.clone()])
+            .map_err(|error| FrameError::InvalidPayload(error.to_string()))?;
+        let message = Remote {
+            block: block.clone(),
+            header,
+            payload,
+            message: PhantomData,
+        };
+        handle.send(&self.addr, message);
+        Ok(())
+    }
+}
+
+/// The processes of this node that receive remote messages, by pid.
+#[derive(Default)]
+pub(crate) struct Endpoints {
+    by_pid: RwLock<HashMap<Pid, Arc<dyn Endpoint>>>,
+}
+
+impl Endpoints {
+    pub(crate) fn insert<T: Wire + 'static>(&self, addr: &Addr<Remote<T>>) {
+        let endpoint: Arc<dyn Endpoint> = Arc::new(TypedEndpoint { addr: *addr });
+        self.by_pid
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(addr.pid(), endpoint);
+    }
+
+    pub(crate) fn remove(&self, pid: Pid) {
+        self.by_pid
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&pid);
+    }
+
+    pub(crate) fn get(&self, pid: Pid) -> Option<Arc<dyn Endpoint>> {
+        self.by_pid
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&pid)
+            .cloned()
+    }
+}

@@ -1,0 +1,298 @@
+//! The sending half of one lane: one TCP connection's worth of outbound
+//! frames to one peer on one channel.
+//!
+//! Processes on any shard append encoded frames to the lane; the lane's
+//! connection process (on one shard) takes them in batches and writes each
+//! batch with one send. Appending is a short critical section (a copy of
+//! already-encoded bytes), so a `Mutex` serves; the batching is what makes
+//! small messages cheap on the wire, as one `send` carries hundreds of them.
+//!
+//! The lane also keeps the two promises of its channel:
+//!
+//! - **Credit.** `in_flight` counts the bytes appended since the current
+//!   connection started (including what it must send again) minus what
+//!   the receiver reported as consumed by its processes. A send that
+//!   would push it past the channel's window waits (or gets
+//!   [`Push::WouldBlock`]), so memory held for a slow peer stays bounded on
+//!   both ends.
+//! - **Acknowledged delivery.** Frames get sequence numbers; buffers
+//!   written to the socket stay in `unacked` until the receiver acknowledges
+//!   their last frame; a new connection starts by sending again everything
+//!   after what the receiver says it delivered.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use crate::channel::{ChannelSpec, Delivery, WhenDisconnected};
+use crate::frame::{FrameHeader, HEADER_LEN};
+
+/// Why frames could not be appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Out of credit (or queue room while disconnected): try again later.
+    WouldBlock,
+    /// Disconnected, and the channel fails sends while disconnected.
+    NotConnected,
+    /// The transport stopped.
+    Closed,
+}
+
+/// One lane's outbound state.
+pub(crate) struct Lane {
+    acknowledged: bool,
+    window: u64,
+    when_disconnected: WhenDisconnected,
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Encoded frames not yet handed to the socket.
+    pending: Vec<u8>,
+    /// Acknowledged channels: the sequence number of the next frame.
+    next_sequence: u64,
+    /// Written buffers awaiting acknowledgement, oldest first, with the
+    /// sequence number of each one's last frame.
+    unacked: VecDeque<(u64, Vec<u8>)>,
+    /// Bytes appended since the connection started, less those consumed.
+    in_flight: u64,
+    /// The receiver's consumed-bytes count on this connection, as last
+    /// reported.
+    consumed: u64,
+    connected: bool,
+    closed: bool,
+    /// The connection process, waiting for frames.
+    writer: Option<Waker>,
+    /// Senders waiting for credit.
+    blocked: Vec<Waker>,
+    /// Emptied buffers, reused for the next batch.
+    spare: Vec<Vec<u8>>,
+}
+
+impl Lane {
+    pub(crate) fn new(spec: &ChannelSpec) -> Lane {
+        Lane {
+            acknowledged: spec.delivery == Delivery::Acknowledged,
+            window: u64::from(spec.credit_window),
+            when_disconnected: spec.when_disconnected,
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                next_sequence: 1,
+                unacked: VecDeque::new(),
+                in_flight: 0,
+                consumed: 0,
+                connected: false,
+                closed: false,
+                writer: None,
+                blocked: Vec::new(),
+                spare: Vec::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends whole frames from the start of `frames` (contiguous encoded
+    /// frames): all of them, or with `partial`, as many as fit (at least
+    /// one). Returns the bytes taken. On `WouldBlock` with `cx`, the task
+    /// is woken when credit returns.
+    pub(crate) fn push(
+        &self,
+        frames: &[u8],
+        partial: bool,
+        cx: Option<&mut Context<'_>>,
+    ) -> Result<usize, Push> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(Push::Closed);
+        }
+        let room = if state.connected {
+            self.window.saturating_sub(state.in_flight)
+        } else {
+            match self.when_disconnected {
+                WhenDisconnected::Fail => return Err(Push::NotConnected),
+                WhenDisconnected::Queue { max_bytes } => {
+                    (max_bytes as u64).saturating_sub(state.pending.len() as u64)
+                }
+            }
+        };
+        let take = if frames.len() as u64 <= room {
+            frames.len()
+        } else if partial {
+            whole_frames_within(frames, room as usize)
+        } else {
+            0
+        };
+        if take == 0 {
+            if let Some(cx) = cx {
+                state.blocked.push(cx.waker().clone());
+            }
+            return Err(Push::WouldBlock);
+        }
+        let start = state.pending.len();
+        state.pending.extend_from_slice(&frames[..take]);
+        if self.acknowledged {
+            let mut sequence = state.next_sequence;
+            number_frames(&mut state.pending[start..], &mut sequence);
+            state.next_sequence = sequence;
+        }
+        if state.connected {
+            state.in_flight += take as u64;
+        }
+        if start == 0 {
+            if let Some(writer) = state.writer.take() {
+                drop(state);
+                writer.wake();
+            }
+        }
+        Ok(take)
+    }
+
+    /// The connection process takes the next batch to write, or registers
+    /// to be woken when there is one. `Ready(None)` once the lane closed.
+    pub(crate) fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
+        let mut state = self.state();
+        if state.closed {
+            return Poll::Ready(None);
+        }
+        if state.pending.is_empty() {
+            state.writer = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let spare = state.spare.pop().unwrap_or_default();
+        Poll::Ready(Some(std::mem::replace(&mut state.pending, spare)))
+    }
+
+    /// A batch from [`Lane::poll_batch`] was written.
+    pub(crate) fn written(&self, mut batch: Vec<u8>) {
+        let mut state = self.state();
+        if self.acknowledged {
+            let last = state.next_sequence - 1 - count_after(&state.pending);
+            state.unacked.push_back((last, batch));
+        } else {
+            batch.clear();
+            state.spare.push(batch);
+        }
+    }
+
+    /// The receiver consumed `consumed` bytes so far on this connection.
+    pub(crate) fn credit(&self, consumed: u64) {
+        let mut state = self.state();
+        let grant = consumed.saturating_sub(state.consumed);
+        state.consumed = state.consumed.max(consumed);
+        state.in_flight = state.in_flight.saturating_sub(grant);
+        let blocked = std::mem::take(&mut state.blocked);
+        drop(state);
+        blocked.into_iter().for_each(Waker::wake);
+    }
+
+    /// The receiver delivered every frame up to `sequence`.
+    pub(crate) fn acknowledged(&self, sequence: u64) {
+        let mut state = self.state();
+        while state
+            .unacked
+            .front()
+            .is_some_and(|(last, _)| *last <= sequence)
+        {
+            if let Some((_, mut batch)) = state.unacked.pop_front() {
+                batch.clear();
+                state.spare.push(batch);
+            }
+        }
+    }
+
+    /// A connection was established; the receiver had delivered up to
+    /// `delivered`. Everything unacknowledged after it goes out first.
+    pub(crate) fn connected(&self, delivered: u64) {
+        self.acknowledged(delivered);
+        let mut state = self.state();
+        let mut resend: Vec<u8> = Vec::new();
+        for (_, batch) in state.unacked.drain(..) {
+            resend.extend_from_slice(&batch);
+        }
+        if !resend.is_empty() {
+            resend.extend_from_slice(&state.pending);
+            state.pending = resend;
+        }
+        state.in_flight = state.pending.len() as u64;
+        state.consumed = 0;
+        state.connected = true;
+        let blocked = std::mem::take(&mut state.blocked);
+        drop(state);
+        blocked.into_iter().for_each(Waker::wake);
+    }
+
+    /// The connection failed. A best-effort lane forgets what it wrote; an
+    /// acknowledged one keeps it for the next connection.
+    pub(crate) fn disconnected(&self) {
+        let mut state = self.state();
+        state.connected = false;
+        state.in_flight = 0;
+        let blocked = std::mem::take(&mut state.blocked);
+        drop(state);
+        blocked.into_iter().for_each(Waker::wake);
+    }
+
+    /// Whether a connection is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        self.state().connected
+    }
+
+    /// Closes the lane: pushes fail, the connection process stops.
+    pub(crate) fn close(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        let mut wakers = std::mem::take(&mut state.blocked);
+        wakers.extend(state.writer.take());
+        drop(state);
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    /// Bytes held: waiting to be written and written but unacknowledged.
+    pub(crate) fn held_bytes(&self) -> usize {
+        let state = self.state();
+        state.pending.len() + state.unacked.iter().map(|(_, b)| b.len()).sum::<usize>()
+    }
+}
+
+/// Length of the longest prefix of whole frames of `frames` within `limit`
+/// bytes.
+fn whole_frames_within(frames: &[u8], limit: usize) -> usize {
+    let mut end = 0;
+    while let Some(len) = frame_len_at(frames, end) {
+        if end + len > limit {
+            break;
+        }
+        end += len;
+    }
+    end
+}
+
+/// Writes consecutive sequence numbers into the headers of `frames`.
+fn number_frames(frames: &mut [u8], next: &mut u64) {
+    let mut at = 0;
+    while let Some(len) = frame_len_at(frames, at) {
+        frames[at + 40..at + HEADER_LEN].copy_from_slice(&next.to_le_bytes());
+        *next += 1;
+        at += len;
+    }
+}
+
+/// Frames in `pending`.
+fn count_after(pending: &[u8]) -> u64 {
+    let mut count = 0;
+    let mut at = 0;
+    while let Some(len) = frame_len_at(pending, at) {
+        count += 1;
+        at += len;
+    }
+    count
+}
+
+/// The length of the frame at `at` in bytes we encoded ourselves.
+fn frame_len_at(frames: &[u8], at: usize) -> Option<usize> {
+    let header = FrameHeader::parse(frames.get(at..)?, u32::MAX).ok()?;
+    Some(header.frame_len())
+}

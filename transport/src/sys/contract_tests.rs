@@ -1,0 +1,679 @@
+//! The backend contract (this module's parent documents it), checked the
+//! same way on every backend.
+//!
+//! Each case runs once per backend in a fresh two-shard runtime whose
+//! shards drive that backend: io_uring (skipped, with a note on stderr,
+//! where its probe fails) and epoll. Connections cross shards where they
+//! can, so that each end is served by a different reactor. Every case has a
+//! time limit: a hang fails the test instead of stalling the suite.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::task::Poll;
+use std::time::Duration;
+
+use foundation_sched::{oneshot, Context, Placement, Runtime, ShardId, SpawnOptions};
+
+use super::{Backend, IoOptions, Listener, Reactor, Stream};
+
+/// How long one case may take on one backend.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+const BIG: usize = 8 << 20;
+
+// ---- the cases -------------------------------------------------------------
+
+#[test]
+fn a_connect_is_accepted_across_shards() {
+    on_every_backend(
+        "connect+accept",
+        IoOptions::default(),
+        |backend, runtime| {
+            let (peer, greeting) = runtime
+                .block_on(move |cx: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                        let stream = connect(backend, addr).await?;
+                        // Established streams stay established.
+                        poll_fn(|cx| stream.poll_connected(cx)).await?;
+                        send(&stream, b"hello".to_vec()).await?;
+                        Ok::<_, io::Error>(())
+                    })
+                    .await;
+                    let (stream, peer) = accept(backend, &listener).await?;
+                    // An accepted stream is connected at once.
+                    poll_fn(|cx| stream.poll_connected(cx)).await?;
+                    let greeting = recv_exact(&stream, 5, 64).await?;
+                    client.await.expect("the client reports")?;
+                    Ok::<_, io::Error>((peer, greeting))
+                })
+                .expect("the process returns")
+                .expect("no I/O error");
+            assert!(peer.ip().is_loopback(), "{peer}");
+            assert_ne!(peer.port(), 0);
+            assert_eq!(greeting, b"hello");
+        },
+    );
+}
+
+#[test]
+fn small_messages_echo() {
+    on_every_backend("echo", IoOptions::default(), echo_case);
+}
+
+#[test]
+fn small_messages_echo_with_zero_copy_sends_and_tiny_buffers() {
+    let options = IoOptions {
+        send_zc_threshold: 1,
+        recv_buffers: 4,
+        recv_buffer_size: 64,
+        ..IoOptions::default()
+    };
+    on_every_backend("echo, zero-copy, tiny buffers", options, echo_case);
+}
+
+fn echo_case(backend: Backend, runtime: &Runtime) {
+    const MESSAGES: usize = 500;
+    let echoed = runtime
+        .block_on(move |cx: Context<()>| async move {
+            let (listener, addr) = listen(backend)?;
+            let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                let stream = connect(backend, addr).await?;
+                for i in 0..MESSAGES {
+                    let message = pattern(i, 1 + (i * 37) % 300);
+                    send(&stream, message.clone()).await?;
+                    let echo = recv_exact(&stream, message.len(), 97).await?;
+                    assert_eq!(echo, message, "message {i}");
+                }
+                Ok::<_, io::Error>(())
+            })
+            .await;
+            let (stream, _) = accept(backend, &listener).await?;
+            let mut echoed = 0;
+            let mut buf = vec![0; 1024];
+            loop {
+                let n = recv(&stream, &mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                echoed += n;
+                send(&stream, buf[..n].to_vec()).await?;
+            }
+            client.await.expect("the client reports")?;
+            Ok::<_, io::Error>(echoed)
+        })
+        .expect("the process returns")
+        .expect("no I/O error");
+    let expected: usize = (0..MESSAGES).map(|i| 1 + (i * 37) % 300).sum();
+    assert_eq!(echoed, expected);
+}
+
+#[test]
+fn eight_mebibytes_arrive_exactly_both_ways() {
+    on_every_backend("8 MiB", IoOptions::default(), big_transfer_case);
+}
+
+#[test]
+fn eight_mebibytes_arrive_exactly_through_four_small_buffers() {
+    // Four 4 KiB buffers: the multishot receive runs dry (ENOBUFS) and is
+    // paused and re-armed over and over.
+    let options = IoOptions {
+        recv_buffers: 4,
+        recv_buffer_size: 4096,
+        ..IoOptions::default()
+    };
+    on_every_backend("8 MiB, 4 buffers", options, big_transfer_case);
+}
+
+#[test]
+fn eight_mebibytes_arrive_exactly_without_zero_copy() {
+    let options = IoOptions {
+        send_zc_threshold: usize::MAX,
+        ..IoOptions::default()
+    };
+    on_every_backend("8 MiB, plain send", options, big_transfer_case);
+}
+
+#[test]
+fn eight_mebibytes_arrive_exactly_with_a_polling_submission_thread() {
+    let options = IoOptions {
+        sqpoll: true,
+        ..IoOptions::default()
+    };
+    on_every_backend("8 MiB, SQPOLL", options, big_transfer_case);
+}
+
+/// Each end sends 8 MiB in one buffer while it receives the other's 8 MiB,
+/// reading in odd-sized pieces, then both check every byte.
+fn big_transfer_case(backend: Backend, runtime: &Runtime) {
+    runtime
+        .block_on(move |cx: Context<()>| async move {
+            let (listener, addr) = listen(backend)?;
+            let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                let stream = connect(backend, addr).await?;
+                exchange(&stream, 1, 2).await
+            })
+            .await;
+            let (stream, _) = accept(backend, &listener).await?;
+            exchange(&stream, 2, 1).await?;
+            client.await.expect("the client reports")
+        })
+        .expect("the process returns")
+        .expect("no I/O error");
+}
+
+async fn exchange(stream: &Stream, mine: usize, theirs: usize) -> io::Result<()> {
+    let outgoing = pattern(mine, BIG);
+    let (sent, received) = join(send(stream, outgoing), recv_exact(stream, BIG, 10_007)).await;
+    let sent = sent?;
+    assert_eq!(sent.len(), BIG, "the buffer comes back whole");
+    let received = received?;
+    if let Some(at) = received
+        .iter()
+        .zip(pattern(theirs, BIG))
+        .position(|(a, b)| *a != b)
+    {
+        panic!("byte {at} differs");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_peer_close_reads_as_zero() {
+    on_every_backend("peer close", IoOptions::default(), |backend, runtime| {
+        let (data, ends) = runtime
+            .block_on(move |cx: Context<()>| async move {
+                let (listener, addr) = listen(backend)?;
+                let server = spawn_on(&cx, other_shard(&cx), move || async move {
+                    let stream = connect(backend, addr).await?;
+                    send(&stream, b"bye".to_vec()).await?;
+                    drop(stream);
+                    Ok::<_, io::Error>(())
+                })
+                .await;
+                let (stream, _) = accept(backend, &listener).await?;
+                server.await.expect("the peer reports")?;
+                let data = recv_exact(&stream, 3, 64).await?;
+                let mut buf = [0; 16];
+                let first = recv(&stream, &mut buf).await?;
+                let second = recv(&stream, &mut buf).await?;
+                Ok::<_, io::Error>((data, [first, second]))
+            })
+            .expect("the process returns")
+            .expect("no I/O error");
+        assert_eq!(data, b"bye");
+        assert_eq!(ends, [0, 0], "end of stream, and it stays ended");
+    });
+}
+
+#[test]
+fn a_reset_reads_as_an_error_and_fails_sends() {
+    on_every_backend("reset", IoOptions::default(), |backend, runtime| {
+        let (read, write) = runtime
+            .block_on(move |cx: Context<()>| async move {
+                let (listener, addr) = listen(backend)?;
+                let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                    let stream = connect(backend, addr).await?;
+                    send(&stream, vec![7; 1000]).await?;
+                    let mut buf = [0; 16];
+                    let read = recv(&stream, &mut buf).await.map_err(|error| error.kind());
+                    let write = send(&stream, vec![8; 1000])
+                        .await
+                        .map_err(|error| error.kind());
+                    Ok::<_, io::Error>((read, write.map(|_| ())))
+                })
+                .await;
+                let (stream, _) = accept(backend, &listener).await?;
+                // Closed with the client's bytes unread, the connection is
+                // reset rather than shut down.
+                cx.sleep(Duration::from_millis(100)).await;
+                drop(stream);
+                client.await.expect("the client reports")
+            })
+            .expect("the process returns")
+            .expect("no I/O error before the reset");
+        assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
+        assert!(
+            matches!(
+                write,
+                Err(io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+            ),
+            "{write:?}"
+        );
+    });
+}
+
+#[test]
+fn a_connect_to_a_closed_port_fails() {
+    on_every_backend("closed port", IoOptions::default(), |backend, runtime| {
+        let addr = {
+            let listener = std::net::TcpListener::bind(localhost()).expect("bind");
+            listener.local_addr().expect("local address")
+        }; // Closed again: nothing listens there now.
+        let outcome = runtime
+            .block_on(move |_: Context<()>| async move {
+                let stream = reactor(backend).connect(addr)?;
+                poll_fn(|cx| stream.poll_connected(cx)).await
+            })
+            .expect("the process returns");
+        let error = outcome.expect_err("nothing listens there");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused, "{error}");
+    });
+}
+
+#[test]
+fn dropping_streams_and_listeners_with_operations_in_flight_is_safe() {
+    on_every_backend("drop in flight", IoOptions::default(), drop_case);
+}
+
+#[test]
+fn dropping_streams_with_plain_sends_in_flight_is_safe() {
+    let options = IoOptions {
+        send_zc_threshold: usize::MAX,
+        ..IoOptions::default()
+    };
+    on_every_backend("drop in flight, plain send", options, drop_case);
+}
+
+/// A peer that never reads; streams dropped with a send in flight (at once,
+/// or once it is in the kernel), with a receive armed, listeners dropped
+/// with an accept pending; then the shards still work, and a runtime shut
+/// down with sends in flight stops cleanly.
+fn drop_case(backend: Backend, runtime: &Runtime) {
+    const ROUNDS: usize = 40;
+    runtime
+        .block_on(move |cx: Context<()>| async move {
+            let (listener, addr) = listen(backend)?;
+            // This process's shard accepts and holds every connection,
+            // reading nothing.
+            let (stop, stopped) = oneshot::channel::<()>();
+            let held = Rc::new(RefCell::new(Vec::new()));
+            let acceptor = {
+                let held = held.clone();
+                cx.spawn(move |_: Context<()>| async move {
+                    let accepting = async {
+                        loop {
+                            let (stream, _) = accept(backend, &listener).await.expect("accept");
+                            held.borrow_mut().push(stream);
+                        }
+                    };
+                    let _: Option<()> = select(accepting, stopped).await;
+                })
+            };
+            let _ = acceptor;
+            let rounds = spawn_on(&cx, other_shard(&cx), move || async move {
+                for round in 0..ROUNDS {
+                    let stream = connect(backend, addr).await?;
+                    stream.start_send(pattern(round, if round % 3 == 0 { BIG } else { 64 << 10 }));
+                    match round % 4 {
+                        0 => {} // Dropped before the send was even submitted.
+                        1 => yield_a_while().await,
+                        2 => {
+                            // A receive armed too.
+                            let mut buf = [0; 16];
+                            let pending = poll_once(|cx| stream.poll_recv(cx, &mut buf)).await;
+                            assert!(pending.is_none(), "the sink sends nothing");
+                            yield_a_while().await;
+                        }
+                        _ => {
+                            let pending = poll_once(|cx| stream.poll_sent(cx)).await;
+                            drop(pending);
+                        }
+                    }
+                    drop(stream);
+                    // A listener dropped with an accept pending.
+                    let (listener, _) = listen(backend)?;
+                    assert!(poll_once(|cx| listener.poll_accept(cx)).await.is_none());
+                    drop(listener);
+                }
+                Ok::<_, io::Error>(())
+            })
+            .await;
+            rounds.await.expect("the rounds report")?;
+            stop.send(());
+            held.borrow_mut().clear();
+            Ok::<_, io::Error>(())
+        })
+        .expect("the process returns")
+        .expect("no I/O error");
+    // The shards still serve I/O.
+    echo_once(backend, runtime);
+    // Sends in flight to a peer that never reads when the runtime stops:
+    // the reactor's teardown must cancel and wait for them.
+    let (ready, is_ready) = oneshot::channel();
+    runtime
+        .spawn(move |cx: Context<()>| async move {
+            let (listener, addr) = listen(backend).expect("listen");
+            let _client = cx.spawn(move |_: Context<()>| async move {
+                let stream = connect(backend, addr).await.expect("connect");
+                stream.start_send(pattern(0, BIG));
+                std::future::pending::<()>().await;
+            });
+            let (stream, _) = accept(backend, &listener).await.expect("accept");
+            stream.start_send(pattern(1, BIG));
+            ready.send(());
+            std::future::pending::<()>().await;
+        })
+        .expect("spawn");
+    is_ready.blocking_recv().expect("the process is ready");
+}
+
+fn echo_once(backend: Backend, runtime: &Runtime) {
+    let echo = runtime
+        .block_on(move |cx: Context<()>| async move {
+            let (listener, addr) = listen(backend)?;
+            let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                let stream = connect(backend, addr).await?;
+                send(&stream, b"ping".to_vec()).await?;
+                recv_exact(&stream, 4, 64).await
+            })
+            .await;
+            let (stream, _) = accept(backend, &listener).await?;
+            let ping = recv_exact(&stream, 4, 64).await?;
+            send(&stream, ping).await?;
+            client.await.expect("the client reports")
+        })
+        .expect("the process returns")
+        .expect("no I/O error");
+    assert_eq!(echo, b"ping");
+}
+
+#[test]
+fn many_streams_at_once() {
+    on_every_backend("many streams", IoOptions::default(), many_streams_case);
+}
+
+#[test]
+fn many_streams_through_a_tiny_ring() {
+    // Eight submission entries and 32 completion entries for 400 sockets:
+    // the submission queue fills up and completions overflow.
+    let options = IoOptions {
+        ring_entries: 8,
+        ..IoOptions::default()
+    };
+    on_every_backend("many streams, tiny ring", options, many_streams_case);
+}
+
+fn many_streams_case(backend: Backend, runtime: &Runtime) {
+    const STREAMS: usize = 200;
+    let total = runtime
+        .block_on(move |cx: Context<()>| async move {
+            let (listener, addr) = listen(backend)?;
+            // Clients on both shards, each its own process.
+            let mut clients = Vec::new();
+            for i in 0..STREAMS {
+                let shard = if i % 2 == 0 {
+                    other_shard(&cx)
+                } else {
+                    cx.shard()
+                };
+                clients.push(
+                    spawn_on(&cx, shard, move || async move {
+                        let stream = connect(backend, addr).await?;
+                        let message = pattern(i, 1000 + i);
+                        send(&stream, message.clone()).await?;
+                        let echo = recv_exact(&stream, message.len(), 333).await?;
+                        assert_eq!(echo, message, "stream {i}");
+                        Ok::<_, io::Error>(echo.len())
+                    })
+                    .await,
+                );
+            }
+            // One echo process per accepted stream: most on this shard, every
+            // third adopted by the other one.
+            for i in 0..STREAMS {
+                let (socket, _) = poll_fn(|cx| listener.poll_accept(cx)).await?;
+                if i % 3 == 0 {
+                    drop(
+                        spawn_on(&cx, other_shard(&cx), move || async move {
+                            let stream = reactor(backend).adopt(socket)?;
+                            echo(&stream).await;
+                            Ok::<_, io::Error>(())
+                        })
+                        .await,
+                    );
+                } else {
+                    let stream = reactor(backend).adopt(socket)?;
+                    cx.spawn(move |_: Context<()>| async move { echo(&stream).await });
+                }
+            }
+            let mut total = 0;
+            for client in clients {
+                total += client.await.expect("the client reports")?;
+            }
+            Ok::<_, io::Error>(total)
+        })
+        .expect("the process returns")
+        .expect("no I/O error");
+    assert_eq!(total, (0..STREAMS).map(|i| 1000 + i).sum::<usize>());
+}
+
+/// Sends back what it receives until the peer closes.
+async fn echo(stream: &Stream) {
+    let mut buf = vec![0; 4096];
+    loop {
+        match recv(stream, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if send(stream, buf[..n].to_vec()).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+// ---- harness ---------------------------------------------------------------
+
+/// Runs `case` on every backend available here, each in its own runtime
+/// and within [`PATIENCE`].
+fn on_every_backend(name: &str, options: IoOptions, case: fn(Backend, &Runtime)) {
+    for backend in [Backend::IoUring, Backend::Epoll] {
+        if let Err(error) = backend.probe(&options) {
+            eprintln!("note: {name}: skipped on {backend}, whose probe failed: {error}");
+            continue;
+        }
+        let options = options.clone();
+        let (done, finished) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = Runtime::builder()
+                .shards(2)
+                .driver(backend.driver_factory(options))
+                .build()
+                .expect("the runtime builds");
+            case(backend, &runtime);
+            runtime.shutdown();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(PATIENCE) {
+            Ok(()) => thread.join().expect("the case thread ends"),
+            Err(RecvTimeoutError::Disconnected) => {
+                if let Err(panic) = thread.join() {
+                    eprintln!("{name} failed on {backend}");
+                    std::panic::resume_unwind(panic);
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                panic!("{name} on {backend}: not done after {PATIENCE:?}")
+            }
+        }
+    }
+}
+
+/// This shard's reactor, checked to be of the backend under test (a shard
+/// whose ring could not be set up falls back to epoll).
+fn reactor(backend: Backend) -> Rc<Reactor> {
+    let reactor = Reactor::current().expect("the shard has a transport reactor");
+    let running = match *reactor {
+        Reactor::Uring(_) => Backend::IoUring,
+        Reactor::Epoll(_) => Backend::Epoll,
+    };
+    assert_eq!(running, backend, "the shard runs the backend under test");
+    reactor
+}
+
+fn localhost() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn other_shard<M: Send + 'static>(cx: &Context<M>) -> ShardId {
+    ShardId(1 - cx.shard().0)
+}
+
+/// Runs `body` in a new process on `shard`; its result arrives through the
+/// returned receiver.
+async fn spawn_on<M, T, F, Fut>(cx: &Context<M>, shard: ShardId, body: F) -> oneshot::Receiver<T>
+where
+    M: Send + 'static,
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T> + 'static,
+{
+    let (result, receiver) = oneshot::channel();
+    cx.spawn_with(
+        SpawnOptions::new().placement(Placement::Shard(shard)),
+        move |_: Context<()>| async move { result.send(body().await) },
+    )
+    .await
+    .expect("spawn");
+    receiver
+}
+
+/// A listener on a free port of the loopback interface, and its address.
+fn listen(backend: Backend) -> io::Result<(Listener, SocketAddr)> {
+    let listener = std::net::TcpListener::bind(localhost())?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    Ok((reactor(backend).listener(listener)?, addr))
+}
+
+/// The next connection, adopted by this shard.
+async fn accept(backend: Backend, listener: &Listener) -> io::Result<(Stream, SocketAddr)> {
+    let (stream, addr) = poll_fn(|cx| listener.poll_accept(cx)).await?;
+    Ok((reactor(backend).adopt(stream)?, addr))
+}
+
+async fn connect(backend: Backend, addr: SocketAddr) -> io::Result<Stream> {
+    let stream = reactor(backend).connect(addr)?;
+    poll_fn(|cx| stream.poll_connected(cx)).await?;
+    Ok(stream)
+}
+
+/// Sends all of `buf`; gives it back.
+async fn send(stream: &Stream, buf: Vec<u8>) -> io::Result<Vec<u8>> {
+    assert!(!stream.sending());
+    stream.start_send(buf);
+    assert!(stream.sending());
+    let (buf, result) = poll_fn(|cx| stream.poll_sent(cx)).await;
+    assert!(!stream.sending());
+    result.map(|()| buf)
+}
+
+async fn recv(stream: &Stream, buf: &mut [u8]) -> io::Result<usize> {
+    poll_fn(|cx| stream.poll_recv(cx, buf)).await
+}
+
+/// Receives exactly `len` bytes, `piece` at most at a time.
+async fn recv_exact(stream: &Stream, len: usize, piece: usize) -> io::Result<Vec<u8>> {
+    let mut received = Vec::with_capacity(len);
+    let mut buf = vec![0; piece];
+    while received.len() < len {
+        let want = piece.min(len - received.len());
+        let n = recv(stream, &mut buf[..want]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    Ok(received)
+}
+
+/// `len` bytes that differ with `seed` and with position.
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    let mut state = (seed as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Polls `poll` once: `Some` if it was ready.
+async fn poll_once<T>(mut poll: impl FnMut(&mut std::task::Context<'_>) -> Poll<T>) -> Option<T> {
+    poll_fn(|cx| {
+        Poll::Ready(match poll(cx) {
+            Poll::Ready(value) => Some(value),
+            Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Lets the shard run its other processes and its driver a few times.
+async fn yield_a_while() {
+    for _ in 0..3 {
+        let mut yielded = false;
+        poll_fn(|cx| {
+            if yielded {
+                Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        })
+        .await;
+    }
+}
+
+/// Runs both futures to completion.
+async fn join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = Box::pin(a);
+    let mut b = Box::pin(b);
+    let (mut out_a, mut out_b) = (None, None);
+    poll_fn(|cx| {
+        if out_a.is_none() {
+            if let Poll::Ready(value) = a.as_mut().poll(cx) {
+                out_a = Some(value);
+            }
+        }
+        if out_b.is_none() {
+            if let Poll::Ready(value) = b.as_mut().poll(cx) {
+                out_b = Some(value);
+            }
+        }
+        match (out_a.take(), out_b.take()) {
+            (Some(a), Some(b)) => Poll::Ready((a, b)),
+            (a, b) => {
+                out_a = a;
+                out_b = b;
+                Poll::Pending
+            }
+        }
+    })
+    .await
+}
+
+/// Runs both futures until the first ends; `None` if that was `b`.
+async fn select<A: Future, B: Future>(a: A, b: B) -> Option<A::Output> {
+    let mut a: Pin<Box<A>> = Box::pin(a);
+    let mut b: Pin<Box<B>> = Box::pin(b);
+    poll_fn(|cx| {
+        if let Poll::Ready(value) = a.as_mut().poll(cx) {
+            return Poll::Ready(Some(value));
+        }
+        if b.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}

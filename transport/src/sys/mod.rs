@@ -1,0 +1,342 @@
+//! The backend contract: how bytes move between a shard and the kernel.
+//!
+//! A backend is a per-shard *reactor* plus the socket types it drives. The
+//! reactor is created on the shard's own thread (in [`Driver::enter`]) and
+//! lives in a thread-local, so the connection processes of that shard reach
+//! it with [`Reactor::current`] and never share it with another thread. The
+//! same object is the shard's [`Driver`]: the shard parks in it, so I/O
+//! completions, cross-shard wake-ups and the next timer share one wait, and
+//! a busy shard calls [`Driver::poll`] once per pass so that I/O is served
+//! under load too.
+//!
+//! Every backend provides exactly this, with the same semantics:
+//!
+//! - **[`Reactor::listener`]** takes a bound, listening socket; **[`Listener::poll_accept`]**
+//!   yields accepted sockets (non-blocking, `TCP_NODELAY` set), which the
+//!   process that will own them adopts on its own shard
+//!   ([`Reactor::adopt`]).
+//! - **[`Reactor::connect`]** starts a non-blocking connect;
+//!   **[`Stream::poll_connected`]** completes when it is established or
+//!   failed.
+//! - **[`Stream::poll_recv`]** copies received bytes into the caller's slice
+//!   and returns how many (`0` means the peer closed). It holds no borrow of
+//!   the slice after returning, so the future around it may be dropped at
+//!   any time.
+//! - **[`Stream::start_send`]** hands the backend an owned buffer, and
+//!   **[`Stream::poll_sent`]** gives it back once *all* of it is written (or
+//!   the stream failed). One send is in flight per stream. The buffer is
+//!   owned so that a completion-based backend may keep writing from it (or,
+//!   with zero-copy send, keep the kernel reading from it) after the future
+//!   that asked for it is gone.
+//! - Dropping a [`Stream`] or [`Listener`] closes it; a backend that still
+//!   has operations in flight on it keeps their buffers alive until the
+//!   kernel is done with them, and closes the descriptor after.
+//! - Wakers: a pending `poll_*` stores the task's waker and the reactor wakes
+//!   it from [`Driver::poll`] or [`Driver::park`] on the same thread.
+//!
+//! Backends:
+//!
+//! - [`uring`]: io_uring, one ring per shard, multishot receive into a
+//!   provided-buffer ring, batched submission, `SEND_ZC` above a tunable size,
+//!   SQPOLL as an option;
+//! - [`epoll`]: `mio`, readiness-based, the fallback where io_uring cannot
+//!   be set up.
+//!
+//! [`Backend::select`] chooses one at start-up: `FOUNDATION_BACKEND`
+//! (`io_uring` or `epoll`) forces it; otherwise io_uring is probed and, if
+//! the kernel refuses it (EPERM in a container, ENOSYS, ENOMEM from the
+//! locked-memory limit), epoll is used and one log line says why.
+
+#[cfg(test)]
+mod contract_tests;
+pub(crate) mod epoll;
+pub(crate) mod uring;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use foundation_sched::driver::{Driver, DriverFactory};
+
+/// The environment variable that forces a backend: `io_uring` or `epoll`.
+pub const BACKEND_ENV: &str = "FOUNDATION_BACKEND";
+
+/// An I/O backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Linux io_uring.
+    IoUring,
+    /// epoll, through `mio`.
+    Epoll,
+}
+
+/// Why a backend could not be chosen.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// `FOUNDATION_BACKEND` names no backend.
+    UnknownBackend(String),
+    /// io_uring was asked for and the kernel refused it.
+    Unavailable {
+        /// The backend asked for.
+        backend: Backend,
+        /// What the kernel said.
+        error: io::Error,
+    },
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::UnknownBackend(name) => write!(
+                f,
+                "{BACKEND_ENV}={name:?} names no backend (io_uring or epoll)"
+            ),
+            BackendError::Unavailable { backend, error } => {
+                write!(f, "{backend} is unavailable: {error}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Backend {
+    /// The backend's name, as `FOUNDATION_BACKEND` spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::IoUring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+
+    /// Chooses the backend for this process: the one `FOUNDATION_BACKEND`
+    /// names (an error if it cannot be used), or io_uring if the kernel
+    /// allows it, else epoll with one log line saying why.
+    pub fn select(options: &IoOptions) -> Result<Backend, BackendError> {
+        match std::env::var(BACKEND_ENV) {
+            Ok(name) => {
+                let backend = match name.as_str() {
+                    "io_uring" | "uring" | "io-uring" => Backend::IoUring,
+                    "epoll" => Backend::Epoll,
+                    _ => return Err(BackendError::UnknownBackend(name)),
+                };
+                backend
+                    .probe(options)
+                    .map_err(|error| BackendError::Unavailable { backend, error })?;
+                Ok(backend)
+            }
+            Err(_) => match Backend::IoUring.probe(options) {
+                Ok(()) => Ok(Backend::IoUring),
+                Err(error) => {
+                    tracing::warn!("io_uring unavailable ({error}); using epoll");
+                    Ok(Backend::Epoll)
+                }
+            },
+        }
+    }
+
+    /// Checks that this backend can be set up here, with `options`.
+    pub fn probe(self, options: &IoOptions) -> io::Result<()> {
+        match self {
+            Backend::IoUring => uring::probe(options),
+            Backend::Epoll => epoll::probe(),
+        }
+    }
+
+    /// A factory of shard drivers for this backend, for
+    /// [`foundation_sched::Builder::driver`].
+    pub fn driver_factory(self, options: IoOptions) -> DriverFactory {
+        Arc::new(move |_shard| -> Box<dyn Driver> {
+            match self {
+                Backend::IoUring => match uring::UringDriver::new(&options) {
+                    Ok(driver) => Box::new(driver),
+                    Err(error) => {
+                        tracing::warn!("io_uring ring set-up failed ({error}); shard uses epoll");
+                        Box::new(epoll::EpollDriver::new().expect("epoll set-up"))
+                    }
+                },
+                Backend::Epoll => Box::new(epoll::EpollDriver::new().expect("epoll set-up")),
+            }
+        })
+    }
+}
+
+/// Tuning of the I/O backends.
+#[derive(Clone, Debug)]
+pub struct IoOptions {
+    /// Sends of at least this many bytes use io_uring's zero-copy send
+    /// (`SEND_ZC`). Default 16 KiB.
+    pub send_zc_threshold: usize,
+    /// Run an io_uring submission-queue polling thread (SQPOLL). Off by
+    /// default: it spends a core.
+    pub sqpoll: bool,
+    /// Submission queue entries per ring. Default 1024.
+    pub ring_entries: u32,
+    /// Buffers in each shard's provided-buffer ring (a power of two).
+    /// Default 256.
+    pub recv_buffers: u16,
+    /// Size of each provided buffer. Default 64 KiB.
+    pub recv_buffer_size: u32,
+}
+
+impl Default for IoOptions {
+    fn default() -> IoOptions {
+        IoOptions {
+            send_zc_threshold: 16 * 1024,
+            sqpoll: false,
+            ring_entries: 1024,
+            recv_buffers: 256,
+            recv_buffer_size: 64 * 1024,
+        }
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Rc<Reactor>>> = const { RefCell::new(None) };
+}
+
+/// The reactor of the current shard.
+pub(crate) enum Reactor {
+    Uring(uring::Reactor),
+    Epoll(epoll::Reactor),
+}
+
+impl Reactor {
+    /// The reactor of the shard this thread runs, if the shard's driver is
+    /// a transport backend.
+    pub(crate) fn current() -> Option<Rc<Reactor>> {
+        CURRENT.with(|current| current.borrow().clone())
+    }
+
+    /// Drives `listener` (bound, listening and non-blocking) from this
+    /// reactor.
+    pub(crate) fn listener(
+        self: &Rc<Reactor>,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Listener> {
+        match &**self {
+            Reactor::Uring(_) => uring::Listener::new(self.clone(), listener).map(Listener::Uring),
+            Reactor::Epoll(_) => epoll::Listener::new(self.clone(), listener).map(Listener::Epoll),
+        }
+    }
+
+    /// Starts connecting to `addr`; see [`Stream::poll_connected`].
+    pub(crate) fn connect(self: &Rc<Reactor>, addr: SocketAddr) -> io::Result<Stream> {
+        let stream = mio::net::TcpStream::connect(addr)?;
+        let stream = std::net::TcpStream::from(stream);
+        stream.set_nodelay(true)?;
+        self.adopt(stream)
+    }
+
+    /// Makes a connected (or connecting) non-blocking socket a [`Stream`]
+    /// of this reactor.
+    pub(crate) fn adopt(self: &Rc<Reactor>, stream: std::net::TcpStream) -> io::Result<Stream> {
+        match &**self {
+            Reactor::Uring(_) => uring::Stream::new(self.clone(), stream).map(Stream::Uring),
+            Reactor::Epoll(_) => epoll::Stream::new(self.clone(), stream).map(Stream::Epoll),
+        }
+    }
+}
+
+/// A listening socket.
+pub(crate) enum Listener {
+    Uring(uring::Listener),
+    Epoll(epoll::Listener),
+}
+
+impl Listener {
+    /// The next accepted connection, non-blocking with `TCP_NODELAY` set,
+    /// not yet bound to a reactor: the process that will own it adopts it
+    /// on its own shard with [`Reactor::adopt`].
+    pub(crate) fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(std::net::TcpStream, SocketAddr)>> {
+        let (stream, addr) = std::task::ready!(match self {
+            Listener::Uring(listener) => listener.poll_accept(cx),
+            Listener::Epoll(listener) => listener.poll_accept(cx),
+        })?;
+        stream.set_nonblocking(true)?;
+        stream.set_nodelay(true)?;
+        Poll::Ready(Ok((stream, addr)))
+    }
+}
+
+/// A TCP stream driven by the current shard's reactor.
+pub(crate) enum Stream {
+    Uring(uring::Stream),
+    Epoll(epoll::Stream),
+}
+
+impl Stream {
+    /// Ready once a connect started by [`Reactor::connect`] has finished;
+    /// ready at once for an accepted stream.
+    pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Stream::Uring(stream) => stream.poll_connected(cx),
+            Stream::Epoll(stream) => stream.poll_connected(cx),
+        }
+    }
+
+    /// Copies received bytes into `dst`; `Ready(Ok(0))` means the peer
+    /// closed its side.
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Stream::Uring(stream) => stream.poll_recv(cx, dst),
+            Stream::Epoll(stream) => stream.poll_recv(cx, dst),
+        }
+    }
+
+    /// Starts writing all of `buf`. One send at a time: call only when no
+    /// send is in flight (after [`Stream::poll_sent`] returned).
+    pub(crate) fn start_send(&self, buf: Vec<u8>) {
+        match self {
+            Stream::Uring(stream) => stream.start_send(buf),
+            Stream::Epoll(stream) => stream.start_send(buf),
+        }
+    }
+
+    /// Whether a send is in flight.
+    pub(crate) fn sending(&self) -> bool {
+        match self {
+            Stream::Uring(stream) => stream.sending(),
+            Stream::Epoll(stream) => stream.sending(),
+        }
+    }
+
+    /// The buffer of the send in flight, once all of it is written or the
+    /// stream failed.
+    pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
+        match self {
+            Stream::Uring(stream) => stream.poll_sent(cx),
+            Stream::Epoll(stream) => stream.poll_sent(cx),
+        }
+    }
+}
+
+/// Installs `reactor` as this thread's: a driver's `enter`.
+fn enter(reactor: Reactor) {
+    CURRENT.with(|current| *current.borrow_mut() = Some(Rc::new(reactor)));
+}
+
+/// Runs `f` on this thread's reactor, if it has one: a driver's `poll` and
+/// `park`.
+fn with_reactor<R>(f: impl FnOnce(&Reactor) -> R) -> Option<R> {
+    let reactor = Reactor::current()?;
+    Some(f(&reactor))
+}

@@ -1,0 +1,1414 @@
+//! The io_uring backend: one ring per shard, completion-based.
+//!
+//! Where epoll says "this socket is ready, now make the syscall", io_uring
+//! is handed the whole operation and says "done" later. That changes who
+//! owns memory: a buffer the kernel writes into or reads from must stay put
+//! until its completion arrives, whatever happened to the future that asked
+//! for it. So every operation in flight, with the buffer it uses, belongs to
+//! the shard's [`Reactor`], not to the [`Stream`] or the future:
+//!
+//! - **Operations** live in a table ([`Ops`]) whose key, with a generation,
+//!   is the request's `user_data`; a completion whose key names no live
+//!   operation (a freed slot, or a reused one with another generation) is
+//!   recognised and ignored. An entry is freed on the operation's *last*
+//!   completion: the one without `IORING_CQE_F_MORE`, and for a zero-copy
+//!   send the notification that follows it.
+//! - **Sources** (one per socket) hold what the handles see: received
+//!   chunks, the finished send, the wakers. A dropped [`Stream`] or
+//!   [`Listener`] marks its source closed, cancels its operations
+//!   (`ASYNC_CANCEL` by descriptor) and leaves the socket to the source,
+//!   which closes it once no request on it is left in the kernel. A
+//!   zero-copy send may still await its notification then: its operation
+//!   keeps the buffer until it arrives, but not the socket, whose unsent
+//!   data is what the notification may be waiting for.
+//! - **Receive** is one multishot `RECV` per stream, armed at its first
+//!   [`Stream::poll_recv`], reading into the shard's provided-buffer ring
+//!   ([`buf_ring`]). Each completion queues (buffer id, length) on the
+//!   stream; `poll_recv` copies out of the queue and gives each buffer back
+//!   as soon as it is used up. When the ring runs dry the kernel ends the
+//!   multishot with `ENOBUFS`: the stream waits in a list and is re-armed as
+//!   soon as any buffer comes back. A stream that holds more than a quarter
+//!   of the buffers (its reader is slow) has its receive cancelled until it
+//!   drains, so one slow reader cannot starve the shard's other streams.
+//! - **Send** is one request per stream for the owned buffer, `SEND` below
+//!   [`IoOptions::send_zc_threshold`] and `SEND_ZC` from it up; a short
+//!   send is resubmitted for the rest (after the zero-copy notification, so
+//!   that at most one request ever uses the buffer).
+//! - **Connect and accept** wait with a one-shot `POLL_ADD`, then make the
+//!   non-blocking syscall, as epoll does.
+//! - **Submission** is batched: operations queue entries as processes poll,
+//!   and the driver submits once per pass ([`Driver::poll`]) or when it
+//!   parks ([`Driver::park`], one `io_uring_enter` that submits and waits
+//!   with a timeout). A full submission queue is submitted on the spot; if
+//!   the kernel will not take entries even then, they wait in a backlog, in
+//!   order. A full completion queue is no loss: the kernel keeps the
+//!   overflow (`IORING_FEAT_NODROP`) and we keep reaping.
+//! - **Unpark** writes an eventfd on which the ring always has a `READ`
+//!   outstanding, so a wake-up from another thread completes that read and
+//!   ends the shard's wait.
+//! - **Teardown**: when the reactor goes (the shard thread ends, after its
+//!   processes), everything still in flight is cancelled and waited for; if
+//!   the kernel does not finish in time, the memory it might still use is
+//!   leaked rather than freed.
+//!
+//! The reactor is shard-local (a `RefCell` in a thread-local), like the
+//! epoll one.
+
+// Pushing a submission entry hands the kernel raw pointers to memory it
+// will use after the call returns; the provided-buffer ring shares memory
+// with the kernel. Each unsafe block says which invariant keeps that sound.
+#![allow(unsafe_code)]
+
+mod buf_ring;
+
+use std::cell::{Cell, RefCell, UnsafeCell};
+use std::collections::VecDeque;
+use std::io;
+use std::mem::ManuallyDrop;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use foundation_sched::driver::{Driver, Unpark};
+use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+
+use self::buf_ring::BufRing;
+use super::{IoOptions, Reactor as AnyReactor};
+
+/// The buffer group of the shard's provided-buffer ring.
+const GROUP: u16 = 0;
+
+/// `user_data` of the eventfd read.
+const WAKE: u64 = u64::MAX;
+
+/// `user_data` of requests whose completion needs no handling (cancels).
+const UNTRACKED: u64 = u64::MAX - 1;
+
+/// The source of an operation whose source is gone: a zero-copy send
+/// waiting for its notification after its stream closed.
+const DETACHED: u32 = u32::MAX;
+
+/// Milliseconds the SQPOLL thread spins without work before it sleeps.
+const SQPOLL_IDLE_MS: u32 = 100;
+
+/// Largest slice of a buffer one send request carries (its result is an
+/// `i32`).
+const MAX_SEND: usize = 1 << 30;
+
+/// The longest single wait in the kernel.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+
+/// Completions copied out of the ring at a time.
+const CQE_BATCH: usize = 256;
+
+/// A dying reactor waits for the kernel to finish cancelled requests in
+/// waits of up to this long...
+const TEARDOWN_WAIT: Duration = Duration::from_millis(50);
+
+/// ...and once this many of them in a row brought no completion of an
+/// operation (two seconds), leaks their memory instead.
+const TEARDOWN_ROUNDS: u32 = 40;
+
+/// Checks that io_uring can be set up here with `options`: a ring of that
+/// size (and SQPOLL if asked), the opcodes this backend uses, the features
+/// it relies on, and a provided-buffer ring of `options.recv_buffers`.
+pub(crate) fn probe(options: &IoOptions) -> io::Result<()> {
+    let ring = build_ring(options)?;
+    check_support(&ring)?;
+    // Mapping the buffers is cheap: no page is touched but the ring's own.
+    let bufs = BufRing::new(options.recv_buffers, options.recv_buffer_size)?;
+    // SAFETY: no request is ever submitted on this ring, so the kernel never
+    // selects one of the buffers, whenever `bufs` drops.
+    unsafe { bufs.register(&ring.submitter(), GROUP)? };
+    ring.submitter().unregister_buf_ring(GROUP)?;
+    Ok(())
+}
+
+/// A shard driver that waits in `io_uring_enter`.
+pub(crate) struct UringDriver {
+    /// The ring and its state until [`Driver::enter`] makes them the
+    /// shard's reactor.
+    state: Option<State>,
+    unpark: Arc<EventFd>,
+}
+
+impl UringDriver {
+    /// A driver with its own ring, provided-buffer ring and eventfd. All of
+    /// it is set up here, on the building thread, so that a failure is
+    /// reported while the runtime can still choose epoll for this shard.
+    pub(crate) fn new(options: &IoOptions) -> io::Result<UringDriver> {
+        let unpark = Arc::new(EventFd::new()?);
+        let state = State::new(options, unpark.clone())?;
+        Ok(UringDriver {
+            state: Some(state),
+            unpark,
+        })
+    }
+}
+
+impl Driver for UringDriver {
+    fn enter(&mut self) {
+        if let Some(mut state) = self.state.take() {
+            state.arm_wake();
+            super::enter(AnyReactor::Uring(Reactor {
+                state: Box::new(RefCell::new(state)),
+            }));
+        }
+    }
+
+    fn poll(&mut self) -> bool {
+        super::with_reactor(|reactor| match reactor {
+            AnyReactor::Uring(reactor) => reactor.turn(Wait::No),
+            AnyReactor::Epoll(_) => false,
+        })
+        .unwrap_or(false)
+    }
+
+    fn park(&mut self, timeout: Option<Duration>) {
+        super::with_reactor(|reactor| match reactor {
+            AnyReactor::Uring(reactor) => reactor.turn(Wait::For(timeout)),
+            AnyReactor::Epoll(_) => false,
+        });
+    }
+
+    fn unparker(&self) -> Arc<dyn Unpark> {
+        self.unpark.clone()
+    }
+}
+
+/// The eventfd other threads write to wake the shard.
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> io::Result<EventFd> {
+        // Blocking on purpose: io_uring completes a read of a non-blocking
+        // descriptor with EAGAIN instead of waiting for it.
+        // SAFETY: plain syscall with no pointer arguments.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a descriptor we just opened and own alone.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+impl Unpark for EventFd {
+    fn unpark(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to a descriptor owned by
+        // `self`. A failure (the counter is full) means a wake-up is
+        // already pending: nothing is lost.
+        unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                std::ptr::addr_of!(one).cast(),
+                std::mem::size_of::<u64>(),
+            );
+        }
+    }
+}
+
+/// A shard's ring and everything in flight on it.
+pub(crate) struct Reactor {
+    /// Boxed: the ring's handles make `State` large, and the shard's
+    /// reactor is an enum of backends.
+    state: Box<RefCell<State>>,
+}
+
+/// How long [`Reactor::turn`] may wait.
+#[derive(Clone, Copy)]
+enum Wait {
+    No,
+    For(Option<Duration>),
+}
+
+impl Reactor {
+    /// Submits what is queued, waits as `wait` says for a completion, and
+    /// handles every completion there is, waking the tasks they concern.
+    /// Returns whether it woke any.
+    fn turn(&self, wait: Wait) -> bool {
+        let mut wakers = {
+            let mut state = self.state.borrow_mut();
+            match wait {
+                Wait::No => state.submit(),
+                Wait::For(timeout) => state.submit_and_wait(timeout),
+            }
+            state.reap();
+            std::mem::take(&mut state.wakers)
+        };
+        let woke = !wakers.is_empty();
+        for waker in wakers.drain(..) {
+            waker.wake();
+        }
+        // Keep the vector's capacity for the next turn.
+        self.state.borrow_mut().wakers = wakers;
+        woke
+    }
+}
+
+// ---- handles ---------------------------------------------------------------
+
+fn this(reactor: &AnyReactor) -> &Reactor {
+    match reactor {
+        AnyReactor::Uring(reactor) => reactor,
+        AnyReactor::Epoll(_) => unreachable!("an io_uring socket on an epoll shard"),
+    }
+}
+
+/// A listening socket on a shard's ring.
+pub(crate) struct Listener {
+    reactor: Rc<AnyReactor>,
+    key: u32,
+}
+
+impl Listener {
+    pub(crate) fn new(
+        reactor: Rc<AnyReactor>,
+        listener: std::net::TcpListener,
+    ) -> io::Result<Listener> {
+        let key = this(&reactor)
+            .state
+            .borrow_mut()
+            .sources
+            .insert(Source::new(Socket::Listener(listener)));
+        Ok(Listener { reactor, key })
+    }
+
+    pub(crate) fn poll_accept(
+        &self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<(std::net::TcpStream, SocketAddr)>> {
+        let mut state = this(&self.reactor).state.borrow_mut();
+        let Some(source) = state.sources.get_mut(self.key) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let Socket::Listener(listener) = &source.socket else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        loop {
+            match listener.accept() {
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                result => return Poll::Ready(result),
+            }
+        }
+        // Nothing to accept: wait until the socket is readable. A
+        // connection that arrived since the attempt completes the poll at
+        // once.
+        store_waker(&mut source.poller, cx);
+        state.arm_poll(self.key, libc::POLLIN);
+        Poll::Pending
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let leftovers = this(&self.reactor).state.borrow_mut().close(self.key);
+        drop(leftovers); // After the borrow: a waker's drop may run anything.
+    }
+}
+
+/// A TCP stream on a shard's ring.
+pub(crate) struct Stream {
+    reactor: Rc<AnyReactor>,
+    key: u32,
+    /// How the connect ended, once it has (an errno if it failed).
+    connected: Cell<Option<Result<(), i32>>>,
+}
+
+impl Stream {
+    pub(crate) fn new(reactor: Rc<AnyReactor>, stream: std::net::TcpStream) -> io::Result<Stream> {
+        let key = this(&reactor)
+            .state
+            .borrow_mut()
+            .sources
+            .insert(Source::new(Socket::Stream(stream)));
+        Ok(Stream {
+            reactor,
+            key,
+            connected: Cell::new(None),
+        })
+    }
+
+    pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(outcome) = self.connected.get() {
+            return Poll::Ready(outcome.map_err(io::Error::from_raw_os_error));
+        }
+        let mut state = this(&self.reactor).state.borrow_mut();
+        let Some(source) = state.sources.get_mut(self.key) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let Socket::Stream(stream) = &source.socket else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let outcome = match stream.take_error() {
+            Ok(Some(error)) | Err(error) => Err(error),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(error)
+                    if error.kind() == io::ErrorKind::NotConnected
+                        && !source.polled.is_some_and(|revents| {
+                            revents & (libc::POLLHUP | libc::POLLERR) as u32 != 0
+                        }) =>
+                {
+                    // Still connecting: wait until it is writable (or
+                    // failed). A socket that hung up without an error and
+                    // without a peer was never connecting: that is the
+                    // error.
+                    store_waker(&mut source.poller, cx);
+                    state.arm_poll(self.key, libc::POLLOUT);
+                    return Poll::Pending;
+                }
+                Err(error) => Err(error),
+            },
+        };
+        self.connected.set(Some(
+            outcome
+                .as_ref()
+                .map(|_| ())
+                .map_err(|error| error.raw_os_error().unwrap_or(libc::EIO)),
+        ));
+        Poll::Ready(outcome)
+    }
+
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        this(&self.reactor)
+            .state
+            .borrow_mut()
+            .poll_recv(self.key, cx, dst)
+    }
+
+    pub(crate) fn start_send(&self, buf: Vec<u8>) {
+        this(&self.reactor)
+            .state
+            .borrow_mut()
+            .start_send(self.key, buf);
+    }
+
+    pub(crate) fn sending(&self) -> bool {
+        let state = this(&self.reactor).state.borrow();
+        state
+            .sources
+            .get(self.key)
+            .is_some_and(|source| source.send_op.is_some() || source.sent.is_some())
+    }
+
+    pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
+        this(&self.reactor)
+            .state
+            .borrow_mut()
+            .poll_sent(self.key, cx)
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        let leftovers = this(&self.reactor).state.borrow_mut().close(self.key);
+        drop(leftovers); // After the borrow: a waker's drop may run anything.
+    }
+}
+
+// ---- set-up -----------------------------------------------------------------
+
+/// A ring with the options' size and SQPOLL setting. Without SQPOLL, also
+/// asks for cooperative task running (completions are run when the shard
+/// next enters the kernel, without an interrupt), if the kernel has it.
+fn build_ring(options: &IoOptions) -> io::Result<IoUring> {
+    let entries = options.ring_entries.max(1);
+    let mut builder = IoUring::builder();
+    builder
+        .setup_clamp()
+        .setup_cqsize(entries.saturating_mul(4));
+    if options.sqpoll {
+        builder.setup_sqpoll(SQPOLL_IDLE_MS);
+        return builder.build(entries);
+    }
+    let plain = builder.clone();
+    builder.setup_coop_taskrun().setup_taskrun_flag();
+    match builder.build(entries) {
+        Err(error) if error.raw_os_error() == Some(libc::EINVAL) => plain.build(entries),
+        result => result,
+    }
+}
+
+/// Checks the opcodes and features this backend uses.
+fn check_support(ring: &IoUring) -> io::Result<()> {
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    // Multishot receive (6.0) has no opcode of its own; SEND_ZC came in the
+    // same release, so a kernel that has it has multishot receive too.
+    let needed = [
+        ("RECV", opcode::Recv::CODE),
+        ("SEND", opcode::Send::CODE),
+        ("SEND_ZC", opcode::SendZc::CODE),
+        ("POLL_ADD", opcode::PollAdd::CODE),
+        ("ASYNC_CANCEL", opcode::AsyncCancel::CODE),
+        ("READ", opcode::Read::CODE),
+    ];
+    for (name, code) in needed {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks {name}"),
+            ));
+        }
+    }
+    let params = ring.params();
+    if !params.is_feature_nodrop() || !params.is_feature_ext_arg() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks IORING_FEAT_NODROP or IORING_FEAT_EXT_ARG",
+        ));
+    }
+    Ok(())
+}
+
+// ---- the shard's state ------------------------------------------------------
+
+/// The ring, the operations in flight and the sockets they concern.
+struct State {
+    ring: IoUring,
+    /// Registered as buffer group [`GROUP`] of `ring`. Dropped (or leaked)
+    /// by `State`'s drop, once the kernel is done with it.
+    bufs: ManuallyDrop<BufRing>,
+    ops: Ops,
+    sources: Sources,
+    /// Entries the submission queue had no room for, in order.
+    backlog: VecDeque<squeue::Entry>,
+    /// Streams whose multishot receive ended for want of buffers.
+    starved: Vec<u32>,
+    /// Target of the eventfd read; written by the kernel while `wake_armed`.
+    /// Dropped (or leaked) like `bufs`.
+    wake_buf: ManuallyDrop<Box<UnsafeCell<u64>>>,
+    wake_armed: bool,
+    unpark: Arc<EventFd>,
+    sqpoll: bool,
+    zc_threshold: usize,
+    /// Chunks a stream may queue before its receive is paused.
+    recv_cap: usize,
+    /// Set once teardown begins: nothing is armed any more.
+    tearing_down: bool,
+    /// Wakers collected while handling completions, woken after.
+    wakers: Vec<Waker>,
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+impl State {
+    fn new(options: &IoOptions, unpark: Arc<EventFd>) -> io::Result<State> {
+        let ring = build_ring(options)?;
+        check_support(&ring)?;
+        let bufs = BufRing::new(options.recv_buffers, options.recv_buffer_size)?;
+        // SAFETY: `bufs` goes into the `State` built right below, whose drop
+        // frees it only once no request that may select a buffer is in
+        // flight, and leaks it otherwise. Should this function fail before
+        // that, no request has been submitted.
+        unsafe { bufs.register(&ring.submitter(), GROUP)? };
+        Ok(State {
+            ring,
+            bufs: ManuallyDrop::new(bufs),
+            ops: Ops::default(),
+            sources: Sources::default(),
+            backlog: VecDeque::new(),
+            starved: Vec::new(),
+            wake_buf: ManuallyDrop::new(Box::new(UnsafeCell::new(0))),
+            wake_armed: false,
+            unpark,
+            sqpoll: options.sqpoll,
+            zc_threshold: options.send_zc_threshold,
+            recv_cap: (usize::from(options.recv_buffers) / 4).max(2),
+            tearing_down: false,
+            wakers: Vec::new(),
+            cqes: Vec::with_capacity(CQE_BATCH),
+        })
+    }
+
+    // ---- submission ------------------------------------------------------
+
+    /// Queues `entry` for the next submission: on the submission queue,
+    /// submitting at once if it is full, or in the backlog if the kernel
+    /// will not take entries even then.
+    ///
+    /// # Safety
+    ///
+    /// Whatever memory `entry` points to must stay valid, and be neither
+    /// read nor written by us in a way that conflicts with the kernel's use,
+    /// until the request's last completion has been reaped.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() {
+            for _ in 0..2 {
+                // SAFETY: forwarded from this function's contract.
+                if unsafe { self.ring.submission().push(&entry) }.is_ok() {
+                    return;
+                }
+                self.enter_submit();
+                if self.sqpoll {
+                    // The SQPOLL thread consumes the queue on its own time.
+                    let _ = self.ring.submitter().squeue_wait();
+                }
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    /// Moves the backlog onto the submission queue, as far as it fits.
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.front() {
+            // SAFETY: each backlogged entry met `push`'s contract when it was
+            // queued, and its request has not started since.
+            if unsafe { self.ring.submission().push(entry) }.is_err() {
+                if let Err(error) = self.ring.submit() {
+                    report_enter_error(&error);
+                }
+                // SAFETY: as above.
+                if unsafe { self.ring.submission().push(entry) }.is_err() {
+                    return;
+                }
+            }
+            self.backlog.pop_front();
+        }
+    }
+
+    /// Submits what is queued without waiting, if there is anything to
+    /// submit or the kernel has completions to post.
+    fn submit(&mut self) {
+        self.flush_backlog();
+        let pending = {
+            let sq = self.ring.submission();
+            !sq.is_empty() || sq.taskrun() || sq.cq_overflow()
+        };
+        if pending {
+            self.enter_submit();
+        }
+    }
+
+    fn enter_submit(&mut self) {
+        if let Err(error) = self.ring.submit() {
+            report_enter_error(&error);
+        }
+    }
+
+    /// Submits what is queued and waits up to `timeout` for at least one
+    /// completion (not at all if one is already there).
+    fn submit_and_wait(&mut self, timeout: Option<Duration>) {
+        self.flush_backlog();
+        if timeout == Some(Duration::ZERO) || !self.ring.completion().is_empty() {
+            self.enter_submit();
+            return;
+        }
+        let submitter = self.ring.submitter();
+        let result = match timeout {
+            Some(timeout) => {
+                // Spurious returns are allowed; an absurd timeout is not.
+                let timespec = Timespec::from(timeout.min(MAX_WAIT));
+                let args = SubmitArgs::new().timespec(&timespec);
+                submitter.submit_with_args(1, &args)
+            }
+            None => submitter.submit_and_wait(1),
+        };
+        if let Err(error) = result {
+            report_enter_error(&error);
+        }
+    }
+
+    // ---- completion ------------------------------------------------------
+
+    /// Handles every completion there is.
+    fn reap(&mut self) {
+        loop {
+            let mut cqes = std::mem::take(&mut self.cqes);
+            cqes.clear();
+            cqes.extend(
+                self.ring
+                    .completion()
+                    .take(CQE_BATCH)
+                    .map(|cqe| (cqe.user_data(), cqe.result(), cqe.flags())),
+            );
+            let full = cqes.len() == CQE_BATCH;
+            for &(user_data, result, flags) in &cqes {
+                self.complete(user_data, result, flags);
+            }
+            self.cqes = cqes;
+            if self.ring.submission().cq_overflow() {
+                // The kernel holds completions that did not fit; entering
+                // the kernel moves them into the queue we just drained.
+                self.enter_submit();
+            } else if !full {
+                break;
+            }
+        }
+        // Completions for closed streams may have given buffers back.
+        self.resume_starved();
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32, flags: u32) {
+        match user_data {
+            WAKE => {
+                self.wake_armed = false;
+                if result < 0 && result != -libc::ECANCELED && result != -libc::EINTR {
+                    tracing::error!(
+                        "io_uring eventfd read failed: {}",
+                        io::Error::from_raw_os_error(-result)
+                    );
+                }
+                self.arm_wake();
+            }
+            UNTRACKED => {}
+            _ => match self.ops.get(user_data).map(|op| &op.kind) {
+                Some(OpKind::Recv) => self.recv_done(user_data, result, flags),
+                Some(OpKind::Poll) => self.poll_done(user_data, result),
+                Some(OpKind::Send(_)) => self.send_done(user_data, result, flags),
+                None => {
+                    tracing::trace!(user_data, result, "stale io_uring completion ignored");
+                }
+            },
+        }
+    }
+
+    /// Keeps a read outstanding on the eventfd, so that an unpark ends a
+    /// wait.
+    fn arm_wake(&mut self) {
+        if self.wake_armed || self.tearing_down {
+            return;
+        }
+        self.wake_armed = true;
+        let entry = opcode::Read::new(
+            Fd(self.unpark.0.as_raw_fd()),
+            self.wake_buf.get().cast::<u8>(),
+            std::mem::size_of::<u64>() as u32,
+        )
+        .build()
+        .user_data(WAKE);
+        // SAFETY: `wake_buf` is a heap cell owned by `self`, read by no one,
+        // freed only after this read completes (`wake_armed` false) or
+        // leaked (`Drop`). The eventfd is kept open by `self.unpark`.
+        unsafe { self.push(entry) }
+    }
+
+    fn recv_done(&mut self, user_data: u64, result: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let Some(key) = self.ops.get(user_data).map(|op| op.source) else {
+            return;
+        };
+        let Some(source) = self.sources.get_mut(key) else {
+            tracing::error!("io_uring receive completion for a freed source");
+            return;
+        };
+        let mut wake = false;
+        match (result, cqueue::buffer_select(flags)) {
+            (len @ 1.., Some(id)) => match self.bufs.take(id, len as usize) {
+                Ok(()) if source.open => {
+                    source.chunks.push_back(Chunk {
+                        id,
+                        start: 0,
+                        end: len as usize,
+                    });
+                    wake = true;
+                }
+                Ok(()) => self.bufs.give_back(id),
+                Err(_) => {
+                    tracing::error!(id, len, "io_uring reported a bad provided buffer");
+                    source.end.get_or_insert(End::Error(libc::EIO));
+                    wake = true;
+                }
+            },
+            (1.., None) => {
+                tracing::error!("io_uring receive completed without a buffer");
+                source.end.get_or_insert(End::Error(libc::EIO));
+                wake = true;
+            }
+            (error, id) => {
+                if let Some(id) = id {
+                    // A buffer with no data in it: straight back.
+                    if self.bufs.take(id, 0).is_ok() {
+                        self.bufs.give_back(id);
+                    }
+                }
+                match -error {
+                    0 => {
+                        source.end.get_or_insert(End::Eof);
+                        wake = true;
+                    }
+                    libc::ENOBUFS | libc::ECANCELED | libc::EINTR | libc::EAGAIN => {}
+                    code => {
+                        source.end.get_or_insert(End::Error(code));
+                        wake = true;
+                    }
+                }
+            }
+        }
+        if wake {
+            self.wakers.extend(source.reader.take());
+        }
+        if more {
+            if source.open && !source.paused && source.chunks.len() >= self.recv_cap {
+                // A slow reader: stop filling buffers for it until it drains.
+                source.paused = true;
+                self.cancel(CancelBuilder::user_data(user_data));
+            }
+            return;
+        }
+        // The multishot receive is over.
+        self.ops.remove(user_data);
+        source.recv_op = None;
+        if !source.open {
+            drop(self.release_if_idle(key));
+        } else if source.end.is_none() && !source.paused && !self.tearing_down {
+            if result == -libc::ENOBUFS && self.bufs.available() == 0 {
+                source.starved = true;
+                self.starved.push(key);
+            } else {
+                self.arm_recv(key);
+            }
+        }
+    }
+
+    fn poll_done(&mut self, user_data: u64, result: i32) {
+        let Some(op) = self.ops.remove(user_data) else {
+            return;
+        };
+        if let Some(source) = self.sources.get_mut(op.source) {
+            source.poll_op = None;
+            source.polled = u32::try_from(result).ok();
+            self.wakers.extend(source.poller.take());
+            if !source.open {
+                drop(self.release_if_idle(op.source));
+            }
+        }
+    }
+
+    fn send_done(&mut self, user_data: u64, result: i32, flags: u32) {
+        let Some(Op {
+            source: key,
+            kind: OpKind::Send(send),
+        }) = self.ops.get_mut(user_data)
+        else {
+            return;
+        };
+        let key = *key;
+        if cqueue::notif(flags) {
+            send.notif_pending = false;
+        } else {
+            send.result_pending = false;
+            if send.zc && cqueue::more(flags) {
+                send.notif_pending = true;
+            }
+            match result {
+                0 => send.error = Some(io::ErrorKind::WriteZero.into()),
+                1.. => send.written += result as usize,
+                _ if result == -libc::EINTR || result == -libc::EAGAIN => {}
+                _ => send.error = Some(io::Error::from_raw_os_error(-result)),
+            }
+        }
+        if send.result_pending || send.notif_pending {
+            // The kernel may still read the buffer. If the stream is gone,
+            // its socket may close now all the same.
+            if !send.result_pending {
+                drop(self.release_if_idle(key));
+            }
+            return;
+        }
+        let open = self.sources.get(key).is_some_and(|source| source.open);
+        if open && send.error.is_none() && send.written < send.buf.len() && !self.tearing_down {
+            self.submit_send(user_data, key);
+            return;
+        }
+        let Some(Op {
+            kind: OpKind::Send(send),
+            ..
+        }) = self.ops.remove(user_data)
+        else {
+            return;
+        };
+        let outcome = match send.error {
+            Some(error) => Err(error),
+            None if send.written >= send.buf.len() => Ok(()),
+            None => Err(io::ErrorKind::Interrupted.into()),
+        };
+        if let Some(source) = self.sources.get_mut(key) {
+            source.send_op = None;
+            if source.open {
+                source.sent = Some((send.buf, outcome));
+                self.wakers.extend(source.writer.take());
+            } else {
+                drop(self.release_if_idle(key));
+            }
+        }
+    }
+
+    // ---- operations ------------------------------------------------------
+
+    fn arm_recv(&mut self, key: u32) {
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
+        };
+        if source.recv_op.is_some() || !source.open || self.tearing_down {
+            return;
+        }
+        source.starved = false;
+        let user_data = self.ops.insert(Op {
+            source: key,
+            kind: OpKind::Recv,
+        });
+        source.recv_op = Some(user_data);
+        let entry = opcode::RecvMulti::new(Fd(source.socket.fd()), GROUP)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the entry carries no pointer. The buffers it fills come
+        // from the provided-buffer ring, which outlives every request
+        // (`State`'s drop) and hands out only buffers we do not hold.
+        unsafe { self.push(entry) }
+    }
+
+    fn arm_poll(&mut self, key: u32, events: i16) {
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
+        };
+        if source.poll_op.is_some() || self.tearing_down {
+            return;
+        }
+        let user_data = self.ops.insert(Op {
+            source: key,
+            kind: OpKind::Poll,
+        });
+        source.poll_op = Some(user_data);
+        source.polled = None;
+        let entry = opcode::PollAdd::new(Fd(source.socket.fd()), events as u16 as u32)
+            .build()
+            .user_data(user_data);
+        // SAFETY: a poll carries no pointer.
+        unsafe { self.push(entry) }
+    }
+
+    /// Submits (the rest of) the send `user_data` of source `key`.
+    fn submit_send(&mut self, user_data: u64, key: u32) {
+        let Some(fd) = self.sources.get(key).map(|source| source.socket.fd()) else {
+            return;
+        };
+        let Some(Op {
+            kind: OpKind::Send(send),
+            ..
+        }) = self.ops.get_mut(user_data)
+        else {
+            return;
+        };
+        let rest = &send.buf[send.written.min(send.buf.len())..];
+        let len = rest.len().min(MAX_SEND) as u32;
+        let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
+        let entry = if send.zc {
+            opcode::SendZc::new(Fd(fd), rest.as_ptr(), len)
+                .flags(flags)
+                .build()
+        } else {
+            opcode::Send::new(Fd(fd), rest.as_ptr(), len)
+                .flags(flags)
+                .build()
+        };
+        send.result_pending = true;
+        let entry = entry.user_data(user_data);
+        // SAFETY: the bytes belong to the `Vec` owned by this operation in
+        // the reactor's table. Its heap block does not move when the table
+        // does, and it is neither written nor freed before the request's
+        // result and, for a zero-copy send, its notification have been
+        // reaped (`send_done`, or teardown, which leaks it otherwise).
+        unsafe { self.push(entry) }
+    }
+
+    /// Queues an `ASYNC_CANCEL`.
+    fn cancel(&mut self, target: CancelBuilder) {
+        let entry = opcode::AsyncCancel2::new(target)
+            .build()
+            .user_data(UNTRACKED);
+        // SAFETY: a cancel carries no pointer.
+        unsafe { self.push(entry) }
+    }
+
+    fn start_send(&mut self, key: u32, buf: Vec<u8>) {
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
+        };
+        if source.send_op.is_some() || source.sent.is_some() {
+            debug_assert!(false, "one send in flight per stream");
+            if source.sent.is_none() {
+                let error = io::Error::other("a send is already in flight");
+                source.sent = Some((buf, Err(error)));
+            }
+            return;
+        }
+        if buf.is_empty() {
+            source.sent = Some((buf, Ok(())));
+            return;
+        }
+        let zc = buf.len() >= self.zc_threshold;
+        let user_data = self.ops.insert(Op {
+            source: key,
+            kind: OpKind::Send(SendOp {
+                buf,
+                written: 0,
+                zc,
+                result_pending: false,
+                notif_pending: false,
+                error: None,
+            }),
+        });
+        source.send_op = Some(user_data);
+        self.submit_send(user_data, key);
+    }
+
+    /// After buffers went back on the ring: resumes streams that were
+    /// waiting for one.
+    fn resume_starved(&mut self) {
+        if self.starved.is_empty() || self.bufs.available() == 0 {
+            return;
+        }
+        for key in std::mem::take(&mut self.starved) {
+            let Some(source) = self.sources.get_mut(key) else {
+                continue;
+            };
+            // A stale entry (the slot was reused) is not starved.
+            if source.starved && source.end.is_none() && !source.paused {
+                self.arm_recv(key);
+            }
+        }
+    }
+
+    fn poll_recv(
+        &mut self,
+        key: u32,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let Some(source) = self.sources.get_mut(key) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        let mut copied = 0;
+        let mut gave_back = false;
+        while copied < dst.len() {
+            let Some(chunk) = source.chunks.front_mut() else {
+                break;
+            };
+            if let Some(bytes) = self.bufs.bytes(chunk.id, chunk.start, chunk.end) {
+                let n = bytes.len().min(dst.len() - copied);
+                dst[copied..copied + n].copy_from_slice(&bytes[..n]);
+                copied += n;
+                chunk.start += n;
+            } else {
+                tracing::error!("a received chunk names a buffer we do not hold");
+                chunk.start = chunk.end;
+            }
+            if chunk.start == chunk.end {
+                let id = chunk.id;
+                source.chunks.pop_front();
+                self.bufs.give_back(id);
+                gave_back = true;
+            }
+        }
+        if source.paused && source.chunks.len() * 2 < self.recv_cap {
+            source.paused = false;
+            if source.recv_op.is_none() && source.end.is_none() {
+                self.arm_recv(key);
+            }
+        }
+        if gave_back {
+            self.resume_starved();
+        }
+        if copied > 0 || dst.is_empty() {
+            return Poll::Ready(Ok(copied));
+        }
+        let Some(source) = self.sources.get_mut(key) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        match source.end {
+            Some(End::Eof) => return Poll::Ready(Ok(0)),
+            Some(End::Error(code)) => return Poll::Ready(Err(io::Error::from_raw_os_error(code))),
+            None => {}
+        }
+        store_waker(&mut source.reader, cx);
+        let starved = source.starved && self.bufs.available() == 0;
+        if source.recv_op.is_none() && !starved && !source.paused {
+            self.arm_recv(key);
+        }
+        Poll::Pending
+    }
+
+    fn poll_sent(&mut self, key: u32, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
+        let Some(source) = self.sources.get_mut(key) else {
+            return Poll::Ready((Vec::new(), Err(io::ErrorKind::NotConnected.into())));
+        };
+        if let Some(sent) = source.sent.take() {
+            return Poll::Ready(sent);
+        }
+        if source.send_op.is_none() {
+            return Poll::Ready((Vec::new(), Ok(())));
+        }
+        store_waker(&mut source.writer, cx);
+        Poll::Pending
+    }
+
+    // ---- sources ---------------------------------------------------------
+
+    /// The handle of `key` is gone: cancel what it has in flight and close
+    /// the socket once nothing is. What the handle leaves (wakers, a
+    /// finished send, the source itself) is returned for the caller to drop
+    /// after its borrow of the state ends.
+    fn close(&mut self, key: u32) -> Leftovers {
+        let Some(source) = self.sources.get_mut(key) else {
+            return Leftovers::default();
+        };
+        source.open = false;
+        for chunk in source.chunks.drain(..) {
+            self.bufs.give_back(chunk.id);
+        }
+        let mut leftovers = Leftovers {
+            _wakers: [
+                source.reader.take(),
+                source.writer.take(),
+                source.poller.take(),
+            ],
+            _sent: source.sent.take(),
+            _source: None,
+        };
+        if self.requests_in_flight(key) {
+            let fd = source_fd(&self.sources, key);
+            self.cancel(CancelBuilder::fd(Fd(fd)).all());
+        } else {
+            leftovers._source = self.release_if_idle(key);
+        }
+        self.resume_starved();
+        leftovers
+    }
+
+    /// Whether nothing is in flight.
+    fn idle(&self) -> bool {
+        self.ops.is_empty() && !self.wake_armed
+    }
+
+    /// Frees closed source `key`, returning it for its socket to be closed,
+    /// once no request on it is in the kernel any more.
+    fn release_if_idle(&mut self, key: u32) -> Option<Source> {
+        let closed = self.sources.get(key).is_some_and(|source| !source.open);
+        if !closed || self.requests_in_flight(key) {
+            return None;
+        }
+        let source = self.sources.remove(key)?;
+        if let Some(user_data) = source.send_op {
+            // Only its zero-copy notification is pending: the socket may
+            // close, the buffer stays with the operation until then. (Kept
+            // open, the socket would hold the very data whose release the
+            // notification waits for, as long as the peer does not read.)
+            if let Some(op) = self.ops.get_mut(user_data) {
+                op.source = DETACHED;
+            }
+        }
+        Some(source)
+    }
+
+    /// Whether a request on source `key` is in the kernel (a send whose
+    /// only pending completion is its zero-copy notification is not).
+    fn requests_in_flight(&self, key: u32) -> bool {
+        let Some(source) = self.sources.get(key) else {
+            return false;
+        };
+        let sending = source.send_op.is_some_and(|user_data| {
+            matches!(
+                self.ops.get(user_data),
+                Some(Op { kind: OpKind::Send(send), .. }) if send.result_pending
+            )
+        });
+        source.recv_op.is_some() || source.poll_op.is_some() || sending
+    }
+}
+
+fn source_fd(sources: &Sources, key: u32) -> RawFd {
+    sources.get(key).map_or(-1, |source| source.socket.fd())
+}
+
+impl Drop for State {
+    /// Cancels everything in flight and waits for the kernel to finish with
+    /// it; what it does not finish in time is leaked, never freed under it.
+    fn drop(&mut self) {
+        self.tearing_down = true;
+        // Entries never submitted start no request: forget their operations.
+        for entry in std::mem::take(&mut self.backlog) {
+            match entry.get_user_data() {
+                WAKE => self.wake_armed = false,
+                UNTRACKED => {}
+                user_data => drop(self.ops.remove(user_data)),
+            }
+        }
+        if !self.idle() {
+            self.cancel(CancelBuilder::any());
+        }
+        let mut rounds_without_progress = 0;
+        while !self.idle() && rounds_without_progress < TEARDOWN_ROUNDS {
+            let before = self.ops.len();
+            self.submit_and_wait(Some(TEARDOWN_WAIT));
+            self.reap();
+            self.wakers.clear();
+            if self.ops.len() >= before {
+                rounds_without_progress += 1;
+            }
+        }
+        if self.idle() {
+            let _ = self.ring.submitter().unregister_buf_ring(GROUP);
+            // SAFETY: no request is in flight, so the kernel uses neither
+            // the buffers nor the read target any more, and neither field is
+            // touched again: this is `drop`.
+            unsafe {
+                ManuallyDrop::drop(&mut self.bufs);
+                ManuallyDrop::drop(&mut self.wake_buf);
+            }
+            return;
+        }
+        // Requests still in flight may use the receive buffers, the send
+        // buffers their operations own and the eventfd read's target. The
+        // ring closes as the fields drop and the kernel cancels what is left
+        // on its own time, so none of that may be freed: `bufs` and
+        // `wake_buf` are left undropped, and the operations are forgotten.
+        tracing::error!(
+            in_flight = self.ops.len(),
+            "io_uring requests outlived their cancellation; leaking their memory"
+        );
+        std::mem::forget(std::mem::take(&mut self.ops));
+    }
+}
+
+fn report_enter_error(error: &io::Error) {
+    match error.raw_os_error() {
+        // Interrupted, timed out, or the kernel is short of room for
+        // completions or memory: the next turn tries again.
+        Some(libc::EINTR | libc::ETIME | libc::EBUSY | libc::EAGAIN) => {}
+        _ => tracing::error!("io_uring_enter failed: {error}"),
+    }
+}
+
+fn store_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+// ---- the operation table ---------------------------------------------------
+
+/// Operations in flight, keyed by their `user_data`: slot index in the low
+/// 32 bits, the slot's generation in the high 32.
+#[derive(Default)]
+struct Ops {
+    slots: Vec<OpSlot>,
+    free: Vec<u32>,
+    len: usize,
+}
+
+#[derive(Default)]
+struct OpSlot {
+    generation: u32,
+    op: Option<Op>,
+}
+
+struct Op {
+    /// The source (socket) it works on.
+    source: u32,
+    kind: OpKind,
+}
+
+enum OpKind {
+    /// The multishot receive of a stream.
+    Recv,
+    /// A one-shot poll, for connect or accept.
+    Poll,
+    Send(SendOp),
+}
+
+/// A send in flight: the buffer is the kernel's to read while a result or
+/// a zero-copy notification is pending.
+struct SendOp {
+    buf: Vec<u8>,
+    written: usize,
+    zc: bool,
+    result_pending: bool,
+    notif_pending: bool,
+    error: Option<io::Error>,
+}
+
+impl Ops {
+    fn insert(&mut self, op: Op) -> u64 {
+        let index = match self.free.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(OpSlot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.op = Some(op);
+        self.len += 1;
+        (u64::from(slot.generation) << 32) | u64::from(index)
+    }
+
+    fn slot(&self, user_data: u64) -> Option<&OpSlot> {
+        let slot = self.slots.get((user_data & u64::from(u32::MAX)) as usize)?;
+        (u64::from(slot.generation) == user_data >> 32).then_some(slot)
+    }
+
+    fn get(&self, user_data: u64) -> Option<&Op> {
+        self.slot(user_data)?.op.as_ref()
+    }
+
+    fn get_mut(&mut self, user_data: u64) -> Option<&mut Op> {
+        self.slot(user_data)?;
+        self.slots[(user_data & u64::from(u32::MAX)) as usize]
+            .op
+            .as_mut()
+    }
+
+    fn remove(&mut self, user_data: u64) -> Option<Op> {
+        self.slot(user_data)?;
+        let index = (user_data & u64::from(u32::MAX)) as u32;
+        let op = self.slots[index as usize].op.take()?;
+        self.free.push(index);
+        self.len -= 1;
+        Some(op)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+// ---- sources ---------------------------------------------------------------
+
+#[derive(Default)]
+struct Sources {
+    slots: Vec<Option<Source>>,
+    free: Vec<u32>,
+}
+
+impl Sources {
+    fn insert(&mut self, source: Source) -> u32 {
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key as usize] = Some(source);
+                key
+            }
+            None => {
+                self.slots.push(Some(source));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    fn get(&self, key: u32) -> Option<&Source> {
+        self.slots.get(key as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, key: u32) -> Option<&mut Source> {
+        self.slots.get_mut(key as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, key: u32) -> Option<Source> {
+        let source = self.slots.get_mut(key as usize)?.take()?;
+        self.free.push(key);
+        Some(source)
+    }
+}
+
+/// A socket and what its operations produced.
+struct Source {
+    /// Owned here, not by the handle, so that it stays open until the last
+    /// operation on it has completed.
+    socket: Socket,
+    /// The handle is alive.
+    open: bool,
+    poll_op: Option<u64>,
+    /// What the last poll reported (`revents`), if it succeeded.
+    polled: Option<u32>,
+    poller: Option<Waker>,
+    recv_op: Option<u64>,
+    /// Received bytes, in order, in buffers we hold.
+    chunks: VecDeque<Chunk>,
+    /// How the byte stream ended, once it has: reported after `chunks`.
+    end: Option<End>,
+    /// The multishot receive ended with `ENOBUFS`; in `State::starved`.
+    starved: bool,
+    /// The receive is cancelled until the reader drains `chunks`.
+    paused: bool,
+    reader: Option<Waker>,
+    send_op: Option<u64>,
+    /// The finished send, for `poll_sent`.
+    sent: Option<(Vec<u8>, io::Result<()>)>,
+    writer: Option<Waker>,
+}
+
+impl Source {
+    fn new(socket: Socket) -> Source {
+        Source {
+            socket,
+            open: true,
+            poll_op: None,
+            polled: None,
+            poller: None,
+            recv_op: None,
+            chunks: VecDeque::new(),
+            end: None,
+            starved: false,
+            paused: false,
+            reader: None,
+            send_op: None,
+            sent: None,
+            writer: None,
+        }
+    }
+}
+
+enum Socket {
+    Stream(std::net::TcpStream),
+    Listener(std::net::TcpListener),
+}
+
+impl Socket {
+    fn fd(&self) -> RawFd {
+        match self {
+            Socket::Stream(stream) => stream.as_raw_fd(),
+            Socket::Listener(listener) => listener.as_raw_fd(),
+        }
+    }
+}
+
+/// What a closed handle leaves behind, held only to be dropped; see
+/// [`State::close`].
+#[derive(Default)]
+struct Leftovers {
+    _wakers: [Option<Waker>; 3],
+    _sent: Option<(Vec<u8>, io::Result<()>)>,
+    /// The source, if nothing was in flight on it (dropping it closes the
+    /// socket).
+    _source: Option<Source>,
+}
+
+/// Bytes `start..end` of buffer `id`, not yet read.
+struct Chunk {
+    id: u16,
+    start: usize,
+    end: usize,
+}
+
+#[derive(Clone, Copy)]
+enum End {
+    Eof,
+    /// An errno.
+    Error(i32),
+}
