@@ -82,6 +82,7 @@
 mod cases;
 mod peers;
 mod progress;
+mod remote;
 mod report;
 mod rss;
 mod stats;
@@ -151,11 +152,37 @@ enum Command {
     Restart,
     /// Ecosystems: spawning 100,000 workers, scaling down and back up.
     Ecosystem,
+    /// Two nodes: one-direction throughput, 16 B to 1 MiB messages.
+    Remote,
+    /// Two nodes: 64-byte ping-pong.
+    Latency,
+    /// Two nodes: control round trips under a saturated bulk channel.
+    Hol,
     /// Every case, short: a smoke run in well under a minute.
     Quick,
     /// Internal: measurements that need a fresh process of their own.
     #[command(hide = true, subcommand)]
-    Child(rss::ChildCommand),
+    Child(Child),
+}
+
+/// The hidden `child` subcommands: the far ends of measurements that need a
+/// process of their own, and peers run by hand.
+#[derive(Debug, Subcommand)]
+enum Child {
+    #[command(flatten)]
+    Rss(rss::ChildCommand),
+    #[command(flatten)]
+    Tcp(peers::tcp::TcpChild),
+    /// Runs one peer figure by hand and prints it.
+    #[command(subcommand)]
+    Peer(peers::Check),
+    /// Node 2 of the remote cases: serves until stdin closes.
+    TransportNode {
+        /// `io_uring` or `epoll`.
+        backend: String,
+        /// Node 1's listen address.
+        peer: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -165,8 +192,19 @@ fn main() -> ExitCode {
         Command::Local => (Scale::full(), &[cases::Case::Local]),
         Command::Restart => (Scale::full(), &[cases::Case::Restart]),
         Command::Ecosystem => (Scale::full(), &[cases::Case::Ecosystem]),
+        Command::Remote => (Scale::full(), &[cases::Case::Remote]),
+        Command::Latency => (Scale::full(), &[cases::Case::Latency]),
+        Command::Hol => (Scale::full(), &[cases::Case::Hol]),
         Command::Quick => (Scale::quick(), cases::Case::ALL),
-        Command::Child(child) => return rss::run_child(child),
+        Command::Child(Child::Rss(child)) => return rss::run_child(child),
+        Command::Child(Child::Tcp(child)) => return child.run(),
+        Command::Child(Child::TransportNode { backend, peer }) => {
+            return remote::run_node(backend, *peer)
+        }
+        Command::Child(Child::Peer(check)) => {
+            let scale = Scale::quick().with_overrides(&cli.knobs);
+            return check.run(scale.reps, scale.msgs, scale.rounds);
+        }
     };
     let scale = scale.with_overrides(&cli.knobs);
     let progress = Progress::new(!cli.json);
@@ -212,5 +250,38 @@ impl Scale {
             self.ecosystem_workers = workers.max(1);
         }
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// A child's positional arguments must not share a name with a global
+    /// knob (`--count`, `--msgs`, …): clap would read them as the knob.
+    #[test]
+    fn child_arguments_reach_the_child() {
+        let cli =
+            Cli::try_parse_from(["foundation-bench", "child", "tcp-sink", "127.0.0.1:9", "5"])
+                .expect("parses");
+        match cli.command {
+            Command::Child(Child::Tcp(peers::tcp::TcpChild::TcpSink { addr, messages })) => {
+                assert_eq!((addr.port(), messages), (9, 5));
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["foundation-bench", "child", "spawn-rss", "tokio", "7"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Command::Child(Child::Rss(rss::ChildCommand::SpawnRss { n: 7, .. }))
+        ));
     }
 }

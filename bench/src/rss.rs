@@ -84,7 +84,7 @@ pub(crate) fn bytes_per_process(subject: RssSubject, n: usize) -> Result<f64, St
 
 /// The gist of a failed child's stderr: the message of its panic if it
 /// panicked (the line after "panicked at"), else its last line.
-fn failure_reason(stderr: &str) -> &str {
+pub(crate) fn failure_reason(stderr: &str) -> &str {
     let lines: Vec<&str> = stderr
         .lines()
         .map(str::trim)

@@ -42,6 +42,9 @@ pub(crate) struct RoundTrips {
     pub(crate) p50_ns: f64,
     /// 99th percentile round trip.
     pub(crate) p99_ns: f64,
+    /// 99.9th percentile round trip: the tail a thousandth of the calls see,
+    /// where head-of-line blocking and scheduler hiccups show first.
+    pub(crate) p999_ns: f64,
     /// Mean round trip.
     pub(crate) mean_ns: f64,
 }
@@ -55,15 +58,39 @@ impl RoundTrips {
             return Self {
                 p50_ns: f64::NAN,
                 p99_ns: f64::NAN,
+                p999_ns: f64::NAN,
                 mean_ns: f64::NAN,
             };
         }
         samples.sort_unstable();
         let sum: u128 = samples.iter().map(|&s| u128::from(s)).sum();
         Self {
-            p50_ns: percentile_of_sorted(&samples, 50.0) as f64,
-            p99_ns: percentile_of_sorted(&samples, 99.0) as f64,
+            p50_ns: percentile_of_sorted(&samples, 500) as f64,
+            p99_ns: percentile_of_sorted(&samples, 990) as f64,
+            p999_ns: percentile_of_sorted(&samples, 999) as f64,
             mean_ns: sum as f64 / samples.len() as f64,
+        }
+    }
+}
+
+/// Throughput of a run that moved messages of one size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Throughput {
+    /// Messages per second.
+    pub(crate) msgs_per_s: f64,
+    /// Megabytes (10^6 bytes) of payload per second; length prefixes,
+    /// headers and other framing are not counted.
+    pub(crate) mb_per_s: f64,
+}
+
+impl Throughput {
+    /// The throughput of `msgs` messages of `size` payload bytes each moved
+    /// in `elapsed`.
+    pub(crate) fn new(msgs: u64, size: usize, elapsed: Duration) -> Self {
+        let msgs_per_s = rate(msgs, elapsed);
+        Self {
+            msgs_per_s,
+            mb_per_s: msgs_per_s * size as f64 / 1e6,
         }
     }
 }
@@ -94,10 +121,15 @@ pub(crate) fn warm_up_rounds(rounds: u64) -> u64 {
     (rounds / 10).min(1_000)
 }
 
-/// Nearest-rank percentile of an ascending slice (`pct` in 0..=100).
-fn percentile_of_sorted(sorted: &[u64], pct: f64) -> u64 {
-    let rank = ((pct / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
+/// Nearest-rank percentile of a non-empty ascending slice, the percentile
+/// given in thousandths (`999` is p99.9).
+///
+/// The rank is computed in integers: in floating point `0.999 * 1000` is
+/// `999.0000000000001`, whose ceiling would pick the maximum instead.
+fn percentile_of_sorted(sorted: &[u64], permille: u64) -> u64 {
+    let len = sorted.len() as u64;
+    let rank = (permille * len).div_ceil(1000);
+    sorted[rank.clamp(1, len) as usize - 1]
 }
 
 #[cfg(test)]
@@ -117,6 +149,26 @@ mod tests {
         let trips = RoundTrips::from_samples((1..=100).rev().collect());
         assert_eq!(trips.p50_ns, 50.0);
         assert_eq!(trips.p99_ns, 99.0);
+        assert_eq!(trips.p999_ns, 100.0);
         assert_eq!(trips.mean_ns, 50.5);
+    }
+
+    #[test]
+    fn throughput_counts_payload_megabytes() {
+        let t = Throughput::new(2_000_000, 64, Duration::from_secs(2));
+        assert_eq!(t.msgs_per_s, 1_000_000.0);
+        assert_eq!(t.mb_per_s, 64.0);
+    }
+
+    #[test]
+    fn p999_is_exact_at_round_counts() {
+        for len in [1_000u64, 2_000, 10_000, 100_000] {
+            let trips = RoundTrips::from_samples((1..=len).collect());
+            assert_eq!(trips.p999_ns, (len * 999 / 1000) as f64, "{len} samples");
+            assert_eq!(trips.p99_ns, (len * 99 / 100) as f64, "{len} samples");
+        }
+        let one = RoundTrips::from_samples(vec![7]);
+        assert_eq!((one.p50_ns, one.p99_ns, one.p999_ns), (7.0, 7.0, 7.0));
+        assert!(RoundTrips::from_samples(Vec::new()).p999_ns.is_nan());
     }
 }

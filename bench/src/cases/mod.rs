@@ -13,6 +13,7 @@
 
 pub(crate) mod ecosystem;
 pub(crate) mod local;
+pub(crate) mod remote;
 pub(crate) mod restart;
 pub(crate) mod spawn;
 
@@ -36,12 +37,25 @@ pub(crate) enum Case {
     Restart,
     /// Spawning and scaling an ecosystem of idle workers.
     Ecosystem,
+    /// One-direction throughput between two nodes.
+    Remote,
+    /// Round trips between two nodes.
+    Latency,
+    /// Control round trips under a saturated bulk channel.
+    Hol,
 }
 
 impl Case {
     /// Every case.
-    pub(crate) const ALL: &'static [Case] =
-        &[Case::Spawn, Case::Local, Case::Restart, Case::Ecosystem];
+    pub(crate) const ALL: &'static [Case] = &[
+        Case::Spawn,
+        Case::Local,
+        Case::Restart,
+        Case::Ecosystem,
+        Case::Remote,
+        Case::Latency,
+        Case::Hol,
+    ];
 
     /// Name used in tables, JSON (`case`) and chart file names.
     pub(crate) fn name(self) -> &'static str {
@@ -50,6 +64,9 @@ impl Case {
             Case::Local => local::CASE,
             Case::Restart => restart::CASE,
             Case::Ecosystem => ecosystem::CASE,
+            Case::Remote => remote::REMOTE,
+            Case::Latency => remote::LATENCY,
+            Case::Hol => remote::HOL,
         }
     }
 
@@ -60,6 +77,9 @@ impl Case {
             Case::Local => local::run(context),
             Case::Restart => restart::run(context),
             Case::Ecosystem => ecosystem::run(context),
+            Case::Remote => remote::run_remote(context),
+            Case::Latency => remote::run_latency(context),
+            Case::Hol => remote::run_hol(context),
         }
     }
 }

@@ -21,16 +21,52 @@
 //!   supervisor given its workers with `supervisor:start_child`, nine in ten
 //!   taken away with `supervisor:terminate_child`, then started again.
 //!
+//! - distributed (`remote`, `latency`, `hol`): two VMs in two OS processes,
+//!   nodes A and B, default schedulers (one per core), connected by
+//!   Erlang's own distribution over loopback TCP — the peer of two
+//!   Foundation nodes. A process on A sends binaries of one size to a
+//!   process on B ([`remote`]), ping-pongs a 64-byte binary with one
+//!   ([`latency`]), and ping-pongs again while another process on A sends
+//!   1 MiB binaries to B as fast as the link takes them ([`hol`]: how long
+//!   a small message waits behind bulk traffic on the one connection between
+//!   two nodes). Distribution settings are OTP's defaults (among them the
+//!   1 MiB distribution buffer busy limit, `+zdbbl`, and the 64 KiB
+//!   fragments large messages are cut into). A [`Placement`] pins the two
+//!   VMs to one core or to one core each, or leaves them to the kernel;
+//!   a VM pinned to one core keeps a scheduler per core of the machine but
+//!   brings only one online.
+//!
 //! The VM does its own repetitions and prints every one; [`Figures::median`]
 //! takes the median, as for every other figure. Without `erl` every function
 //! returns `None` and a note is printed once.
+//!
+//! # Two nodes
+//!
+//! Both nodes are named after this process (`fbench_a<pid>_<n>@127.0.0.1`,
+//! `fbench_b…`), so concurrent runs never collide in epmd. Nothing of them
+//! is reachable from outside the machine: `epmd` is started (if it is not
+//! running already) with `ERL_EPMD_ADDRESS=127.0.0.1`, each node listens on
+//! one free loopback port (`inet_dist_use_interface`,
+//! `inet_dist_listen_min`/`max`), and the cookie is 96 random bits fresh
+//! for each run (it shows in `ps` to local users for the run's duration).
+//! Node B is started first, waits for A and halts as soon as A goes away;
+//! the bench also kills it if it has not halted a few seconds after A, so
+//! no VM outlives its figure, even when the figure fails. epmd itself is
+//! left running, as the daemon is shared by every distributed node on the
+//! machine.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
+use std::thread;
+use std::time::Duration;
 
+use super::placement::Placement;
 use crate::progress::Progress;
+use crate::stats::Stopwatch;
 
 /// The Erlang module the VM runs.
 const SOURCE: &str = include_str!("fbench.erl");
@@ -48,15 +84,30 @@ impl Figures {
         Some(crate::stats::median(values.iter().copied())).filter(|v| !v.is_nan())
     }
 
-    /// A description of the VM for notes: "OTP 25, 2 schedulers".
+    /// A description of the VM for notes: "OTP 25, 2 scheduler(s)", or
+    /// "OTP 25, 2 scheduler(s), 1 online" when fewer are online (a VM
+    /// pinned to fewer cores than the machine has).
     pub(crate) fn describe(&self) -> String {
         let otp = self
             .median("otp_release")
             .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
-        let schedulers = self
-            .median("schedulers")
-            .map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
-        format!("OTP {otp}, {schedulers} scheduler(s)")
+        let schedulers = self.median("schedulers");
+        let online = self
+            .median("schedulers_online")
+            .filter(|&online| Some(online) != schedulers)
+            .map_or_else(String::new, |v| format!(", {v:.0} online"));
+        let schedulers = schedulers.map_or_else(|| "?".to_owned(), |v| format!("{v:.0}"));
+        format!("OTP {otp}, {schedulers} scheduler(s){online}")
+    }
+
+    /// Every repetition's value of `key`, in the order the VM printed them.
+    pub(crate) fn samples(&self, key: &str) -> &[f64] {
+        self.values.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Every key the VM printed, in order.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
     }
 
     fn parse(stdout: &str) -> Self {
@@ -154,6 +205,51 @@ pub(crate) fn ecosystem(progress: &Progress, workers: usize, reps: usize) -> Opt
     run(progress, &["+P", &max_processes.to_string()], &args)
 }
 
+/// One-direction throughput between two nodes placed by `placement`, per
+/// repetition: `msgs` binaries of `size` bytes from a process on node A to
+/// a process on node B, timed until B has counted them all. Keys
+/// `remote_msgs_per_s`, `remote_mb_per_s` (payload megabytes, 10^6 bytes).
+pub(crate) fn remote(
+    progress: &Progress,
+    size: usize,
+    msgs: u64,
+    reps: usize,
+    placement: Placement,
+) -> Option<Figures> {
+    let args = [size.to_string(), msgs.to_string(), reps.to_string()];
+    run_distributed(progress, placement, "remote", &args)
+}
+
+/// Round trips of a 64-byte binary between a process on node A and one on
+/// node B, the nodes placed by `placement`, `rounds` timed per repetition
+/// after a warm-up. Keys `latency_p50`, `latency_p99`, `latency_p999`,
+/// `latency_mean` (ns).
+pub(crate) fn latency(
+    progress: &Progress,
+    rounds: u64,
+    reps: usize,
+    placement: Placement,
+) -> Option<Figures> {
+    let args = [rounds.to_string(), reps.to_string()];
+    run_distributed(progress, placement, "latency", &args)
+}
+
+/// Head-of-line blocking between two nodes placed by `placement`: the round
+/// trips of [`latency`] (`rounds` per phase and repetition) on an idle
+/// link, then while another process on node A sends 1 MiB binaries to node
+/// B in a loop. Keys `hol_idle_p50`/`_p99`/`_p999`/`_mean`,
+/// `hol_loaded_p50`/`_p99`/`_p999`/`_mean` (ns) and `hol_bulk_mb_per_s`,
+/// the bulk sender's rate meanwhile.
+pub(crate) fn hol(
+    progress: &Progress,
+    rounds: u64,
+    reps: usize,
+    placement: Placement,
+) -> Option<Figures> {
+    let args = [rounds.to_string(), reps.to_string()];
+    run_distributed(progress, placement, "hol", &args)
+}
+
 /// Runs `fbench:main(Args)` in a fresh VM with `vm_flags`; `None` (with a
 /// note) when Erlang is unavailable or the run failed.
 fn run(progress: &Progress, vm_flags: &[&str], args: &[String]) -> Option<Figures> {
@@ -189,6 +285,160 @@ fn run(progress: &Progress, vm_flags: &[&str], args: &[String]) -> Option<Figure
     Some(Figures::parse(&stdout))
 }
 
+/// Runs `fbench:dist([Command, NodeB | Args])` on node A with node B beside
+/// it (see the module docs); `None` (with a note) when Erlang is
+/// unavailable or the run failed.
+fn run_distributed(
+    progress: &Progress,
+    placement: Placement,
+    command: &str,
+    args: &[String],
+) -> Option<Figures> {
+    let dir = compiled(progress)?;
+    match two_nodes(dir, placement, command, args) {
+        Ok(figures) => Some(figures),
+        Err(why) => {
+            progress.note(&format!(
+                "erlang: distributed `{command} {}` failed: {why}",
+                args.join(" ")
+            ));
+            None
+        }
+    }
+}
+
+/// Loopback address epmd is told to listen on when this bench starts it.
+const EPMD_ADDRESS: &str = "127.0.0.1";
+
+/// How long node B may take to halt after node A has, before it is killed.
+const NODE_B_GRACE: Duration = Duration::from_secs(5);
+
+fn two_nodes(
+    dir: &Path,
+    placement: Placement,
+    command: &str,
+    args: &[String],
+) -> Result<Figures, String> {
+    static RUNS: AtomicU32 = AtomicU32::new(0);
+    start_epmd();
+    let cookie = cookie()?;
+    let tag = format!(
+        "{}_{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
+    let a = format!("fbench_a{tag}@127.0.0.1");
+    let b = format!("fbench_b{tag}@127.0.0.1");
+    let (mut node_b, pinned) = placement
+        .start(|| NodeB::start(node(dir, &b, &cookie)?.args(["-run", "fbench", "serve", &a])))?;
+    let output = node(dir, &a, &cookie)?
+        .args(["-run", "fbench", "dist", command, &b])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running erl: {e}"))?;
+    drop(pinned);
+    let b_output = node_b.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(format!(
+            "node A exited with {}:\n{}{}node B:\n{}",
+            output.status,
+            tail(&stdout),
+            tail(&stderr),
+            tail(&b_output)
+        ));
+    }
+    Ok(Figures::parse(&stdout))
+}
+
+/// An `erl` command for the distributed node `name`: loopback only, a free
+/// port of its own, `cookie`, `fbench` on the code path.
+fn node(dir: &Path, name: &str, cookie: &str) -> Result<Command, String> {
+    let port = super::tcp::free_port()?.to_string();
+    let mut command = Command::new("erl");
+    command
+        .env("ERL_EPMD_ADDRESS", EPMD_ADDRESS)
+        .args(["-noshell", "-name", name, "-setcookie", cookie])
+        .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
+        .args(["-kernel", "inet_dist_listen_min", &port])
+        .args(["-kernel", "inet_dist_listen_max", &port])
+        .arg("-pa")
+        .arg(dir);
+    Ok(command)
+}
+
+/// Starts epmd on loopback unless one runs already (a second daemon finds
+/// the port taken and exits quietly). Without an `epmd` on the PATH the
+/// first node starts ERTS's own, as `erl -name` always does.
+fn start_epmd() {
+    let _ = Command::new("epmd")
+        .arg("-daemon")
+        .env("ERL_EPMD_ADDRESS", EPMD_ADDRESS)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A fresh cookie: 96 bits from the kernel's random source, in hex.
+fn cookie() -> Result<String, String> {
+    let mut bytes = [0u8; 12];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut random| random.read_exact(&mut bytes))
+        .map_err(|e| format!("reading /dev/urandom for a cookie: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Node B's VM, stopped (and reaped) at the latest when this is dropped.
+#[derive(Debug)]
+struct NodeB {
+    vm: Option<Child>,
+}
+
+impl NodeB {
+    fn start(command: &mut Command) -> Result<Self, String> {
+        let vm = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting node B: {e}"))?;
+        Ok(Self { vm: Some(vm) })
+    }
+
+    /// Waits up to [`NODE_B_GRACE`] for the VM to halt by itself (it does
+    /// once node A is gone), kills it otherwise; returns what it printed.
+    fn stop(&mut self) -> String {
+        let Some(mut vm) = self.vm.take() else {
+            return String::new();
+        };
+        let clock = Stopwatch::start();
+        while matches!(vm.try_wait(), Ok(None)) {
+            if clock.elapsed() > NODE_B_GRACE {
+                let _ = vm.kill();
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        match vm.wait_with_output() {
+            Ok(output) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(error) => format!("(waiting for node B: {error})"),
+        }
+    }
+}
+
+impl Drop for NodeB {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// The directory holding the compiled `fbench.beam`, compiling it on first
 /// use. `None` when `erl` is absent or compiling failed; says why once.
 fn compiled(progress: &Progress) -> Option<&'static Path> {
@@ -205,7 +455,7 @@ fn compiled(progress: &Progress) -> Option<&'static Path> {
 }
 
 fn compile() -> Result<PathBuf, String> {
-    if !on_path("erl") {
+    if !super::on_path("erl") {
         return Err("`erl` is not on the PATH (apt-get install erlang-base)".to_owned());
     }
     let dir = crate::report::target_dir().join("bench-erlang");
@@ -231,11 +481,6 @@ fn compile() -> Result<PathBuf, String> {
         ));
     }
     Ok(dir)
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
 }
 
 /// `path` as the inside of an Erlang string literal.
@@ -267,5 +512,37 @@ mod tests {
         assert_eq!(figures.median("send"), Some(2.0));
         assert_eq!(figures.median("fan_in"), None);
         assert_eq!(figures.describe(), "OTP 25, ? scheduler(s)");
+        let pinned = Figures::parse(
+            "fbench otp_release 25\nfbench schedulers 2\nfbench schedulers_online 1\n",
+        );
+        assert_eq!(pinned.describe(), "OTP 25, 2 scheduler(s), 1 online");
+        let unpinned = Figures::parse("fbench schedulers 2\nfbench schedulers_online 2\n");
+        assert_eq!(unpinned.describe(), "OTP ?, 2 scheduler(s)");
+        assert_eq!(figures.keys().collect::<Vec<_>>(), ["otp_release", "send"]);
+        assert_eq!(figures.samples("send"), [3.0, 1.0, 2.0]);
+        assert!(figures.samples("fan_in").is_empty());
+    }
+
+    /// A figure that fails on node A still returns, with node B stopped
+    /// (`NodeB::stop` reaps it before `two_nodes` returns). Needs `erl`;
+    /// passes trivially without it.
+    #[test]
+    fn a_failed_distributed_figure_stops_both_nodes() {
+        let Ok(dir) = compile() else {
+            return;
+        };
+        let clock = Stopwatch::start();
+        let result = two_nodes(&dir, Placement::OneCore, "no-such-figure", &[]);
+        let why = result.expect_err("an unknown figure fails");
+        assert!(why.contains("node A exited"), "{why}");
+        assert!(clock.elapsed() < NODE_B_GRACE * 2, "{:?}", clock.elapsed());
+    }
+
+    #[test]
+    fn cookies_are_fresh_hex() {
+        let (one, two) = (cookie().expect("cookie"), cookie().expect("cookie"));
+        assert_eq!(one.len(), 24);
+        assert!(one.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(one, two);
     }
 }

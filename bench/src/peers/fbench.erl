@@ -10,6 +10,17 @@
 %%   ecosystem Workers Reps           ecosystem_spawn_ms, ecosystem_scale_down_ms,
 %%                                    ecosystem_scale_up_ms
 %%
+%% Distributed figures run on two nodes, two VMs in two OS processes. Node B
+%% is started first as `-run fbench serve NodeA`: it waits for A to connect
+%% and halts when A goes away. Node A runs the figure as
+%% `-run fbench dist Cmd NodeB Args...`, connecting to B first:
+%%
+%%   remote Size Msgs Reps            remote_msgs_per_s, remote_mb_per_s
+%%   latency Rounds Reps              latency_p50/p99/p999/mean
+%%   hol Rounds Reps                  hol_idle_p50/p99/p999/mean,
+%%                                    hol_loaded_p50/p99/p999/mean,
+%%                                    hol_bulk_mb_per_s
+%%
 %% This module is also the callback module of the supervisors the restart
 %% and ecosystem figures use (init/1).
 %%
@@ -18,20 +29,55 @@
 %% "across schedulers" really means two scheduler threads.
 -module(fbench).
 -behaviour(supervisor).
--export([main/1]).
+-export([main/1, dist/1, serve/1]).
 -export([init/1, restart_worker/1, idle_worker/0]).
+-export([pong/0, count_sink/2, bulk_sink/1]).
 
 main([Cmd | Args]) ->
+    guarded(fun() -> run(Cmd, [list_to_integer(A) || A <- Args]) end).
+
+%% Node A of a distributed figure: connects to node Peer, then runs Cmd.
+dist([Cmd, Peer | Args]) ->
+    guarded(fun() ->
+        Node = list_to_atom(Peer),
+        connect(Node, 200),
+        run_dist(Cmd, Node, [list_to_integer(A) || A <- Args])
+    end).
+
+%% Node B of a distributed figure: waits (a minute at most) for node Peer
+%% to connect, then halts as soon as Peer goes away, so that B never
+%% outlives the run even if nobody stops it.
+serve([Peer]) ->
+    Node = list_to_atom(Peer),
+    ok = net_kernel:monitor_nodes(true),
+    case lists:member(Node, nodes()) of
+        true -> ok;
+        false -> receive {nodeup, Node} -> ok after 60000 -> halt(2) end
+    end,
+    true = erlang:monitor_node(Node, true),
+    receive {nodedown, Node} -> halt(0) end.
+
+guarded(Fun) ->
     try
         out(otp_release, list_to_integer(erlang:system_info(otp_release))),
         out(schedulers, erlang:system_info(schedulers)),
-        run(Cmd, [list_to_integer(A) || A <- Args])
+        out(schedulers_online, erlang:system_info(schedulers_online)),
+        Fun()
     of
         _ -> halt(0)
     catch
         Class:Reason:Stack ->
             io:format("fbench_error ~p:~p ~p~n", [Class, Reason, Stack]),
             halt(1)
+    end.
+
+%% Connects to Node, retrying every 50 ms while it starts (Tries times).
+connect(Node, 0) ->
+    error({no_connection, Node});
+connect(Node, Tries) ->
+    case net_kernel:connect_node(Node) of
+        true -> ok;
+        _ -> timer:sleep(50), connect(Node, Tries - 1)
     end.
 
 run("spawn", [N, Reps, PageSize]) ->
@@ -46,6 +92,13 @@ run("restart", [Restarts, Batch, Reps]) ->
     [restart_rep(Restarts, Batch) || _ <- lists:seq(1, Reps)];
 run("ecosystem", [Workers, Reps]) ->
     [ecosystem_rep(Workers) || _ <- lists:seq(1, Reps)].
+
+run_dist("remote", Node, [Size, Msgs, Reps]) ->
+    [remote_rep(Node, Size, Msgs) || _ <- lists:seq(1, Reps)];
+run_dist("latency", Node, [Rounds, Reps]) ->
+    [latency_rep(Node, Rounds) || _ <- lists:seq(1, Reps)];
+run_dist("hol", Node, [Rounds, Reps]) ->
+    [hol_rep(Node, Rounds) || _ <- lists:seq(1, Reps)].
 
 %% Spawn: N idle processes, each waiting in `receive`; timed until every one
 %% has run up to its receive (it bumps a counter first). Memory is the growth
@@ -151,7 +204,7 @@ ping_pong(Rounds, Cross) ->
     exit(Ponger, kill),
     Sorted = lists:sort(Samples),
     Len = length(Sorted),
-    {percentile(Sorted, Len, 50), percentile(Sorted, Len, 99), lists:sum(Sorted) / Len}.
+    {percentile(Sorted, Len, 500), percentile(Sorted, Len, 990), lists:sum(Sorted) / Len}.
 
 ping(_Ponger, _Bin, 0, 0, Acc) ->
     Acc;
@@ -168,6 +221,96 @@ ping(Ponger, Bin, Warm, Rounds, Acc) ->
 
 pong() ->
     receive {From, Bin} -> From ! {pong, Bin}, pong() end.
+
+%% Remote: one process on A (this one) sends Msgs binaries of Size bytes to
+%% a process on B, which counts them and their bytes and answers when it has
+%% all. Binaries up to 64 bytes are heap binaries, larger ones refc
+%% binaries, as an application's would be. The sink is up (one round trip)
+%% before the clock starts.
+remote_rep(Node, Size, Msgs) ->
+    Bin = payload(Size),
+    Sink = spawn(Node, ?MODULE, count_sink, [self(), Msgs]),
+    Sink ! {ready, self()},
+    receive {ready, Sink} -> ok end,
+    T0 = erlang:monotonic_time(nanosecond),
+    send_n(Sink, Bin, Msgs),
+    Bytes = receive {counted, Sink, B} -> B end,
+    T1 = erlang:monotonic_time(nanosecond),
+    Bytes = Msgs * Size,
+    Seconds = (T1 - T0) / 1.0e9,
+    out(remote_msgs_per_s, Msgs / Seconds),
+    out(remote_mb_per_s, Bytes / 1.0e6 / Seconds).
+
+count_sink(From, Msgs) ->
+    receive {ready, From} -> From ! {ready, self()} end,
+    count_sink(From, Msgs, 0).
+
+count_sink(From, 0, Bytes) ->
+    From ! {counted, self(), Bytes};
+count_sink(From, K, Bytes) ->
+    receive B when is_binary(B) -> count_sink(From, K - 1, Bytes + byte_size(B)) end.
+
+%% Latency: round trips of a 64-byte binary between a process on A (this
+%% one) and one on B.
+latency_rep(Node, Rounds) ->
+    Ponger = spawn(Node, ?MODULE, pong, []),
+    Warm = min(1000, Rounds div 10),
+    trips("latency", ping(Ponger, payload(64), Warm, Rounds, [])),
+    exit(Ponger, kill).
+
+%% Head-of-line blocking: the latency round trip (control) first on an idle
+%% link, then while another process on A sends 1 MiB binaries to a sink on
+%% B as fast as the link takes them (the sender is suspended while the
+%% distribution buffer is busy). The bulk stream runs 100 ms before the
+%% control samples start; its rate, from its start until the sink has
+%% counted its last byte, is reported as hol_bulk_mb_per_s.
+hol_rep(Node, Rounds) ->
+    Bin = payload(64),
+    Ponger = spawn(Node, ?MODULE, pong, []),
+    Warm = min(1000, Rounds div 10),
+    trips("hol_idle", ping(Ponger, Bin, Warm, Rounds, [])),
+    Self = self(),
+    Sink = spawn(Node, ?MODULE, bulk_sink, [0]),
+    Big = payload(1 bsl 20),
+    T0 = erlang:monotonic_time(nanosecond),
+    Bulk = spawn(fun() -> bulk(Sink, Big) end),
+    timer:sleep(100),
+    trips("hol_loaded", ping(Ponger, Bin, Warm, Rounds, [])),
+    Bulk ! {stop, Self},
+    Bytes = receive {bulk_bytes, Sink, B} -> B end,
+    T1 = erlang:monotonic_time(nanosecond),
+    out(hol_bulk_mb_per_s, Bytes / 1.0e6 / ((T1 - T0) / 1.0e9)),
+    exit(Ponger, kill).
+
+%% Sends Big to Sink until told to stop, then tells Sink to report to the
+%% one who stopped it (after the last Big: messages between two processes
+%% arrive in order).
+bulk(Sink, Big) ->
+    receive
+        {stop, From} -> Sink ! {done, From}
+    after 0 ->
+        Sink ! Big,
+        bulk(Sink, Big)
+    end.
+
+bulk_sink(Bytes) ->
+    receive
+        B when is_binary(B) -> bulk_sink(Bytes + byte_size(B));
+        {done, From} -> From ! {bulk_bytes, self(), Bytes}
+    end.
+
+%% Prints p50, p99, p99.9 and mean of round-trip samples as Prefix_p50 ...
+trips(Prefix, Samples) ->
+    Sorted = lists:sort(Samples),
+    Len = length(Sorted),
+    out([Prefix, "_p50"], percentile(Sorted, Len, 500)),
+    out([Prefix, "_p99"], percentile(Sorted, Len, 990)),
+    out([Prefix, "_p999"], percentile(Sorted, Len, 999)),
+    out([Prefix, "_mean"], lists:sum(Sorted) / Len).
+
+%% A binary of Size bytes, none of them zero.
+payload(Size) ->
+    binary:copy(<<16#A5>>, Size).
 
 %% Supervisors of the restart and ecosystem figures.
 init({restart, Observer}) ->
@@ -201,8 +344,8 @@ restart_rep(Restarts, Batch) ->
     Samples = restart_batches(Warm, Restarts, Batch, []),
     Sorted = lists:sort(Samples),
     Len = length(Sorted),
-    out(restart_p50, percentile(Sorted, Len, 50)),
-    out(restart_p99, percentile(Sorted, Len, 99)),
+    out(restart_p50, percentile(Sorted, Len, 500)),
+    out(restart_p99, percentile(Sorted, Len, 990)),
     out(restart_mean, lists:sum(Sorted) / Len).
 
 restart_batches(0, 0, _Batch, Acc) ->
@@ -258,9 +401,10 @@ start_children(Sup, K, Acc) ->
     {ok, Pid} = supervisor:start_child(Sup, []),
     start_children(Sup, K - 1, [Pid | Acc]).
 
-%% Nearest-rank percentile, as the Rust side computes it.
-percentile(Sorted, Len, Pct) ->
-    Rank = max(1, min(Len, ceil(Pct * Len / 100))),
+%% Nearest-rank percentile in thousandths (999 is p99.9), in integers as
+%% the Rust side computes it.
+percentile(Sorted, Len, PerMille) ->
+    Rank = max(1, min(Len, (PerMille * Len + 999) div 1000)),
     lists:nth(Rank, Sorted).
 
 other(true) -> 2;
