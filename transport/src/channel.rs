@@ -237,7 +237,7 @@ impl std::error::Error for ConfigError {}
 /// A digest of the channel names, compared in the handshake (FNV-1a: the
 /// aim is to catch a misconfiguration, not an adversary — the cookie does
 /// that).
-pub(crate) fn digest(channels: &[ChannelSpec]) -> u64 {
+pub fn digest(channels: &[ChannelSpec]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325_u64;
     for channel in channels {
         for byte in channel.name.bytes().chain([0]) {

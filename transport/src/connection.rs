@@ -91,6 +91,7 @@ pub(crate) async fn dial(
                 lane.connected(delivered);
                 inner.counters.connections.increment();
                 let error = write_lane(&lane, &stream).await;
+                take_back_unsent(&lane, &stream).await;
                 lane.disconnected();
                 if !inner.is_closed() && !peer.is_removed() {
                     inner.connection_failed(Some(peer.node), peer.addr, error);
@@ -133,10 +134,12 @@ async fn connect(
             let frame = buffer.next_frame(&stream, MAX_HANDSHAKE_PAYLOAD).await?;
             let step = dialer.on_frame(buffer.frame(frame.clone()), &mut out);
             buffer.consume(frame.end);
+            // Send the answer, a refusal included, before acting on the step.
+            let sent = send_all(&stream, &mut out).await;
             if let Some(established) = step? {
                 return Ok(established.delivered);
             }
-            send_all(&stream, &mut out).await?;
+            sent?;
         }
     };
     let delivered = within(cx, inner.config.handshake_timeout, handshake).await?;
@@ -192,6 +195,17 @@ async fn write_lane(lane: &Lane, stream: &Stream) -> ConnectionError {
         }
     })
     .await
+}
+
+/// After the connection failed: a batch still being written comes back to
+/// the lane, so that an acknowledged lane keeps it for the next connection
+/// (it may or may not have reached the peer; the peer de-duplicates).
+async fn take_back_unsent(lane: &Lane, stream: &Stream) {
+    if stream.sending() {
+        stream.shutdown();
+        let (batch, _) = poll_fn(|task| stream.poll_sent(task)).await;
+        lane.written(batch);
+    }
 }
 
 /// Serves one accepted connection: the listener's handshake, then frames
@@ -260,6 +274,8 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
             feedback: Feedback::new(threshold),
             buffer: FrameBuffer::new(block_bytes),
             reassembly: std::collections::HashMap::new(),
+            chunk_budget: window.saturating_sub(frame_max),
+            chunk_held: 0,
         };
         // Bytes after the handshake already belong to the lane.
         reader.buffer.take_from(&mut buffer);
@@ -286,8 +302,14 @@ struct Reader {
     feedback: Arc<Feedback>,
     buffer: FrameBuffer,
     /// Messages arriving in chunks, by (source, destination): bytes so
-    /// far and the frame bytes they account for.
+    /// far and the frame bytes whose credit they hold.
     reassembly: std::collections::HashMap<(Pid, Pid), (AlignedVec<PAYLOAD_ALIGN>, u64)>,
+    /// Most credit the partial messages in `reassembly` may hold together:
+    /// the window less one frame, so the sender can always send the next
+    /// chunk and a message larger than the window still completes.
+    chunk_budget: u64,
+    /// Credit the partial messages hold now.
+    chunk_held: u64,
 }
 
 impl Reader {
@@ -355,7 +377,7 @@ impl Reader {
             return Ok(());
         }
         let bytes = self.buffer.split_off_frames(end);
-        let mut skipped = 0;
+        let mut released = 0;
         let mut held = 0;
         let mut deliveries = Vec::new();
         let mut at = 0;
@@ -375,7 +397,7 @@ impl Reader {
             }
             if self.acknowledged {
                 if header.sequence <= self.received {
-                    skipped += len as u64; // Sent again after a reconnect.
+                    released += len as u64; // Sent again after a reconnect.
                     continue;
                 }
                 if header.sequence != self.received + 1 {
@@ -389,41 +411,63 @@ impl Reader {
             match header.kind {
                 FrameKind::Message => {
                     self.delivered = header.sequence;
-                    deliveries.push((header, payload));
+                    deliveries.push((header, Whole::InBatch(payload)));
                     held += len as u64;
                 }
                 FrameKind::Chunk => {
                     let key = (header.source, header.destination);
-                    let (message, frame_bytes) = self.reassembly.entry(key).or_default();
+                    let (message, held_credit) = self.reassembly.entry(key).or_default();
                     message.extend_from_slice(&bytes[payload]);
-                    *frame_bytes += len as u64;
                     if message.len() > self.max_message {
                         return Err(ConnectionError::MessageTooLarge(message.len()));
                     }
+                    // The chunk's bytes are copied out, so its credit may
+                    // go back now; it is held (until the whole message is
+                    // dropped) only while the budget allows.
+                    if self.chunk_held + len as u64 <= self.chunk_budget {
+                        *held_credit += len as u64;
+                        self.chunk_held += len as u64;
+                    } else {
+                        released += len as u64;
+                    }
                     if header.flags & LAST_CHUNK != 0 {
-                        let (message, frame_bytes) =
+                        let (message, held_credit) =
                             self.reassembly.remove(&key).unwrap_or_default();
+                        self.chunk_held -= held_credit;
                         self.delivered = header.sequence;
-                        let length = message.len();
-                        let block = Block::new(message, frame_bytes, self.feedback.clone());
-                        inner.deliver(&block, header, 0..length)?;
+                        let block = Block::new(message, held_credit, self.feedback.clone());
+                        deliveries.push((header, Whole::Reassembled(block)));
                     }
                 }
                 kind => return Err(ConnectionError::UnexpectedFrame(kind)),
             }
         }
-        let block = Block::new(bytes, held, self.feedback.clone());
-        for (header, payload) in deliveries {
-            inner.deliver(&block, header, payload)?;
+        // Delivered in arrival order, so a message that was reassembled
+        // does not overtake the ones sent before it.
+        let batch = Block::new(bytes, held, self.feedback.clone());
+        for (header, whole) in deliveries {
+            match whole {
+                Whole::InBatch(payload) => inner.deliver(&batch, header, payload)?,
+                Whole::Reassembled(block) => inner.deliver(&block, header, 0..block.len())?,
+            }
         }
         if self.acknowledged {
             lane.set_delivered(self.delivered);
         }
         drop(lane);
-        // Duplicates were dropped: their bytes are consumed already.
-        self.feedback.consume(skipped);
+        // Duplicates were dropped and chunks copied out: their bytes are
+        // consumed already.
+        self.feedback.consume(released);
         Ok(())
     }
+}
+
+/// Where a message to deliver lies.
+enum Whole {
+    /// In the batch of frames just received, at this payload range.
+    InBatch(std::ops::Range<usize>),
+    /// In its own block, reassembled from chunks.
+    Reassembled(Arc<Block>),
 }
 
 /// A complete frame in a [`FrameBuffer`]: its checked header and where it
@@ -475,6 +519,16 @@ impl FrameBuffer {
             })));
         }
         match stream.poll_recv(task, &mut self.bytes[self.filled..]) {
+            Poll::Ready(Ok(0)) if self.filled > self.start => {
+                // Closed in the middle of a frame.
+                let got = self.filled - self.start;
+                let needed = FrameHeader::parse(&self.bytes[self.start..self.filled], u32::MAX)
+                    .map_or(HEADER_LEN, |header| header.frame_len());
+                Poll::Ready(Err(ConnectionError::Frame(FrameError::Truncated {
+                    needed,
+                    got,
+                })))
+            }
             Poll::Ready(Ok(0)) => Poll::Ready(Err(ConnectionError::PeerClosed)),
             Poll::Ready(Ok(n)) => {
                 self.filled += n;

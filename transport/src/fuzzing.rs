@@ -1,6 +1,7 @@
-//! Entry points for the fuzz targets in `transport/fuzz/` (cargo-fuzz).
-//! Not part of the API: they exist so the targets can reach the decoder and
-//! the handshake state machine, which are crate-private.
+//! Entry points for the fuzz targets in `transport/fuzz/` (cargo-fuzz) and
+//! for the integration tests that play a peer over a raw socket. Not part
+//! of the API: they exist so those can reach the decoder, the handshake
+//! state machine and its messages, which are crate-private.
 
 use foundation_sched::NodeId;
 use rkyv::util::AlignedVec;
@@ -8,6 +9,9 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::frame::{Frame, FrameHeader, PAYLOAD_ALIGN};
 use crate::handshake::{Cookie, Dialer, Identity, Listener};
+
+pub use crate::channel::digest as channel_digest;
+pub use crate::handshake::{Message as HandshakeMessage, Refusal};
 
 /// A message type with every kind of archived field a validator must check:
 /// strings, vectors, options and enums.

@@ -136,42 +136,96 @@ pub(crate) struct Identity {
 
 /// A handshake message (the payload of a `Handshake` frame).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub(crate) enum Message {
+pub enum Message {
+    /// The dialer's opening.
     Hello {
+        /// Its protocol version.
         protocol: u16,
+        /// Its node's name.
         name: String,
+        /// Its node id.
         node: u16,
+        /// Its transport's incarnation.
         incarnation: u64,
+        /// The channel this connection is for.
         channel: u16,
+        /// The lane of that channel.
         lane: u16,
+        /// The digest of its channel names.
         channels: u64,
+        /// Its challenge to the listener.
         nonce: [u8; 32],
     },
+    /// The listener's answer and challenge.
     Challenge {
+        /// Its protocol version.
         protocol: u16,
+        /// Its node's name.
         name: String,
+        /// Its node id.
         node: u16,
+        /// Its challenge to the dialer.
         nonce: [u8; 32],
+        /// Its answer to the dialer's challenge.
         mac: [u8; 32],
+        /// How far it delivered this lane.
         delivered: u64,
     },
+    /// The dialer's answer to the listener's challenge.
     Proof {
+        /// The answer.
         mac: [u8; 32],
     },
+    /// The listener accepts.
     Welcome,
+    /// One side refuses, and says why.
     Refuse {
+        /// Why.
         reason: Refusal,
+        /// The refusing side's protocol version.
         protocol: u16,
     },
 }
 
-/// Why a listener refused.
+/// Why one side refused the other. The listener refuses a hello or a
+/// proof; the dialer refuses a challenge whose proof is wrong.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
+    /// Another protocol version.
     Protocol,
+    /// The other side could not prove it knows the cookie.
     Cookie,
+    /// Another channel list.
     Channels,
+    /// No such channel or lane.
     UnknownChannel,
+}
+
+impl Refusal {
+    /// What the side that receives this refusal reports; `protocol` is
+    /// the refusing side's version.
+    fn error(self, protocol: u16) -> HandshakeError {
+        match self {
+            Refusal::Protocol => HandshakeError::Protocol {
+                ours: PROTOCOL_VERSION,
+                theirs: protocol,
+            },
+            Refusal::Cookie => HandshakeError::Cookie,
+            Refusal::Channels => HandshakeError::Channels,
+            Refusal::UnknownChannel => HandshakeError::UnknownChannel(u16::MAX),
+        }
+    }
+}
+
+/// Writes a refusal, which the caller sends before closing.
+fn refuse(reason: Refusal, out: &mut Vec<u8>) {
+    write(
+        &Message::Refuse {
+            reason,
+            protocol: PROTOCOL_VERSION,
+        },
+        out,
+    );
 }
 
 /// A dialer's view of an established connection.
@@ -259,11 +313,15 @@ impl Dialer {
                         got: NodeId(node),
                     });
                 }
-                self.identity
+                let verified = self
+                    .identity
                     .cookie
                     .mac(b"listener", &self.nonce, &nonce)
-                    .verify_slice(&mac)
-                    .map_err(|_| HandshakeError::Cookie)?;
+                    .verify_slice(&mac);
+                if verified.is_err() {
+                    refuse(Refusal::Cookie, out);
+                    return Err(HandshakeError::Cookie);
+                }
                 let proof = self.identity.cookie.mac(b"dialer", &nonce, &self.nonce);
                 write(
                     &Message::Proof {
@@ -283,15 +341,7 @@ impl Dialer {
                 .take()
                 .map(Some)
                 .ok_or(HandshakeError::OutOfOrder),
-            Message::Refuse { reason, protocol } => Err(match reason {
-                Refusal::Protocol => HandshakeError::Protocol {
-                    ours: PROTOCOL_VERSION,
-                    theirs: protocol,
-                },
-                Refusal::Cookie => HandshakeError::Cookie,
-                Refusal::Channels => HandshakeError::Channels,
-                Refusal::UnknownChannel => HandshakeError::UnknownChannel(u16::MAX),
-            }),
+            Message::Refuse { reason, protocol } => Err(reason.error(protocol)),
             _ => Err(HandshakeError::OutOfOrder),
         }
     }
@@ -324,15 +374,6 @@ impl Listener {
         out: &mut Vec<u8>,
         delivered: impl FnOnce(&Accepted) -> u64,
     ) -> Result<Option<Accepted>, HandshakeError> {
-        let refuse = |reason, out: &mut Vec<u8>| {
-            write(
-                &Message::Refuse {
-                    reason,
-                    protocol: PROTOCOL_VERSION,
-                },
-                out,
-            );
-        };
         match read(bytes)? {
             Message::Hello {
                 protocol,
@@ -397,6 +438,8 @@ impl Listener {
                 write(&Message::Welcome, out);
                 Ok(Some(accepted))
             }
+            // The dialer found our proof wrong (a cookie mismatch).
+            Message::Refuse { reason, protocol } => Err(reason.error(protocol)),
             _ => Err(HandshakeError::OutOfOrder),
         }
     }
@@ -501,9 +544,28 @@ mod tests {
 
     #[test]
     fn a_wrong_cookie_is_refused_on_both_sides() {
-        let (dialer, _) = run(identity("a", 1, "one"), identity("b", 2, "two"));
-        // The dialer sees the listener's proof fail first.
-        assert_eq!(dialer, Err(HandshakeError::Cookie));
+        let mut hello = Vec::new();
+        let mut d = Dialer::start(
+            identity("a", 1, "one"),
+            NodeId(2),
+            0,
+            0,
+            nonce(),
+            &mut hello,
+        );
+        let mut l = Listener::new(identity("b", 2, "two"), nonce());
+        let mut challenge = Vec::new();
+        assert_eq!(l.on_frame(&wire(&hello), &mut challenge, |_| 0), Ok(None));
+        // The dialer sees the listener's proof fail first, and says so.
+        let mut refusal = Vec::new();
+        assert_eq!(
+            d.on_frame(&wire(&challenge), &mut refusal),
+            Err(HandshakeError::Cookie)
+        );
+        assert_eq!(
+            l.on_frame(&wire(&refusal), &mut Vec::new(), |_| 0),
+            Err(HandshakeError::Cookie)
+        );
     }
 
     #[test]

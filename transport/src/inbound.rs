@@ -122,6 +122,10 @@ impl Block {
             feedback,
         })
     }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
 }
 
 impl Drop for Block {

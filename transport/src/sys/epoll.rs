@@ -327,6 +327,10 @@ impl Stream {
         self.send.borrow().is_some()
     }
 
+    pub(crate) fn shutdown(&self) -> io::Result<()> {
+        self.stream.borrow().shutdown(std::net::Shutdown::Both)
+    }
+
     pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
         let result = this(&self.reactor).drive(self.token, Direction::Write, cx, || {
             let mut send = self.send.borrow_mut();

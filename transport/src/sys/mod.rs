@@ -327,6 +327,18 @@ impl Stream {
             Stream::Epoll(stream) => stream.poll_sent(cx),
         }
     }
+
+    /// Shuts the connection down both ways: a send in flight ends (its
+    /// buffer comes back through [`Stream::poll_sent`] with an error or
+    /// fully written), receives see end of stream.
+    pub(crate) fn shutdown(&self) {
+        let result = match self {
+            Stream::Uring(stream) => stream.shutdown(),
+            Stream::Epoll(stream) => stream.shutdown(),
+        };
+        // Not connected (any more) is as shut down as it gets.
+        drop(result);
+    }
 }
 
 /// Installs `reactor` as this thread's: a driver's `enter`.

@@ -402,6 +402,14 @@ impl Stream {
             .is_some_and(|source| source.send_op.is_some() || source.sent.is_some())
     }
 
+    pub(crate) fn shutdown(&self) -> io::Result<()> {
+        let state = this(&self.reactor).state.borrow();
+        match state.sources.get(self.key).map(|source| &source.socket) {
+            Some(Socket::Stream(stream)) => stream.shutdown(std::net::Shutdown::Both),
+            _ => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
     pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
         this(&self.reactor)
             .state
