@@ -1,5 +1,8 @@
 //! What the `sched_*` suites share: shard choice, waiting for a `Down`,
-//! drop counters and bounded polling from the test thread.
+//! drop counters and bounded polling from the test thread; and, for the
+//! `transport_*` suites, test nodes ([`transport`]), a proxy that cuts
+//! their connections ([`proxy`]) and a peer played by hand
+//! ([`raw_peer`]).
 
 #![allow(
     dead_code,
@@ -11,6 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foundation::{Context, Down, Envelope, Exit, ExitReason, MonitorRef, Placement, ShardId};
+
+pub(crate) mod proxy;
+pub(crate) mod raw_peer;
+pub(crate) mod transport;
 
 /// How long a test waits for something that must happen before it calls
 /// the runtime broken. Only a bound: no test asserts how long anything took.
@@ -125,14 +132,23 @@ impl Drop for DropGuard {
 
 /// Polls `condition` from the test thread until it holds, for at most
 /// [`PATIENCE`]; panics with `what` if it never does.
-pub(crate) fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+pub(crate) fn eventually(what: &str, condition: impl FnMut() -> bool) {
+    assert!(
+        within_patience(condition),
+        "never happened within {PATIENCE:?}: {what}"
+    );
+}
+
+/// Polls `condition` from the test thread until it holds, for at most
+/// [`PATIENCE`]; returns whether it did.
+pub(crate) fn within_patience(mut condition: impl FnMut() -> bool) -> bool {
     let step = Duration::from_millis(2);
     let steps = PATIENCE.as_millis() / step.as_millis();
     for _ in 0..steps {
         if condition() {
-            return;
+            return true;
         }
         std::thread::sleep(step);
     }
-    assert!(condition(), "never happened within {PATIENCE:?}: {what}");
+    condition()
 }
