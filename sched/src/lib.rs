@@ -65,6 +65,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod arena;
+pub mod coop;
 pub mod driver;
 pub mod exit;
 pub mod oneshot;
@@ -78,8 +79,8 @@ pub mod time;
 pub use exit::{Down, Exit, ExitReason, MonitorRef, ProcessResult};
 pub use pid::{NodeId, Pid, ShardId};
 pub use process::{
-    Addr, Checkpoint, Context, Envelope, ExitHook, Placement, ProcessInfo, Receive, ReceiveTimeout,
-    Sleep, SpawnError, SpawnOptions, Spawned, Status, TimerRef, YieldNow,
+    Addr, Checkpoint, Context, Envelope, ExitHook, Placement, Priority, ProcessInfo, Receive,
+    ReceiveTimeout, Sleep, SpawnError, SpawnOptions, Spawned, Status, TimerRef, YieldNow,
 };
 pub use runtime::{
     BlockOnError, BuildError, Builder, Handle, Runtime, ShardStats, ShutdownReport, Stall,

@@ -33,6 +33,8 @@ pub(crate) trait AnyCell {
     fn mailbox_bytes(&self) -> usize;
     fn arena_bytes(&self) -> usize;
     fn reductions(&self) -> u64;
+    /// Counts reductions charged through [`crate::coop`].
+    fn add_reductions(&self, reductions: u64);
     /// Whether arena and mailbox together are over `max_heap_bytes`.
     fn over_heap_limit(&self) -> bool;
 }
@@ -85,6 +87,10 @@ impl<M: 'static> AnyCell for ProcessCell<M> {
 
     fn reductions(&self) -> u64 {
         self.reductions.get()
+    }
+
+    fn add_reductions(&self, reductions: u64) {
+        self.reductions.set(self.reductions.get() + reductions);
     }
 
     fn over_heap_limit(&self) -> bool {

@@ -174,6 +174,26 @@ pub struct SpawnOptions {
     pub(crate) monitor: bool,
     pub(crate) trap_exit: bool,
     pub(crate) max_heap_bytes: Option<usize>,
+    pub(crate) priority: Priority,
+}
+
+/// How urgently a process runs when it is runnable, as Erlang's process
+/// priorities: each shard runs its `High` processes before any other, and
+/// `Low` ones after `Normal` ones, though never starved by them (one pick
+/// in eight goes to a `Low` process while both wait).
+///
+/// `High` is for short, latency-bound work that must not queue behind a
+/// backlog — the transport runs its control channel's connections at
+/// `High` — and starves the rest of its shard while it stays runnable.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    /// After `Normal` processes (background and bulk work).
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Before every other process of the shard.
+    High,
 }
 
 impl SpawnOptions {
@@ -212,6 +232,12 @@ impl SpawnOptions {
     /// mailbox together hold more than `bytes`.
     pub fn max_heap_bytes(mut self, bytes: usize) -> SpawnOptions {
         self.max_heap_bytes = Some(bytes);
+        self
+    }
+
+    /// Runs the process at `priority` (default [`Priority::Normal`]).
+    pub fn priority(mut self, priority: Priority) -> SpawnOptions {
+        self.priority = priority;
         self
     }
 }
@@ -291,6 +317,8 @@ pub struct ProcessInfo {
     pub monitored_by: usize,
     /// Whether it traps exits.
     pub trap_exit: bool,
+    /// Its priority.
+    pub priority: Priority,
 }
 
 /// A timer set with [`Context::send_after`].
@@ -502,6 +530,7 @@ impl<M: Send + 'static> Context<M> {
             monitored_by: monitor.map(|monitor| (monitor, self.pid)),
             trap_exit: options.trap_exit,
             max_heap_bytes: options.max_heap_bytes,
+            priority: options.priority,
         };
         if target == self.shard.id {
             let addr = self.shard.spawn_local(spawn, start)?;
@@ -595,6 +624,17 @@ impl<M: Send + 'static> Context<M> {
     /// instead of ending this process. Returns the previous setting.
     pub fn trap_exit(&self, trap: bool) -> bool {
         self.shard.set_trap_exit(self.pid, trap)
+    }
+
+    /// Sets this process's [`Priority`] (Erlang's
+    /// `process_flag(priority, _)`), from its next wait on. Returns the
+    /// previous one.
+    pub fn set_priority(&self, priority: Priority) -> Priority {
+        self.shard
+            .with_process(self.pid, |process| {
+                std::mem::replace(&mut process.priority, priority)
+            })
+            .unwrap_or(priority)
     }
 
     /// Sends `pid` an exit signal with `reason` (Erlang's `exit/2`). A
@@ -734,6 +774,7 @@ pub(crate) struct Process {
     /// kill overrides.
     pub(crate) exit: Option<ExitReason>,
     pub(crate) trap_exit: bool,
+    pub(crate) priority: Priority,
     /// Whether a `max_heap_bytes` applies, so deliveries to the (many)
     /// processes without one skip the check.
     pub(crate) heap_limited: bool,
@@ -764,6 +805,7 @@ pub(crate) struct LocalSpawn {
     pub(crate) monitored_by: Option<(MonitorRef, Pid)>,
     pub(crate) trap_exit: bool,
     pub(crate) max_heap_bytes: Option<usize>,
+    pub(crate) priority: Priority,
 }
 
 impl Process {
@@ -799,6 +841,7 @@ impl Process {
             monitors: relations.map_or(0, |r| r.monitors.len()),
             monitored_by: relations.map_or(0, |r| r.monitored_by.len()),
             trap_exit: self.trap_exit,
+            priority: self.priority,
         }
     }
 }

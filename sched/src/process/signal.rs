@@ -54,6 +54,7 @@ impl Shard {
             self.answer_for_missing(to, signal);
             return;
         };
+        let priority = process.priority;
         let runnable = match signal {
             Signal::Link { from } => {
                 process.relations().links.insert(from);
@@ -82,7 +83,7 @@ impl Shard {
             }
         };
         if runnable {
-            self.enqueue(to.slot());
+            self.enqueue(to.slot(), priority);
         }
     }
 

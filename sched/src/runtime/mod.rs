@@ -619,6 +619,7 @@ impl Handle {
         let spawn = LocalSpawn {
             trap_exit: options.trap_exit,
             max_heap_bytes: options.max_heap_bytes,
+            priority: options.priority,
             ..LocalSpawn::default()
         };
         Ok((target, spawn))

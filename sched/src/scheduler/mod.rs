@@ -15,6 +15,7 @@
 //! the two always sees the other, and a shard that is busy costs its senders
 //! no system call.
 
+pub(crate) mod run_queue;
 pub(crate) mod shard;
 pub(crate) mod shared;
 pub(crate) mod waker;

@@ -22,12 +22,13 @@ use crate::process::cell::ProcessCell;
 use crate::process::signal::Signal;
 use crate::process::table::Table;
 use crate::process::{
-    make_process, Addr, Envelope, HeapLimitExceeded, LocalSpawn, Placement, Process, ProcessInfo,
-    Relations, SpawnError,
+    make_process, Addr, Envelope, HeapLimitExceeded, LocalSpawn, Placement, Priority, Process,
+    ProcessInfo, Relations, SpawnError,
 };
 use crate::ring::erased::{Deliver, ErasedMessage};
 use crate::ring::spsc::{Consumer, Producer};
 use crate::runtime::ShardStats;
+use crate::scheduler::run_queue::RunQueue;
 use crate::scheduler::shared::Shared;
 use crate::scheduler::{monitor_ref, waker, Packet, ShardWork, TimerAction};
 use crate::time::wheel::{TimerKey, TimerWheel};
@@ -40,7 +41,7 @@ pub(crate) struct Shard {
     pub(crate) shared: Arc<Shared>,
     pub(crate) table: RefCell<Table<Process>>,
     pub(crate) pool: Rc<ChunkPool>,
-    run_queue: RefCell<VecDeque<u32>>,
+    run_queue: RefCell<RunQueue>,
     timers: RefCell<TimerWheel<TimerAction>>,
     fired: RefCell<Vec<TimerAction>>,
     now: Cell<Instant>,
@@ -98,7 +99,7 @@ impl Shard {
             node: parts.shared.node,
             table: RefCell::new(Table::new()),
             pool: Rc::new(parts.pool),
-            run_queue: RefCell::new(VecDeque::new()),
+            run_queue: RefCell::new(RunQueue::default()),
             timers: RefCell::new(TimerWheel::new(now.as_nanos())),
             fired: RefCell::new(Vec::new()),
             now: Cell::new(now),
@@ -132,7 +133,7 @@ impl Shard {
             self.drain_inbound();
             driver.poll();
             self.fire_timers();
-            self.run_pass();
+            self.run_pass(driver.as_mut());
             self.flush();
             if self.shared.shutdown.load(Ordering::Acquire) {
                 break;
@@ -155,17 +156,25 @@ impl Shard {
 
     // ---- running processes -------------------------------------------
 
-    /// Polls every process that was runnable when the pass began.
     /// Polls up to [`POLLS_PER_PASS`] processes: enough to spread the cost
     /// of reading the clock and the rings over many polls, few enough that
     /// packets from other shards and due timers wait only briefly.
-    fn run_pass(self: &Rc<Shard>) {
+    ///
+    /// After a poll that used up its whole reduction budget (a long one:
+    /// a process that copied megabytes, a connection that read a burst),
+    /// the driver is polled at once, so I/O that completed meanwhile wakes
+    /// its processes now and a `High` one among them runs next instead of
+    /// at the end of the pass.
+    fn run_pass(self: &Rc<Shard>, driver: &mut dyn Driver) {
         for _ in 0..POLLS_PER_PASS {
-            let Some(slot) = self.run_queue.borrow_mut().pop_front() else {
+            let Some(slot) = self.run_queue.borrow_mut().pop() else {
                 break;
             };
             self.poll_slot(slot);
             self.flush();
+            if self.budget_used_up() {
+                driver.poll();
+            }
         }
     }
 
@@ -231,8 +240,9 @@ impl Shard {
                     self.waiting_for_room.borrow_mut().push(pid);
                 } else if self.running_woken.get() {
                     process.queued = true;
+                    let priority = process.priority;
                     drop(table);
-                    self.enqueue(slot);
+                    self.enqueue(slot, priority);
                 }
             }
             Some(reason) => {
@@ -289,8 +299,8 @@ impl Shard {
         self.ended_in_shutdown.get()
     }
 
-    pub(crate) fn enqueue(&self, slot: u32) {
-        self.run_queue.borrow_mut().push_back(slot);
+    pub(crate) fn enqueue(&self, slot: u32, priority: Priority) {
+        self.run_queue.borrow_mut().push(slot, priority);
     }
 
     /// Makes `process` runnable. Returns whether the caller must put it in
@@ -311,10 +321,12 @@ impl Shard {
     /// Wakes the process `pid` of this shard, if it still exists.
     pub(crate) fn wake(&self, pid: Pid) {
         let runnable = self
-            .with_process(pid, |process| self.wake_process(process))
-            .unwrap_or(false);
-        if runnable {
-            self.enqueue(pid.slot());
+            .with_process(pid, |process| {
+                self.wake_process(process).then_some(process.priority)
+            })
+            .flatten();
+        if let Some(priority) = runnable {
+            self.enqueue(pid.slot(), priority);
         }
     }
 
@@ -330,6 +342,23 @@ impl Shard {
     /// The running process asks to run again after other processes.
     pub(crate) fn yield_running(&self) {
         self.running_woken.set(true);
+    }
+
+    /// Charges `reductions` to the running process's budget (see
+    /// [`crate::coop`]); whether the budget is used up. `false` when no
+    /// process is running.
+    pub(crate) fn charge_running(&self, reductions: u32) -> bool {
+        let Some(slot) = self.running.get() else {
+            return false;
+        };
+        let budget = self.budget.get().saturating_sub(reductions);
+        self.budget.set(budget);
+        if let Ok(mut table) = self.table.try_borrow_mut() {
+            if let Some(process) = table.get_slot_mut(slot) {
+                process.cell.add_reductions(u64::from(reductions));
+            }
+        }
+        budget == 0
     }
 
     pub(crate) fn set_running_exiting(&self) {
@@ -405,11 +434,12 @@ impl Shard {
                 running: false,
                 exit: None,
                 trap_exit: spawn.trap_exit,
+                priority: spawn.priority,
                 heap_limited: spawn.max_heap_bytes.is_some(),
                 relations,
             },
         );
-        self.enqueue(slot);
+        self.enqueue(slot, spawn.priority);
         self.shared_self().live.fetch_add(1, Ordering::Relaxed);
         Ok(Addr::new(pid))
     }
@@ -701,8 +731,9 @@ impl Deliver for Shard {
         };
         cell.push(Envelope::Msg(message));
         if self.after_delivery(process) {
+            let priority = process.priority;
             drop(table);
-            self.enqueue(to.slot());
+            self.enqueue(to.slot(), priority);
         }
     }
 }

@@ -46,6 +46,11 @@ impl Drop for CurrentShard {
     }
 }
 
+/// Runs `f` on this thread's shard, if it runs one.
+pub(crate) fn with_current_shard<R>(f: impl FnOnce(&Rc<Shard>) -> R) -> Option<R> {
+    CURRENT.with(|current| Some(f(current.try_borrow().ok()?.as_ref()?)))
+}
+
 /// Runs `f` on this thread's shard if it is one of `shared`'s runtime.
 pub(crate) fn with_shard_of<R>(shared: &Arc<Shared>, f: impl FnOnce(&Rc<Shard>) -> R) -> Option<R> {
     CURRENT.with(|current| {

@@ -1,0 +1,97 @@
+//! Process priorities: a shard runs its `High` processes first, then
+//! `Normal` ones, with `Low` ones interleaved so they are never starved.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use foundation::{Context, Priority, Runtime, SpawnOptions};
+
+/// Processes made runnable together run by priority, in spawn order
+/// within a priority.
+#[test]
+fn runnable_processes_run_by_priority() {
+    let runtime = Runtime::builder().shards(1).build().unwrap();
+    let order = runtime
+        .block_on(|cx: Context<()>| async move {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let spawned = [
+                ("normal 1", Priority::Normal),
+                ("low", Priority::Low),
+                ("high 1", Priority::High),
+                ("normal 2", Priority::Normal),
+                ("high 2", Priority::High),
+            ];
+            for (name, priority) in spawned {
+                let log = log.clone();
+                let options = SpawnOptions::new().priority(priority);
+                // Spawned on this shard, so none runs before this process
+                // waits: all five are runnable at once.
+                cx.spawn_with(options, move |_: Context<()>| async move {
+                    log.lock().unwrap().push(name);
+                })
+                .await
+                .unwrap();
+            }
+            while log.lock().unwrap().len() < spawned.len() {
+                cx.yield_now().await;
+            }
+            let order = log.lock().unwrap().clone();
+            order
+        })
+        .unwrap();
+    assert_eq!(order, ["high 1", "high 2", "normal 1", "normal 2", "low"]);
+}
+
+/// A `Low` process runs even while `Normal` ones never stop yielding: it
+/// runs after a few of their polls, not once they are done.
+#[test]
+fn low_priority_is_not_starved_by_busy_normal_processes() {
+    const BUSY: usize = 16;
+    const YIELDS: usize = 10_000;
+    let runtime = Runtime::builder().shards(1).build().unwrap();
+    let polls_before_low = runtime
+        .block_on(|cx: Context<Option<usize>>| async move {
+            let polls = Arc::new(AtomicUsize::new(0));
+            for _ in 0..BUSY {
+                let polls = polls.clone();
+                cx.spawn(move |cx: Context<()>| async move {
+                    for _ in 0..YIELDS {
+                        polls.fetch_add(1, Ordering::Relaxed);
+                        cx.yield_now().await;
+                    }
+                });
+            }
+            let low = SpawnOptions::new().priority(Priority::Low);
+            let me = cx.addr();
+            cx.spawn_with(low, move |cx: Context<()>| async move {
+                cx.send(&me, Some(polls.load(Ordering::Relaxed)));
+            })
+            .await
+            .unwrap();
+            cx.recv().await.into_msg().flatten()
+        })
+        .unwrap();
+    let polls_before_low = polls_before_low.expect("the low process reports");
+    assert!(
+        polls_before_low < BUSY * 2,
+        "the low process ran after {polls_before_low} polls of busy ones"
+    );
+}
+
+/// `set_priority` changes how the process is queued from then on, and
+/// `process_info` reports it.
+#[test]
+fn a_process_can_change_its_priority() {
+    let runtime = Runtime::builder().shards(1).build().unwrap();
+    let (before, after) = runtime
+        .block_on(|cx: Context<()>| async move {
+            let before = cx.set_priority(Priority::High);
+            let after = cx.process_info(cx.pid()).await.map(|info| info.priority);
+            (before, after)
+        })
+        .unwrap();
+    assert_eq!(before, Priority::Normal);
+    assert_eq!(after, Some(Priority::High));
+}
