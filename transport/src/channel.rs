@@ -15,6 +15,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use foundation_sched::Priority;
+
 /// A channel's index in the transport's channel list, as carried in frame
 /// headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,7 +70,11 @@ pub enum WhenDisconnected {
 pub struct ChannelSpec {
     /// The channel's name.
     pub name: String,
-    /// Lower is more urgent; `control` is 0.
+    /// Lower is more urgent; `control` is 0. The channel's connection
+    /// processes (the writer of each outbound lane, the reader of each
+    /// inbound one) run at the matching process priority
+    /// ([`ChannelSpec::process_priority`]), so each shard serves its
+    /// urgent channels' sockets first.
     pub priority: u8,
     /// Connections per peer.
     pub parallelism: u16,
@@ -108,6 +114,19 @@ impl ChannelSpec {
     pub fn priority(mut self, priority: u8) -> ChannelSpec {
         self.priority = priority;
         self
+    }
+
+    /// The priority of the channel's connection processes on their shard:
+    /// channel priority 0 runs `High` (before any other process), 1 and 2
+    /// `Normal`, 3 and above `Low` (after `Normal` processes, never
+    /// starved). With the defaults: `control` high, `data` and `gossip`
+    /// normal, `bulk` low.
+    pub fn process_priority(&self) -> Priority {
+        match self.priority {
+            0 => Priority::High,
+            1 | 2 => Priority::Normal,
+            _ => Priority::Low,
+        }
     }
 
     /// Sets the connections per peer (at least one).
@@ -257,6 +276,16 @@ mod tests {
         let channels = ChannelSpec::defaults();
         let names: Vec<_> = channels.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["control", "data", "gossip", "bulk"]);
+        let priorities: Vec<_> = channels.iter().map(ChannelSpec::process_priority).collect();
+        assert_eq!(
+            priorities,
+            [
+                Priority::High,
+                Priority::Normal,
+                Priority::Normal,
+                Priority::Low
+            ]
+        );
         for channel in &channels {
             channel.check().unwrap();
         }

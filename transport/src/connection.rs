@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use foundation_sched::{Context, NodeId, Pid};
+use foundation_sched::{coop, Context, NodeId, Pid};
 use rkyv::util::AlignedVec;
 
 use crate::frame::{self, FrameError, FrameHeader, FrameKind, HEADER_LEN, PAYLOAD_ALIGN};
@@ -36,6 +36,10 @@ const BLOCK_BYTES: usize = 256 * 1024;
 
 /// Read at least this much free room per receive.
 const MIN_READ_ROOM: usize = 16 * 1024;
+
+/// Most bytes one receive copies: a burst is read in slices, and the
+/// reader yields to its shard once a slice has used up its budget.
+const FILL_SLICE: usize = 256 * 1024;
 
 /// Flag of a chunk frame: the last piece of its message.
 pub(crate) const LAST_CHUNK: u8 = 1;
@@ -152,8 +156,10 @@ async fn write_lane(lane: &Lane, stream: &Stream) -> ConnectionError {
     let mut feedback = FrameBuffer::new(4096);
     poll_fn(|task| loop {
         let mut progress = false;
+        let mut sent = 0;
         if stream.sending() {
             if let Poll::Ready((batch, result)) = stream.poll_sent(task) {
+                sent = batch.len();
                 lane.written(batch);
                 if let Err(error) = result {
                     return Poll::Ready(ConnectionError::io(error));
@@ -171,7 +177,7 @@ async fn write_lane(lane: &Lane, stream: &Stream) -> ConnectionError {
             }
         }
         match feedback.poll_fill(task, stream) {
-            Poll::Ready(Ok(())) => {
+            Poll::Ready(Ok(_)) => {
                 progress = true;
                 while let Some(frame) = feedback.complete_frame(64) {
                     let Framed { header, range } = match frame {
@@ -190,11 +196,22 @@ async fn write_lane(lane: &Lane, stream: &Stream) -> ConnectionError {
             Poll::Ready(Err(error)) => return Poll::Ready(error),
             Poll::Pending => {}
         }
-        if !progress {
+        if !progress || out_of_budget(task, sent) {
             return Poll::Pending;
         }
     })
     .await
+}
+
+/// Charges one round of a connection loop, `bytes` of it copied; when the
+/// poll's budget is used up, arranges to run again after the shard's other
+/// processes (so a busy connection does not hold its shard).
+fn out_of_budget(task: &mut std::task::Context<'_>, bytes: usize) -> bool {
+    let used_up = coop::charge(coop::reductions_for(bytes));
+    if used_up {
+        task.waker().wake_by_ref();
+    }
+    used_up
 }
 
 /// After the connection failed: a batch still being written comes back to
@@ -230,6 +247,7 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: std::net::TcpStream, 
             return inner.connection_failed(None, addr, error);
         }
     };
+    cx.set_priority(inner.channels[usize::from(reader.channel)].process_priority());
     let error = reader.run(&inner, &stream).await;
     if !inner.is_closed() {
         inner.connection_failed(Some(peer), addr, error);
@@ -346,9 +364,11 @@ impl Reader {
                     progress = true;
                 }
             }
+            let mut received = 0;
             match self.buffer.poll_fill(task, stream) {
-                Poll::Ready(Ok(())) => {
+                Poll::Ready(Ok(bytes)) => {
                     progress = true;
+                    received = bytes;
                     if let Err(error) = self.deliver_frames(inner) {
                         return Poll::Ready(error);
                     }
@@ -356,7 +376,7 @@ impl Reader {
                 Poll::Ready(Err(error)) => return Poll::Ready(error),
                 Poll::Pending => {}
             }
-            if !progress {
+            if !progress || out_of_budget(task, received) {
                 return Poll::Pending;
             }
         })
@@ -497,12 +517,12 @@ impl FrameBuffer {
         }
     }
 
-    /// Receives more bytes; `Ready(Ok(()))` when some arrived.
+    /// Receives more bytes; `Ready(Ok(n))` when `n` arrived.
     fn poll_fill(
         &mut self,
         task: &mut std::task::Context<'_>,
         stream: &Stream,
-    ) -> Poll<Result<(), ConnectionError>> {
+    ) -> Poll<Result<usize, ConnectionError>> {
         if self.start > 0 && self.capacity - self.filled < MIN_READ_ROOM {
             // Move the partial frame to the front.
             self.bytes.copy_within(self.start..self.filled, 0);
@@ -518,7 +538,8 @@ impl FrameBuffer {
                 max: self.capacity as u32,
             })));
         }
-        match stream.poll_recv(task, &mut self.bytes[self.filled..]) {
+        let end = self.capacity.min(self.filled + FILL_SLICE);
+        match stream.poll_recv(task, &mut self.bytes[self.filled..end]) {
             Poll::Ready(Ok(0)) if self.filled > self.start => {
                 // Closed in the middle of a frame.
                 let got = self.filled - self.start;
@@ -532,7 +553,7 @@ impl FrameBuffer {
             Poll::Ready(Ok(0)) => Poll::Ready(Err(ConnectionError::PeerClosed)),
             Poll::Ready(Ok(n)) => {
                 self.filled += n;
-                Poll::Ready(Ok(()))
+                Poll::Ready(Ok(n))
             }
             Poll::Ready(Err(error)) => Poll::Ready(Err(ConnectionError::io(error))),
             Poll::Pending => Poll::Pending,

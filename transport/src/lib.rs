@@ -96,7 +96,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use foundation_sched::{
-    Addr, Builder, Context, Handle, NodeId, Pid, Placement, Runtime, ShardId, SpawnOptions,
+    coop, Addr, Builder, Context, Handle, NodeId, Pid, Placement, Runtime, ShardId, SpawnOptions,
 };
 
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
@@ -504,8 +504,9 @@ impl Transport {
                 // Spread the lanes over the shards.
                 let shard = foundation_sched::ShardId((next_shard % shards) as u8);
                 next_shard += 1;
-                let options =
-                    SpawnOptions::new().placement(foundation_sched::Placement::Shard(shard));
+                let options = SpawnOptions::new()
+                    .placement(foundation_sched::Placement::Shard(shard))
+                    .priority(spec.process_priority());
                 let spawned = self
                     .inner
                     .handle
@@ -580,8 +581,11 @@ impl Transport {
             self.inner
                 .encode(from, to, channel, message, &mut scratch)?;
             lane.push(&scratch.frames, false, None)
-                .map(drop)
-                .map_err(SendError::from)
+                .map_err(SendError::from)?;
+            // Counted, so the sender's next receive or checkpoint yields
+            // once it has done a poll's worth of work.
+            coop::charge(coop::reductions_for(scratch.frames.len()));
+            Ok(())
         })
     }
 
@@ -598,17 +602,22 @@ impl Transport {
         let lane = self.inner.lane_for(from, to, channel)?;
         // Encode into the thread's scratch and try at once; only a send
         // that must wait copies its frames out.
-        let rest = SCRATCH.with(|scratch| {
+        let (encoded, rest) = SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
             self.inner
                 .encode(from, to, channel, message, &mut scratch)?;
-            match lane.push(&scratch.frames, true, None) {
-                Ok(taken) if taken == scratch.frames.len() => Ok(None),
-                Ok(taken) => Ok(Some(scratch.frames[taken..].to_vec())),
-                Err(Push::WouldBlock) => Ok(Some(scratch.frames.clone())),
-                Err(error) => Err(SendError::from(error)),
-            }
+            let rest = match lane.push(&scratch.frames, true, None) {
+                Ok(taken) if taken == scratch.frames.len() => None,
+                Ok(taken) => Some(scratch.frames[taken..].to_vec()),
+                Err(Push::WouldBlock) => Some(scratch.frames.clone()),
+                Err(error) => return Err(SendError::from(error)),
+            };
+            Ok((scratch.frames.len(), rest))
         })?;
+        // A process sending large messages in a loop yields to the rest of
+        // its shard (the transport's own connections among them) once it
+        // has done a poll's worth of copying.
+        coop::consume(coop::reductions_for(encoded)).await;
         let Some(frames) = rest else { return Ok(()) };
         let mut at = 0;
         poll_fn(|task| {

@@ -219,6 +219,11 @@ impl Reactor {
     }
 }
 
+/// Most bytes one poll of a send writes: copying a large buffer into the
+/// socket happens in slices, between which the shard runs its other
+/// processes (a control frame's reader among them).
+const SEND_SLICE: usize = 256 * 1024;
+
 #[derive(Clone, Copy)]
 enum Direction {
     Read,
@@ -335,20 +340,40 @@ impl Stream {
         let result = this(&self.reactor).drive(self.token, Direction::Write, cx, || {
             let mut send = self.send.borrow_mut();
             let Some((buf, written)) = send.as_mut() else {
-                return Ok(());
+                return Ok(true);
             };
+            let mut this_call = 0;
             while *written < buf.len() {
-                match self.stream.borrow_mut().write(&buf[*written..]) {
+                if this_call >= SEND_SLICE {
+                    // The copy is work done for the process that drives
+                    // the stream: charged, so its shard looks at I/O next.
+                    foundation_sched::coop::charge(foundation_sched::coop::reductions_for(
+                        this_call,
+                    ));
+                    return Ok(false);
+                }
+                let end = buf.len().min(*written + SEND_SLICE);
+                match self.stream.borrow_mut().write(&buf[*written..end]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => *written += n,
+                    Ok(n) => {
+                        *written += n;
+                        this_call += n;
+                    }
                     Err(error) => return Err(error),
                 }
             }
-            Ok(())
+            Ok(true)
         });
         match result {
             Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(false)) => {
+                // A slice went out and the socket may take more: come back
+                // after the shard's other processes had their turn.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             Poll::Ready(result) => {
+                let result = result.map(drop);
                 let buf = self
                     .send
                     .borrow_mut()

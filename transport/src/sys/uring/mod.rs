@@ -95,9 +95,11 @@ const DETACHED: u32 = u32::MAX;
 /// Milliseconds the SQPOLL thread spins without work before it sleeps.
 const SQPOLL_IDLE_MS: u32 = 100;
 
-/// Largest slice of a buffer one send request carries (its result is an
-/// `i32`).
-const MAX_SEND: usize = 1 << 30;
+/// Largest slice of a buffer one send request carries. The kernel does a
+/// request's first attempt inside the submitting `io_uring_enter`, on the
+/// shard's thread; over loopback that includes the receiving side's work,
+/// so a request of many megabytes would hold the shard for as long.
+const MAX_SEND: usize = 256 * 1024;
 
 /// The longest single wait in the kernel.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
