@@ -23,7 +23,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use foundation::transport::{Backend, ChannelId, Cookie, Remote, Transport, TransportConfig};
-use foundation::{Context, NodeId, Pid, Runtime};
+use foundation::{Context, NodeId, Pid, Priority, Runtime, SpawnOptions};
 
 use crate::stats::{RoundTrips, Stopwatch};
 
@@ -131,27 +131,30 @@ impl Pair {
         let echo = self.echo;
         let (done, finished) = mpsc::channel();
         self.runtime()
-            .spawn(move |cx: Context<Remote<[u8; 64]>>| async move {
-                transport.register(&cx.addr());
-                let ball = [7_u8; 64];
-                let warm_up = crate::stats::warm_up_rounds(rounds);
-                let mut samples = Vec::with_capacity(rounds as usize);
-                for round in 0..warm_up + rounds {
-                    let clock = Stopwatch::start();
-                    if transport
-                        .send(cx.pid(), echo, channel, &ball)
-                        .await
-                        .is_err()
-                    {
-                        return;
+            .spawn_with(
+                latency_bound(),
+                move |cx: Context<Remote<[u8; 64]>>| async move {
+                    transport.register(&cx.addr());
+                    let ball = [7_u8; 64];
+                    let warm_up = crate::stats::warm_up_rounds(rounds);
+                    let mut samples = Vec::with_capacity(rounds as usize);
+                    for round in 0..warm_up + rounds {
+                        let clock = Stopwatch::start();
+                        if transport
+                            .send(cx.pid(), echo, channel, &ball)
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let _ = cx.recv().await;
+                        if round >= warm_up {
+                            samples.push(clock.elapsed_ns());
+                        }
                     }
-                    let _ = cx.recv().await;
-                    if round >= warm_up {
-                        samples.push(clock.elapsed_ns());
-                    }
-                }
-                let _ = done.send(RoundTrips::from_samples(samples));
-            })
+                    let _ = done.send(RoundTrips::from_samples(samples));
+                },
+            )
             .map_err(|e| e.to_string())?;
         finished
             .recv_timeout(PATIENCE)
@@ -220,6 +223,14 @@ async fn count(
     }
 }
 
+/// How the ping-pong's two ends run: at `High` priority, as a service
+/// runs its latency-bound processes, so that on a shard also busy with
+/// bulk traffic they go first. (The Erlang peer's ends run at `high`
+/// priority too.)
+fn latency_bound() -> SpawnOptions {
+    SpawnOptions::new().priority(Priority::High)
+}
+
 /// Node `id` with one shard: node 1 on the first core, node 2 on the
 /// second (when there is one), so the two ends run at once.
 fn node(id: u16, backend: Backend) -> Result<(Runtime, Transport), String> {
@@ -268,16 +279,19 @@ pub(crate) fn run_node(backend: &str, peer: SocketAddr) -> ExitCode {
         }
     });
     let echo_transport = transport.clone();
-    let echo = runtime.spawn(move |cx: Context<Remote<[u8; 64]>>| async move {
-        loop {
-            let Some(message) = cx.recv().await.into_msg() else {
-                break;
-            };
-            let (from, channel, ball) = (message.source(), message.channel(), *message);
-            drop(message);
-            let _ = echo_transport.send(cx.pid(), from, channel, &ball).await;
-        }
-    });
+    let echo = runtime.spawn_with(
+        latency_bound(),
+        move |cx: Context<Remote<[u8; 64]>>| async move {
+            loop {
+                let Some(message) = cx.recv().await.into_msg() else {
+                    break;
+                };
+                let (from, channel, ball) = (message.source(), message.channel(), *message);
+                drop(message);
+                let _ = echo_transport.send(cx.pid(), from, channel, &ball).await;
+            }
+        },
+    );
     let (Ok(sink), Ok(echo)) = (sink, echo) else {
         return ExitCode::FAILURE;
     };

@@ -265,8 +265,11 @@ latency_rep(Node, Rounds) ->
 %% control samples start; its rate, from its start until the sink has
 %% counted its last byte, is reported as hol_bulk_mb_per_s.
 hol_rep(Node, Rounds) ->
+    %% Both ends of the control round trip run at high priority, as the
+    %% Foundation ends do.
+    process_flag(priority, high),
     Bin = payload(64),
-    Ponger = spawn(Node, ?MODULE, pong, []),
+    Ponger = spawn_opt(Node, ?MODULE, pong, [], [{priority, high}]),
     Warm = min(1000, Rounds div 10),
     trips("hol_idle", ping(Ponger, Bin, Warm, Rounds, [])),
     Self = self(),
