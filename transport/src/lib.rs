@@ -16,12 +16,20 @@
 //! - **Channels** ([`ChannelSpec`]): named, prioritized, each with its own
 //!   connections (*parallelism* of them per peer), delivery guarantee,
 //!   maximum frame and credit window. Defaults: `control`, `data`,
-//!   `gossip`, `bulk`.
+//!   `gossip`, `bulk`. A channel's connection processes run at its process
+//!   priority ([`ChannelSpec::process_priority`]): each shard's run queue
+//!   is the priority-ordered send scheduler, so a control frame is written
+//!   and read before the bulk traffic queued on the same shard, and sends
+//!   and receives go in slices of at most 256 KiB between which the shard
+//!   looks at its run queue again.
 //! - **Backpressure**: credit per (peer, channel, lane), granted back as the
 //!   receiving processes drop what they received; [`Transport::try_send`]
 //!   says [`SendError::WouldBlock`], [`Transport::send`] waits.
 //! - **Large messages** are cut into chunk frames of the channel's maximum
-//!   and reassembled before delivery.
+//!   and reassembled before delivery. They travel on the channel they were
+//!   sent on, which keeps that channel's order (a small message sent after
+//!   a large one does not overtake it); large payloads belong on `bulk`,
+//!   whose frames are 1 MiB and whose connections run at low priority.
 //! - **Bad input** closes only the connection it came on, with a typed
 //!   [`ConnectionError`] in the log, in [`Transport::recent_errors`] and in
 //!   a counter ([`TransportStats`]).

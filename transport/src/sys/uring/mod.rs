@@ -805,11 +805,11 @@ impl State {
         };
         let key = *key;
         if cqueue::notif(flags) {
-            send.notif_pending = false;
+            send.notifs_pending -= 1;
         } else {
             send.result_pending = false;
             if send.zc && cqueue::more(flags) {
-                send.notif_pending = true;
+                send.notifs_pending += 1;
             }
             match result {
                 0 => send.error = Some(io::ErrorKind::WriteZero.into()),
@@ -817,18 +817,20 @@ impl State {
                 _ if result == -libc::EINTR || result == -libc::EAGAIN => {}
                 _ => send.error = Some(io::Error::from_raw_os_error(-result)),
             }
+            // The next slice goes out at once: it reads other bytes of the
+            // buffer than the slices whose notifications are still due.
+            let open = self.sources.get(key).is_some_and(|source| source.open);
+            if open && send.error.is_none() && send.written < send.buf.len() && !self.tearing_down {
+                self.submit_send(user_data, key);
+                return;
+            }
         }
-        if send.result_pending || send.notif_pending {
+        if send.result_pending || send.notifs_pending > 0 {
             // The kernel may still read the buffer. If the stream is gone,
             // its socket may close now all the same.
             if !send.result_pending {
                 drop(self.release_if_idle(key));
             }
-            return;
-        }
-        let open = self.sources.get(key).is_some_and(|source| source.open);
-        if open && send.error.is_none() && send.written < send.buf.len() && !self.tearing_down {
-            self.submit_send(user_data, key);
             return;
         }
         let Some(Op {
@@ -965,7 +967,7 @@ impl State {
                 written: 0,
                 zc,
                 result_pending: false,
-                notif_pending: false,
+                notifs_pending: 0,
                 error: None,
             }),
         });
@@ -1245,7 +1247,8 @@ struct SendOp {
     written: usize,
     zc: bool,
     result_pending: bool,
-    notif_pending: bool,
+    /// Zero-copy notifications still due, one per slice that asked for one.
+    notifs_pending: u32,
     error: Option<io::Error>,
 }
 
