@@ -584,17 +584,16 @@ impl Transport {
         message: &T,
     ) -> Result<(), SendError> {
         let lane = self.inner.lane_for(from, to, channel)?;
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            self.inner
-                .encode(from, to, channel, message, &mut scratch)?;
-            lane.push(&scratch.frames, false, None)
-                .map_err(SendError::from)?;
-            // Counted, so the sender's next receive or checkpoint yields
-            // once it has done a poll's worth of work.
-            coop::charge(coop::reductions_for(scratch.frames.len()));
-            Ok(())
-        })
+        let encoded = self
+            .inner
+            .with_encoded(from, to, channel, message, |frames| {
+                lane.push(frames, false, None).map_err(SendError::from)?;
+                Ok(frames.len())
+            })?;
+        // Counted, so the sender's next receive or checkpoint yields once
+        // it has done a poll's worth of work.
+        coop::charge(coop::reductions_for(encoded));
+        Ok(())
     }
 
     /// Sends like [`Transport::try_send`], waiting for credit (and, while
@@ -610,18 +609,17 @@ impl Transport {
         let lane = self.inner.lane_for(from, to, channel)?;
         // Encode into the thread's scratch and try at once; only a send
         // that must wait copies its frames out.
-        let (encoded, rest) = SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            self.inner
-                .encode(from, to, channel, message, &mut scratch)?;
-            let rest = match lane.push(&scratch.frames, true, None) {
-                Ok(taken) if taken == scratch.frames.len() => None,
-                Ok(taken) => Some(scratch.frames[taken..].to_vec()),
-                Err(Push::WouldBlock) => Some(scratch.frames.clone()),
-                Err(error) => return Err(SendError::from(error)),
-            };
-            Ok((scratch.frames.len(), rest))
-        })?;
+        let (encoded, rest) = self
+            .inner
+            .with_encoded(from, to, channel, message, |frames| {
+                let rest = match lane.push(frames, true, None) {
+                    Ok(taken) if taken == frames.len() => None,
+                    Ok(taken) => Some(frames[taken..].to_vec()),
+                    Err(Push::WouldBlock) => Some(frames.to_vec()),
+                    Err(error) => return Err(SendError::from(error)),
+                };
+                Ok((frames.len(), rest))
+            })?;
         // A process sending large messages in a loop yields to the rest of
         // its shard (the transport's own connections among them) once it
         // has done a poll's worth of copying.
@@ -750,6 +748,23 @@ impl Inner {
         let mix =
             (from.to_bits() ^ to.to_bits().rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         Ok(lanes[(mix >> 32) as usize % lanes.len()].clone())
+    }
+
+    /// Encodes `message` into this thread's scratch and hands `f` the
+    /// frames to put on the lane.
+    fn with_encoded<T: Wire, R>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+        f: impl FnOnce(&[u8]) -> Result<R, SendError>,
+    ) -> Result<R, SendError> {
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            self.encode(from, to, channel, message, &mut scratch)?;
+            f(&scratch.frames)
+        })
     }
 
     /// Encodes `message` into `scratch.frames`: one frame, or chunks of

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use foundation_sched::coop;
 use foundation_sched::driver::{Driver, Unpark};
 use mio::{Events, Interest, Token};
 
@@ -343,26 +344,30 @@ impl Stream {
                 return Ok(true);
             };
             let mut this_call = 0;
-            while *written < buf.len() {
+            let result = loop {
+                if *written == buf.len() {
+                    break Ok(true);
+                }
                 if this_call >= SEND_SLICE {
-                    // The copy is work done for the process that drives
-                    // the stream: charged, so its shard looks at I/O next.
-                    foundation_sched::coop::charge(foundation_sched::coop::reductions_for(
-                        this_call,
-                    ));
-                    return Ok(false);
+                    break Ok(false);
                 }
                 let end = buf.len().min(*written + SEND_SLICE);
                 match self.stream.borrow_mut().write(&buf[*written..end]) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         *written += n;
                         this_call += n;
                     }
-                    Err(error) => return Err(error),
+                    Err(error) => break Err(error),
                 }
+            };
+            // The copy into the socket is work done on the shard's thread
+            // for the process that drives the stream: charged to its
+            // budget, so a long send lets the shard look at I/O sooner.
+            if this_call > 0 {
+                coop::charge(coop::reductions_for(this_call));
             }
-            Ok(true)
+            result
         });
         match result {
             Poll::Pending => Poll::Pending,

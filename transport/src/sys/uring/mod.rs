@@ -805,7 +805,7 @@ impl State {
         };
         let key = *key;
         if cqueue::notif(flags) {
-            send.notifs_pending -= 1;
+            send.notifs_pending = send.notifs_pending.saturating_sub(1);
         } else {
             send.result_pending = false;
             if send.zc && cqueue::more(flags) {
