@@ -74,6 +74,7 @@
 //! cargo run --release -p foundation-bench -- --json spawn --count 1000000
 //! cargo run --release -p foundation-bench -- restart --restarts 50000
 //! cargo run --release -p foundation-bench -- ecosystem --workers 100000
+//! cargo run --release -p foundation-bench -- remote --sizes 64,65536
 //! ```
 //!
 //! Criterion micro-benchmarks of the channels live in `bench/benches/`
@@ -140,6 +141,10 @@ struct Knobs {
     /// Workers in the `ecosystem` case (scaled down to a tenth and back).
     #[arg(long, global = true)]
     workers: Option<usize>,
+    /// Message sizes in bytes of the `remote` case, comma-separated
+    /// (default: 16,64,1024,65536,1048576).
+    #[arg(long, global = true, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    sizes: Option<Vec<u32>>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -248,6 +253,9 @@ impl Scale {
         }
         if let Some(workers) = knobs.workers {
             self.ecosystem_workers = workers.max(1);
+        }
+        if let Some(sizes) = &knobs.sizes {
+            self.remote_sizes = sizes.iter().map(|&size| size as usize).collect();
         }
         self
     }

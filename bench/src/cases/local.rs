@@ -27,7 +27,7 @@ const CROSS_SHARDS: usize = 2;
 
 /// Measures one-to-one throughput, ping-pong latency and fan-in.
 pub(crate) fn run(context: &Context) -> Vec<Measurement> {
-    let scale = context.scale;
+    let scale = &context.scale;
     let (msgs, rounds, senders) = (scale.msgs, scale.rounds, scale.senders);
     let per_sender = (msgs / senders as u64).max(1);
 

@@ -85,7 +85,7 @@ impl Case {
 }
 
 /// How much work each figure does.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scale {
     /// Repetitions per figure; the median is reported.
     pub(crate) reps: usize,
@@ -101,6 +101,8 @@ pub(crate) struct Scale {
     pub(crate) restarts: u64,
     /// Workers of the ecosystem case (scaled down to a tenth and back).
     pub(crate) ecosystem_workers: usize,
+    /// Message sizes of the remote throughput case.
+    pub(crate) remote_sizes: Vec<usize>,
 }
 
 impl Scale {
@@ -114,6 +116,7 @@ impl Scale {
             senders: 4,
             restarts: 10_000,
             ecosystem_workers: 100_000,
+            remote_sizes: remote::SIZES.to_vec(),
         }
     }
 
@@ -127,6 +130,7 @@ impl Scale {
             senders: 4,
             restarts: 2_000,
             ecosystem_workers: 20_000,
+            remote_sizes: remote::SIZES.to_vec(),
         }
     }
 }

@@ -30,8 +30,8 @@ pub(crate) const LATENCY: &str = "latency";
 /// Name of the head-of-line case.
 pub(crate) const HOL: &str = "hol";
 
-/// Message sizes of the throughput case.
-const SIZES: [usize; 5] = [16, 64, 1024, 64 * 1024, 1024 * 1024];
+/// Message sizes of the throughput case, unless `--sizes` says otherwise.
+pub(crate) const SIZES: [usize; 5] = [16, 64, 1024, 64 * 1024, 1024 * 1024];
 
 /// Bytes one throughput repetition moves at most, per size.
 const STREAM_BYTES: u64 = 512 * 1024 * 1024;
@@ -58,7 +58,7 @@ type Figure = fn(&RoundTrips) -> f64;
 pub(crate) fn run_remote(context: &Context) -> Vec<Measurement> {
     let mut measurements = Vec::new();
     let backends = backends();
-    for size in SIZES {
+    for &size in &context.scale.remote_sizes {
         let msgs = context.scale.msgs.min(STREAM_BYTES / size as u64).max(100);
         let channel = if size <= 64 * 1024 {
             ChannelId::DATA
