@@ -26,7 +26,7 @@ use rkyv::util::AlignedVec;
 
 use crate::frame::{self, FrameError, FrameHeader, FrameKind, HEADER_LEN, PAYLOAD_ALIGN};
 use crate::handshake::{self, Dialer, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
-use crate::inbound::{Block, Feedback};
+use crate::inbound::{Block, EndpointCache, Feedback};
 use crate::lane::Lane;
 use crate::sys::{Listener, Reactor, Stream};
 use crate::{ConnectionError, Inner, Peer};
@@ -293,6 +293,9 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
             reassembly: std::collections::HashMap::new(),
             chunk_budget: window.saturating_sub(frame_max),
             chunk_held: 0,
+            endpoints: EndpointCache::default(),
+            headers: Vec::new(),
+            deliveries: Vec::new(),
         };
         // Bytes after the handshake already belong to the lane.
         reader.buffer.take_from(&mut buffer);
@@ -327,6 +330,12 @@ struct Reader {
     chunk_budget: u64,
     /// Credit the partial messages hold now.
     chunk_held: u64,
+    endpoints: EndpointCache,
+    /// The headers of the frames of the batch being delivered (kept to
+    /// reuse the allocation).
+    headers: Vec<FrameHeader>,
+    /// The messages of the batch being delivered, in arrival order.
+    deliveries: Vec<(FrameHeader, Whole)>,
 }
 
 impl Reader {
@@ -386,19 +395,23 @@ impl Reader {
     fn deliver_frames(&mut self, inner: &Inner) -> Result<(), ConnectionError> {
         // First pass: find the complete frames and check their headers.
         let mut end = 0;
-        let mut headers = Vec::new();
+        let mut headers = std::mem::take(&mut self.headers);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        headers.clear();
+        deliveries.clear();
         while let Some(frame) = self.buffer.complete_frame_at(end, self.max_frame) {
             let frame = frame.map_err(ConnectionError::Frame)?;
             end = frame.range.end;
             headers.push(frame.header);
         }
         if headers.is_empty() {
+            self.headers = headers;
+            self.deliveries = deliveries;
             return Ok(());
         }
         let bytes = self.buffer.split_off_frames(end);
         let mut released = 0;
         let mut held = 0;
-        let mut deliveries = Vec::new();
         let mut at = 0;
         // The lane's state is locked while this batch is delivered, so a
         // newer connection of the same lane cannot read a stale
@@ -407,7 +420,7 @@ impl Reader {
         if lane.generation() != self.generation {
             return Err(ConnectionError::Superseded);
         }
-        for header in headers {
+        for &header in &headers {
             let len = header.frame_len();
             let payload = at + HEADER_LEN..at + HEADER_LEN + header.length as usize;
             at += len;
@@ -464,12 +477,24 @@ impl Reader {
         // Delivered in arrival order, so a message that was reassembled
         // does not overtake the ones sent before it.
         let batch = Block::new(bytes, held, self.feedback.clone());
-        for (header, whole) in deliveries {
-            match whole {
-                Whole::InBatch(payload) => inner.deliver(&batch, header, payload)?,
-                Whole::Reassembled(block) => inner.deliver(&block, header, 0..block.len())?,
-            }
+        self.endpoints.refresh(&inner.endpoints);
+        let attempted = deliveries.len() as u64;
+        let mut delivered = 0;
+        for (header, whole) in deliveries.drain(..) {
+            let found = match whole {
+                Whole::InBatch(payload) => {
+                    inner.deliver(&mut self.endpoints, &batch, header, payload)?
+                }
+                Whole::Reassembled(block) => {
+                    inner.deliver(&mut self.endpoints, &block, header, 0..block.len())?
+                }
+            };
+            delivered += u64::from(found);
         }
+        inner.counters.delivered.add(delivered);
+        inner.counters.undeliverable.add(attempted - delivered);
+        self.headers = headers;
+        self.deliveries = deliveries;
         if self.acknowledged {
             lane.set_delivered(self.delivered);
         }

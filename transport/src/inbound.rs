@@ -16,6 +16,7 @@
 
 #![allow(unsafe_code)] // One block: re-reading a validated archive in place.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt;
 use std::marker::PhantomData;
@@ -27,6 +28,7 @@ use std::task::Waker;
 use foundation_sched::{Addr, Handle, Pid};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
+use rustc_hash::FxHashMap;
 
 use crate::channel::ChannelId;
 use crate::frame::{FrameError, FrameHeader, Wire, PAYLOAD_ALIGN};
@@ -235,22 +237,23 @@ impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
 #[derive(Default)]
 pub(crate) struct Endpoints {
     by_pid: RwLock<HashMap<Pid, Arc<dyn Endpoint>>>,
+    /// Changes with every insert and removal, so that readers know when
+    /// their [`EndpointCache`] is stale.
+    epoch: AtomicU64,
 }
 
 impl Endpoints {
     pub(crate) fn insert<T: Wire + 'static>(&self, addr: &Addr<Remote<T>>) {
         let endpoint: Arc<dyn Endpoint> = Arc::new(TypedEndpoint { addr: *addr });
-        self.by_pid
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(addr.pid(), endpoint);
+        let mut by_pid = self.by_pid.write().unwrap_or_else(PoisonError::into_inner);
+        by_pid.insert(addr.pid(), endpoint);
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn remove(&self, pid: Pid) {
-        self.by_pid
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&pid);
+        let mut by_pid = self.by_pid.write().unwrap_or_else(PoisonError::into_inner);
+        by_pid.remove(&pid);
+        self.epoch.fetch_add(1, Ordering::Release);
     }
 
     pub(crate) fn get(&self, pid: Pid) -> Option<Arc<dyn Endpoint>> {
@@ -259,5 +262,34 @@ impl Endpoints {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&pid)
             .cloned()
+    }
+}
+
+/// A reader's own copy of the endpoints it delivered to, so that a frame
+/// finds its process without the shared lock, a SipHash and a reference
+/// count round trip. The whole copy is dropped when [`Endpoints`] changed
+/// since it was taken ([`EndpointCache::refresh`], once per batch).
+#[derive(Default)]
+pub(crate) struct EndpointCache {
+    epoch: u64,
+    by_pid: FxHashMap<Pid, Arc<dyn Endpoint>>,
+}
+
+impl EndpointCache {
+    /// Forgets everything if `endpoints` changed since the last refresh.
+    pub(crate) fn refresh(&mut self, endpoints: &Endpoints) {
+        let epoch = endpoints.epoch.load(Ordering::Acquire);
+        if epoch != self.epoch {
+            self.by_pid.clear();
+            self.epoch = epoch;
+        }
+    }
+
+    /// The endpoint of `pid`, if it is registered.
+    pub(crate) fn get(&mut self, endpoints: &Endpoints, pid: Pid) -> Option<&Arc<dyn Endpoint>> {
+        match self.by_pid.entry(pid) {
+            Entry::Occupied(entry) => Some(entry.into_mut()),
+            Entry::Vacant(entry) => Some(entry.insert(endpoints.get(pid)?)),
+        }
     }
 }

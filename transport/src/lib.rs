@@ -84,6 +84,7 @@ pub mod fuzzing;
 mod handshake;
 mod inbound;
 mod lane;
+mod route;
 mod sys;
 
 pub use channel::{ChannelId, ChannelSpec, ConfigError, Delivery, WhenDisconnected};
@@ -109,7 +110,7 @@ use foundation_sched::{
 
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
 use crate::handshake::{Accepted, Identity};
-use crate::inbound::{Block, Endpoints};
+use crate::inbound::{Block, EndpointCache, Endpoints};
 use crate::lane::{Lane, Push};
 
 /// How a node's transport is set up.
@@ -365,6 +366,8 @@ pub struct Transport {
 }
 
 pub(crate) struct Inner {
+    /// Distinguishes this transport in the threads' route caches.
+    id: u64,
     handle: Handle,
     config: TransportConfig,
     identity: Identity,
@@ -418,6 +421,7 @@ impl Transport {
             lanes: config.channels.iter().map(|c| c.parallelism).collect(),
         };
         let inner = Arc::new(Inner {
+            id: route::transport_id(),
             handle: runtime.handle().clone(),
             channels: config.channels.clone(),
             config,
@@ -583,13 +587,13 @@ impl Transport {
         channel: ChannelId,
         message: &T,
     ) -> Result<(), SendError> {
-        let lane = self.inner.lane_for(from, to, channel)?;
-        let encoded = self
-            .inner
-            .with_encoded(from, to, channel, message, |frames| {
-                lane.push(frames, false, None).map_err(SendError::from)?;
-                Ok(frames.len())
-            })?;
+        let encoded = self.inner.with_lane(from, to, channel, |lane| {
+            self.inner
+                .with_encoded(from, to, channel, message, |frames| {
+                    lane.push(frames, false, None).map_err(SendError::from)?;
+                    Ok(frames.len())
+                })
+        })?;
         // Counted, so the sender's next receive or checkpoint yields once
         // it has done a poll's worth of work.
         coop::charge(coop::reductions_for(encoded));
@@ -606,25 +610,27 @@ impl Transport {
         channel: ChannelId,
         message: &T,
     ) -> Result<(), SendError> {
-        let lane = self.inner.lane_for(from, to, channel)?;
         // Encode into the thread's scratch and try at once; only a send
         // that must wait copies its frames out.
-        let (encoded, rest) = self
-            .inner
-            .with_encoded(from, to, channel, message, |frames| {
-                let rest = match lane.push(frames, true, None) {
-                    Ok(taken) if taken == frames.len() => None,
-                    Ok(taken) => Some(frames[taken..].to_vec()),
-                    Err(Push::WouldBlock) => Some(frames.to_vec()),
-                    Err(error) => return Err(SendError::from(error)),
-                };
-                Ok((frames.len(), rest))
-            })?;
+        let (encoded, rest) = self.inner.with_lane(from, to, channel, |lane| {
+            self.inner
+                .with_encoded(from, to, channel, message, |frames| {
+                    let rest = match lane.push(frames, true, None) {
+                        Ok(taken) if taken == frames.len() => None,
+                        Ok(taken) => Some((lane.clone(), frames[taken..].to_vec())),
+                        Err(Push::WouldBlock) => Some((lane.clone(), frames.to_vec())),
+                        Err(error) => return Err(SendError::from(error)),
+                    };
+                    Ok((frames.len(), rest))
+                })
+        })?;
         // A process sending large messages in a loop yields to the rest of
         // its shard (the transport's own connections among them) once it
         // has done a poll's worth of copying.
         coop::consume(coop::reductions_for(encoded)).await;
-        let Some(frames) = rest else { return Ok(()) };
+        let Some((lane, frames)) = rest else {
+            return Ok(());
+        };
         let mut at = 0;
         poll_fn(|task| {
             while at < frames.len() {
@@ -733,21 +739,34 @@ impl Inner {
             .cloned()
     }
 
-    /// The lane a message from `from` to `to` on `channel` travels on.
-    fn lane_for(&self, from: Pid, to: Pid, channel: ChannelId) -> Result<Arc<Lane>, SendError> {
+    /// Calls `f` with the lane a message from `from` to `to` on `channel`
+    /// travels on.
+    fn with_lane<R>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        f: impl FnOnce(&Arc<Lane>) -> Result<R, SendError>,
+    ) -> Result<R, SendError> {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
-        let peer = self
-            .peer(to.node())
-            .ok_or(SendError::UnknownPeer(to.node()))?;
-        let lanes = peer
-            .lanes
-            .get(usize::from(channel.0))
-            .ok_or(SendError::UnknownChannel(channel))?;
-        let mix =
-            (from.to_bits() ^ to.to_bits().rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        Ok(lanes[(mix >> 32) as usize % lanes.len()].clone())
+        let node = to.node();
+        route::with_peer(
+            self.id,
+            node,
+            || self.peer(node),
+            |peer| {
+                let lanes = peer
+                    .lanes
+                    .get(usize::from(channel.0))
+                    .ok_or(SendError::UnknownChannel(channel))?;
+                let mix = (from.to_bits() ^ to.to_bits().rotate_left(29))
+                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                f(&lanes[(mix >> 32) as usize % lanes.len()])
+            },
+        )
+        .unwrap_or(Err(SendError::UnknownPeer(node)))
     }
 
     /// Encodes `message` into this thread's scratch and hands `f` the
@@ -823,23 +842,22 @@ impl Inner {
         Ok(())
     }
 
-    /// Delivers the frame at `payload` of `block` to its local endpoint.
+    /// Delivers the frame at `payload` of `block` to its local endpoint,
+    /// found through `endpoints`; `false` if it has none.
     fn deliver(
         &self,
+        endpoints: &mut EndpointCache,
         block: &Arc<Block>,
         header: FrameHeader,
         payload: Range<usize>,
-    ) -> Result<(), ConnectionError> {
-        match self.endpoints.get(header.destination) {
-            Some(endpoint) => {
-                endpoint
-                    .deliver(&self.handle, block, header, payload)
-                    .map_err(ConnectionError::Frame)?;
-                self.counters.delivered.increment();
-            }
-            None => self.counters.undeliverable.increment(),
-        }
-        Ok(())
+    ) -> Result<bool, ConnectionError> {
+        let Some(endpoint) = endpoints.get(&self.endpoints, header.destination) else {
+            return Ok(false);
+        };
+        endpoint
+            .deliver(&self.handle, block, header, payload)
+            .map_err(ConnectionError::Frame)?;
+        Ok(true)
     }
 
     /// The receive state of a dialer's lane.
@@ -966,7 +984,13 @@ struct Counter(AtomicU64);
 
 impl Counter {
     fn increment(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.add(1);
+    }
+
+    fn add(&self, n: u64) {
+        if n > 0 {
+            self.0.fetch_add(n, Ordering::Relaxed);
+        }
     }
 
     fn get(&self) -> u64 {

@@ -184,6 +184,44 @@ async fn exchange(stream: &Stream, mine: usize, theirs: usize) -> io::Result<()>
 }
 
 #[test]
+fn zero_copy_sends_the_kernel_copies_become_plain_sends() {
+    let options = IoOptions {
+        send_zc_threshold: 1,
+        ..IoOptions::default()
+    };
+    on_every_backend("zero-copy copied", options, |backend, runtime| {
+        let (before, after) = runtime
+            .block_on(move |cx: Context<()>| async move {
+                let (listener, addr) = listen(backend)?;
+                let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                    let stream = connect(backend, addr).await?;
+                    recv_exact(&stream, 2 * BIG, 65_536).await
+                })
+                .await;
+                let (stream, _) = accept(backend, &listener).await?;
+                let before = stream.sends_zero_copy();
+                send(&stream, pattern(1, BIG)).await?;
+                let after = stream.sends_zero_copy();
+                // Still every byte, in order, after the switch.
+                send(&stream, pattern(2, BIG)).await?;
+                let received = client.await.expect("the client reports")?;
+                assert!(received[..BIG] == pattern(1, BIG)[..], "first half differs");
+                assert!(
+                    received[BIG..] == pattern(2, BIG)[..],
+                    "second half differs"
+                );
+                Ok::<_, io::Error>((before, after))
+            })
+            .expect("the process returns")
+            .expect("no I/O error");
+        // Loopback delivers to a local socket, so the kernel copies.
+        let zero_copy = backend == Backend::IoUring;
+        assert_eq!(before, zero_copy, "before the first send");
+        assert!(!after, "after a send over loopback");
+    });
+}
+
+#[test]
 fn a_peer_close_reads_as_zero() {
     on_every_backend("peer close", IoOptions::default(), |backend, runtime| {
         let (data, ends) = runtime

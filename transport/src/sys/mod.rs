@@ -328,6 +328,17 @@ impl Stream {
         }
     }
 
+    /// Whether this stream's sends from the zero-copy threshold up still go
+    /// out zero-copy: on io_uring until the kernel reports that it copied
+    /// one (as it does over loopback); never on epoll.
+    #[cfg(test)]
+    pub(crate) fn sends_zero_copy(&self) -> bool {
+        match self {
+            Stream::Uring(stream) => stream.sends_zero_copy(),
+            Stream::Epoll(_) => false,
+        }
+    }
+
     /// Shuts the connection down both ways: a send in flight ends (its
     /// buffer comes back through [`Stream::poll_sent`] with an error or
     /// fully written), receives see end of stream.

@@ -30,10 +30,17 @@
 //!   soon as any buffer comes back. A stream that holds more than a quarter
 //!   of the buffers (its reader is slow) has its receive cancelled until it
 //!   drains, so one slow reader cannot starve the shard's other streams.
-//! - **Send** is one request per stream for the owned buffer, `SEND` below
-//!   [`IoOptions::send_zc_threshold`] and `SEND_ZC` from it up; a short
-//!   send is resubmitted for the rest (after the zero-copy notification, so
-//!   that at most one request ever uses the buffer).
+//! - **Send** is one request per stream at a time, for a slice of at most
+//!   256 KiB of the owned buffer; the next slice is submitted when the
+//!   previous one's result arrives. `SEND` below
+//!   [`IoOptions::send_zc_threshold`] and `SEND_ZC` from it up; the buffer
+//!   goes back to the stream once every slice's zero-copy notification is
+//!   in. A notification may report that the kernel copied the data anyway
+//!   (always over loopback, and on devices that cannot send from user
+//!   pages): then zero-copy only costs pinning pages and waiting for
+//!   notifications, so that stream sends with plain `SEND` from then on,
+//!   as the kernel's `MSG_ZEROCOPY` guide advises. A kernel that rejects
+//!   the usage report (before 6.2) gets plain sends too.
 //! - **Connect and accept** wait with a one-shot `POLL_ADD`, then make the
 //!   non-blocking syscall, as epoll does.
 //! - **Submission** is batched: operations queue entries as processes poll,
@@ -100,6 +107,14 @@ const SQPOLL_IDLE_MS: u32 = 100;
 /// shard's thread; over loopback that includes the receiving side's work,
 /// so a request of many megabytes would hold the shard for as long.
 const MAX_SEND: usize = 256 * 1024;
+
+/// `IORING_SEND_ZC_REPORT_USAGE` (a `SEND_ZC` flag, Linux 6.2): the
+/// notification says whether the kernel had to copy the data after all.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+
+/// `IORING_NOTIF_USAGE_ZC_COPIED`: in a notification's result, the kernel
+/// copied the data instead of sending it from our pages.
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
 /// The longest single wait in the kernel.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -402,6 +417,15 @@ impl Stream {
             .sources
             .get(self.key)
             .is_some_and(|source| source.send_op.is_some() || source.sent.is_some())
+    }
+
+    #[cfg(test)]
+    pub(crate) fn sends_zero_copy(&self) -> bool {
+        let state = this(&self.reactor).state.borrow();
+        state
+            .sources
+            .get(self.key)
+            .is_some_and(|source| !source.copies)
     }
 
     pub(crate) fn shutdown(&self) -> io::Result<()> {
@@ -806,10 +830,21 @@ impl State {
         let key = *key;
         if cqueue::notif(flags) {
             send.notifs_pending = send.notifs_pending.saturating_sub(1);
+            if result as u32 & NOTIF_USAGE_ZC_COPIED != 0 {
+                self.sources.copies(key);
+            }
         } else {
             send.result_pending = false;
             if send.zc && cqueue::more(flags) {
                 send.notifs_pending += 1;
+            }
+            if send.zc && result == -libc::EINVAL {
+                // No usage report here (or no zero-copy for this socket):
+                // send this slice again, copied.
+                send.zc = false;
+                self.sources.copies(key);
+                self.submit_send(user_data, key);
+                return;
             }
             match result {
                 0 => send.error = Some(io::ErrorKind::WriteZero.into()),
@@ -918,6 +953,7 @@ impl State {
         let entry = if send.zc {
             opcode::SendZc::new(Fd(fd), rest.as_ptr(), len)
                 .flags(flags)
+                .zc_flags(SEND_ZC_REPORT_USAGE)
                 .build()
         } else {
             opcode::Send::new(Fd(fd), rest.as_ptr(), len)
@@ -959,7 +995,7 @@ impl State {
             source.sent = Some((buf, Ok(())));
             return;
         }
-        let zc = buf.len() >= self.zc_threshold;
+        let zc = buf.len() >= self.zc_threshold && !source.copies;
         let user_data = self.ops.insert(Op {
             source: key,
             kind: OpKind::Send(SendOp {
@@ -1332,6 +1368,14 @@ impl Sources {
         self.slots.get_mut(key as usize)?.as_mut()
     }
 
+    /// The kernel copies what stream `key` sends with zero-copy: its later
+    /// sends use plain `SEND`.
+    fn copies(&mut self, key: u32) {
+        if let Some(source) = self.get_mut(key) {
+            source.copies = true;
+        }
+    }
+
     fn remove(&mut self, key: u32) -> Option<Source> {
         let source = self.slots.get_mut(key as usize)?.take()?;
         self.free.push(key);
@@ -1364,6 +1408,9 @@ struct Source {
     /// The finished send, for `poll_sent`.
     sent: Option<(Vec<u8>, io::Result<()>)>,
     writer: Option<Waker>,
+    /// Zero-copy sends on this socket were copied by the kernel (or
+    /// refused): it sends with plain `SEND` only.
+    copies: bool,
 }
 
 impl Source {
@@ -1383,6 +1430,7 @@ impl Source {
             send_op: None,
             sent: None,
             writer: None,
+            copies: false,
         }
     }
 }
