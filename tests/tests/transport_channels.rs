@@ -67,7 +67,7 @@ fn each_senders_order_is_kept(backend: Backend) {
     });
 }
 
-/// Messages larger than `data`'s 64 KiB frame travel as chunks: they
+/// Messages larger than `data`'s 128 KiB frame travel as chunks: they
 /// arrive intact, in their sender's order among the small messages sent
 /// before and after them.
 fn chunked_messages_arrive_intact_and_in_order(backend: Backend) {
@@ -81,12 +81,12 @@ fn chunked_messages_arrive_intact_and_in_order(backend: Backend) {
     assert_each_sender_in_order(&seen, SENDERS, |_| COUNT, |_, seq| len_of(seq));
     assert!(rx.recv_timeout(QUIET).is_err(), "no message arrives twice");
 
-    /// Message 20 is 300 KiB (five chunks), every fifth from 2 on is
-    /// 70 KiB (two chunks, the second small), the rest are small.
+    /// Message 20 is 600 KiB (five chunks), every fifth from 2 on is
+    /// 140 KiB (two chunks, the second small), the rest are small.
     fn len_of(seq: u64) -> usize {
         match seq {
-            20 => 300 * 1024,
-            seq if seq % 5 == 2 => 70 * 1024,
+            20 => 600 * 1024,
+            seq if seq % 5 == 2 => 140 * 1024,
             _ => 32,
         }
     }
@@ -171,7 +171,11 @@ fn acknowledged_delivery_survives_cut_connections(backend: Backend) {
     data.recv_timeout(ARRIVAL)
         .expect("the data sender finishes")
         .expect("every data send is taken");
-    assert_eq!(proxy.cuts(), CUTS.len(), "the proxy cut at every point");
+    // The last cut may fall on a `data` connection whose pump has yet to
+    // shut the links after forwarding the bytes before the cut point.
+    eventually("the proxy cut at every point", || {
+        proxy.cuts() == CUTS.len()
+    });
 
     a.runtime.send(&data_sender, ());
     receive(&|seen| {

@@ -288,7 +288,7 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
             received: delivered,
             delivered,
             acked: delivered,
-            feedback: Feedback::new(threshold),
+            feedback: Feedback::new(threshold, block_bytes),
             buffer: FrameBuffer::new(block_bytes),
             reassembly: std::collections::HashMap::new(),
             chunk_budget: window.saturating_sub(frame_max),
@@ -409,7 +409,7 @@ impl Reader {
             self.deliveries = deliveries;
             return Ok(());
         }
-        let bytes = self.buffer.split_off_frames(end);
+        let bytes = self.buffer.split_off_frames(end, &self.feedback);
         let mut released = 0;
         let mut held = 0;
         let mut at = 0;
@@ -639,21 +639,23 @@ impl FrameBuffer {
     }
 
     /// Takes the complete frames `[start, end)` out as their own aligned
-    /// buffer, keeping the rest. A large run
-    /// takes the buffer itself (no copy) and leaves a fresh one; a small
-    /// run is copied, so a few small messages never pin a whole block.
-    fn split_off_frames(&mut self, end: usize) -> AlignedVec<PAYLOAD_ALIGN> {
+    /// buffer, keeping the rest. A large run takes the buffer itself (no
+    /// copy; the frames are at its front, the bytes after them are not
+    /// theirs) and continues in a block buffer from `blocks`; a small run
+    /// is copied, so a few small messages never pin a whole block.
+    fn split_off_frames(&mut self, end: usize, blocks: &Feedback) -> AlignedVec<PAYLOAD_ALIGN> {
         let frames = end - self.start;
-        let mut taken;
-        if self.start == 0 && frames >= self.capacity / 4 {
-            let mut rest = AlignedVec::with_capacity(self.capacity);
-            rest.extend_from_slice(&self.bytes[end..self.filled]);
-            self.filled -= end;
+        let taken;
+        if self.start == 0 && frames >= self.capacity / 4 && self.bytes.len() == self.capacity {
+            let mut rest = blocks.block_buffer();
+            let tail = self.filled - end;
+            rest[..tail].copy_from_slice(&self.bytes[end..self.filled]);
+            self.filled = tail;
             taken = std::mem::replace(&mut self.bytes, rest);
-            taken.resize(frames, 0);
         } else {
-            taken = AlignedVec::with_capacity(frames);
-            taken.extend_from_slice(&self.bytes[self.start..end]);
+            let mut copy = AlignedVec::with_capacity(frames);
+            copy.extend_from_slice(&self.bytes[self.start..end]);
+            taken = copy;
             self.start = end;
         }
         self.consume(self.start);
