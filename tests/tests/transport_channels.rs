@@ -11,13 +11,14 @@ use std::sync::mpsc;
 use common::proxy::Proxy;
 use common::transport::{collect, config, on_each_backend, Node, Numbered, Seen, ARRIVAL};
 use common::{eventually, QUIET};
-use foundation::transport::{Backend, ChannelId, Remote};
+use foundation::transport::{Backend, ChannelId, Remote, SendError};
 use foundation::{Context, Pid, ShardId};
 
 on_each_backend!(
     a_message_crosses_to_another_node,
     each_senders_order_is_kept,
     chunked_messages_arrive_intact_and_in_order,
+    try_send_takes_a_chunked_message_whole,
     acknowledged_delivery_survives_cut_connections,
     a_message_for_no_process_is_counted_and_the_connection_stays,
 );
@@ -90,6 +91,33 @@ fn chunked_messages_arrive_intact_and_in_order(backend: Backend) {
             _ => 32,
         }
     }
+}
+
+/// `try_send` of a message larger than a frame puts all its chunks on the
+/// lane at once (or none): it arrives intact, between the small messages
+/// sent before and after it.
+fn try_send_takes_a_chunked_message_whole(backend: Backend) {
+    let (a, b) = pair(backend);
+    let max_frame = a.channels()[usize::from(ChannelId::DATA.0)].max_frame as usize;
+    let (receiver, rx) = b.receiver(Seen::of);
+    let to = receiver.pid();
+    let lens = [16, 3 * max_frame + 5, 16];
+    a.run(move |cx, transport| async move {
+        for (seq, len) in lens.into_iter().enumerate() {
+            let message = Numbered::new(0, seq as u64, len);
+            // Connected and idle: the window has room for all of it.
+            while let Err(error) = transport.try_send(cx.pid(), to, ChannelId::DATA, &message) {
+                assert_eq!(error, SendError::WouldBlock, "message {seq}");
+                cx.sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    });
+    let seen = collect(&rx, lens.len());
+    for (seq, (seen, len)) in seen.iter().zip(lens).enumerate() {
+        assert_eq!((seen.seq, seen.len), (seq as u64, len));
+        assert!(seen.intact, "message {seq} arrives intact");
+    }
+    assert!(rx.recv_timeout(QUIET).is_err(), "no message arrives twice");
 }
 
 /// A proxy between two nodes cuts all their connections several times,

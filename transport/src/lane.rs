@@ -25,7 +25,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use crate::channel::{ChannelSpec, Delivery, WhenDisconnected};
-use crate::frame::{FrameHeader, HEADER_LEN};
+use crate::frame::{self, FrameHeader, HEADER_LEN, PAYLOAD_ALIGN};
 
 /// Why frames could not be appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,6 +104,56 @@ impl Lane {
         partial: bool,
         cx: Option<&mut Context<'_>>,
     ) -> Result<usize, Push> {
+        self.append(
+            cx,
+            |room| {
+                if frames.len() as u64 <= room {
+                    frames.len()
+                } else if partial {
+                    whole_frames_within(frames, room as usize)
+                } else {
+                    0
+                }
+            },
+            |pending, take| pending.extend_from_slice(&frames[..take]),
+        )
+    }
+
+    /// Appends one chunk frame: `header` (its length set here) and
+    /// `piece`, written straight into the lane (a large message is not
+    /// copied into chunk frames first). On `WouldBlock` with `cx`, the
+    /// task is woken when credit returns.
+    pub(crate) fn push_chunk(
+        &self,
+        mut header: FrameHeader,
+        piece: &[u8],
+        cx: Option<&mut Context<'_>>,
+    ) -> Result<(), Push> {
+        // Pieces are cut at the channel's maximum frame, a `u32`.
+        header.length = u32::try_from(piece.len()).unwrap_or(u32::MAX);
+        let head = header.to_bytes();
+        let len = frame::padded_len(piece.len());
+        self.append(
+            cx,
+            |room| if len as u64 <= room { len } else { 0 },
+            |pending, _| {
+                pending.extend_from_slice(&head);
+                pending.extend_from_slice(piece);
+                pending.resize(pending.len().next_multiple_of(PAYLOAD_ALIGN), 0);
+            },
+        )
+        .map(drop)
+    }
+
+    /// Appends what `write` writes, `take(room)` bytes of whole frames
+    /// given the room left in the window (or the queue); zero bytes is
+    /// `WouldBlock`. Returns the bytes taken.
+    fn append(
+        &self,
+        cx: Option<&mut Context<'_>>,
+        take: impl FnOnce(u64) -> usize,
+        write: impl FnOnce(&mut Vec<u8>, usize),
+    ) -> Result<usize, Push> {
         let mut state = self.state();
         if state.closed {
             return Err(Push::Closed);
@@ -118,13 +168,7 @@ impl Lane {
                 }
             }
         };
-        let take = if frames.len() as u64 <= room {
-            frames.len()
-        } else if partial {
-            whole_frames_within(frames, room as usize)
-        } else {
-            0
-        };
+        let take = take(room);
         if take == 0 {
             if let Some(cx) = cx {
                 state.blocked.push(cx.waker().clone());
@@ -132,7 +176,8 @@ impl Lane {
             return Err(Push::WouldBlock);
         }
         let start = state.pending.len();
-        state.pending.extend_from_slice(&frames[..take]);
+        write(&mut state.pending, take);
+        debug_assert_eq!(state.pending.len(), start + take, "wrote what it took");
         if self.acknowledged {
             let mut sequence = state.next_sequence;
             number_frames(&mut state.pending[start..], &mut sequence);
@@ -149,7 +194,6 @@ impl Lane {
         }
         Ok(take)
     }
-
     /// The connection process takes the next batch to write, or registers
     /// to be woken when there is one. `Ready(None)` once the lane closed.
     pub(crate) fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {

@@ -589,7 +589,9 @@ impl Transport {
     ) -> Result<(), SendError> {
         let encoded = self.inner.with_lane(from, to, channel, |lane| {
             self.inner
-                .with_encoded(from, to, channel, message, |frames| {
+                .with_encoded(from, to, channel, message, |scratch, header| {
+                    // All chunks at once, or none.
+                    let frames = scratch.frames(header, self.inner.max_frame(channel))?;
                     lane.push(frames, false, None).map_err(SendError::from)?;
                     Ok(frames.len())
                 })
@@ -602,7 +604,8 @@ impl Transport {
 
     /// Sends like [`Transport::try_send`], waiting for credit (and, while
     /// disconnected, for queue room) instead of failing. A message larger
-    /// than the window goes out as credit returns, chunk by chunk.
+    /// than the channel's frame goes out chunk by chunk, as credit returns,
+    /// and the sender yields to the rest of its shard between chunks.
     pub async fn send<T: Wire>(
         &self,
         from: Pid,
@@ -610,39 +613,48 @@ impl Transport {
         channel: ChannelId,
         message: &T,
     ) -> Result<(), SendError> {
+        let max_frame = self.inner.max_frame(channel);
         // Encode into the thread's scratch and try at once; only a send
-        // that must wait copies its frames out.
+        // that must wait copies its frame out.
         let (encoded, rest) = self.inner.with_lane(from, to, channel, |lane| {
             self.inner
-                .with_encoded(from, to, channel, message, |frames| {
-                    let rest = match lane.push(frames, true, None) {
-                        Ok(taken) if taken == frames.len() => None,
-                        Ok(taken) => Some((lane.clone(), frames[taken..].to_vec())),
-                        Err(Push::WouldBlock) => Some((lane.clone(), frames.to_vec())),
-                        Err(error) => return Err(SendError::from(error)),
+                .with_encoded(from, to, channel, message, |scratch, header| {
+                    let frame = &mut scratch.message;
+                    let encoded = frame.len();
+                    let rest = if header.length as usize > max_frame {
+                        Rest::Chunks(lane.clone(), header, std::mem::take(frame))
+                    } else {
+                        match lane.push(frame, false, None) {
+                            Ok(_) => Rest::Nothing,
+                            Err(Push::WouldBlock) => Rest::Frame(lane.clone(), frame.to_vec()),
+                            Err(error) => return Err(SendError::from(error)),
+                        }
                     };
-                    Ok((frames.len(), rest))
+                    Ok((encoded, rest))
                 })
         })?;
-        // A process sending large messages in a loop yields to the rest of
-        // its shard (the transport's own connections among them) once it
-        // has done a poll's worth of copying.
-        coop::consume(coop::reductions_for(encoded)).await;
-        let Some((lane, frames)) = rest else {
-            return Ok(());
-        };
-        let mut at = 0;
-        poll_fn(|task| {
-            while at < frames.len() {
-                match lane.push(&frames[at..], true, Some(task)) {
-                    Ok(taken) => at += taken,
-                    Err(Push::WouldBlock) => return Poll::Pending,
-                    Err(error) => return Poll::Ready(Err(SendError::from(error))),
-                }
+        match rest {
+            Rest::Nothing => {
+                // A process sending in a loop yields to the rest of its
+                // shard (the transport's own connections among them) once
+                // it has done a poll's worth of copying.
+                coop::consume(coop::reductions_for(encoded)).await;
+                Ok(())
             }
-            Poll::Ready(Ok(()))
-        })
-        .await
+            Rest::Frame(lane, frame) => {
+                poll_fn(|task| match lane.push(&frame, false, Some(task)) {
+                    Ok(_) => Poll::Ready(Ok(())),
+                    Err(Push::WouldBlock) => Poll::Pending,
+                    Err(error) => Poll::Ready(Err(SendError::from(error))),
+                })
+                .await
+            }
+            Rest::Chunks(lane, header, frame) => {
+                let sent = send_chunks(&lane, header, &frame, max_frame).await;
+                give_back(frame);
+                sent
+            }
+        }
     }
 
     /// Counters since start.
@@ -713,13 +725,102 @@ impl From<Push> for SendError {
     }
 }
 
-/// The frames of one message, encoded on the sending thread.
+/// One message encoded on the sending thread.
 #[derive(Default)]
 struct Scratch {
     /// The message as one frame.
     message: Vec<u8>,
-    /// What goes on the lane: that frame, or its chunks.
+    /// Its chunk frames, when it is larger than a frame.
     frames: Vec<u8>,
+}
+
+impl Scratch {
+    /// What goes on the lane for the message (`header` is its frame's):
+    /// the frame itself or, above `max_frame`, its payload cut into
+    /// chunk frames.
+    fn frames(&mut self, header: FrameHeader, max_frame: usize) -> Result<&[u8], SendError> {
+        let length = header.length as usize;
+        if length <= max_frame {
+            return Ok(&self.message);
+        }
+        self.frames.clear();
+        let payload = &self.message[HEADER_LEN..HEADER_LEN + length];
+        for (piece, flags) in chunks(payload, max_frame) {
+            let chunk = FrameHeader {
+                flags,
+                kind: FrameKind::Chunk,
+                ..header
+            };
+            frame::encode_raw(chunk, piece, &mut self.frames).map_err(SendError::Encode)?;
+        }
+        Ok(&self.frames)
+    }
+}
+
+/// What is left of a send after its first try.
+enum Rest {
+    Nothing,
+    /// The frame, waiting for credit.
+    Frame(Arc<Lane>, Vec<u8>),
+    /// A frame too large for the channel (taken out of the scratch), to go
+    /// as chunks.
+    Chunks(Arc<Lane>, FrameHeader, Vec<u8>),
+}
+
+/// The pieces of `payload` cut at `max_frame`, each with its chunk flags.
+fn chunks(payload: &[u8], max_frame: usize) -> impl Iterator<Item = (&[u8], u8)> {
+    let count = payload.len().div_ceil(max_frame);
+    payload
+        .chunks(max_frame)
+        .enumerate()
+        .map(move |(i, piece)| {
+            let flags = if i + 1 == count {
+                connection::LAST_CHUNK
+            } else {
+                0
+            };
+            (piece, flags)
+        })
+}
+
+/// Sends the payload of `frame` (whose header is `header`) as chunk frames
+/// on `lane`, each as credit allows, yielding between chunks once a poll's
+/// worth of copying is done.
+async fn send_chunks(
+    lane: &Lane,
+    header: FrameHeader,
+    frame: &[u8],
+    max_frame: usize,
+) -> Result<(), SendError> {
+    let payload = &frame[HEADER_LEN..HEADER_LEN + header.length as usize];
+    for (piece, flags) in chunks(payload, max_frame) {
+        let chunk = FrameHeader {
+            flags,
+            kind: FrameKind::Chunk,
+            ..header
+        };
+        poll_fn(|task| match lane.push_chunk(chunk, piece, Some(task)) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(Push::WouldBlock) => Poll::Pending,
+            Err(error) => Poll::Ready(Err(SendError::from(error))),
+        })
+        .await?;
+        coop::consume(coop::reductions_for(piece.len())).await;
+    }
+    Ok(())
+}
+
+/// Returns a large message's buffer to this thread's scratch, so the next
+/// large send does not allocate (and fault in) another.
+fn give_back(mut frame: Vec<u8>) {
+    SCRATCH.with(|scratch| {
+        if let Ok(mut scratch) = scratch.try_borrow_mut() {
+            if scratch.message.capacity() < frame.capacity() {
+                frame.clear();
+                scratch.message = frame;
+            }
+        }
+    });
 }
 
 thread_local! {
@@ -770,34 +871,34 @@ impl Inner {
     }
 
     /// Encodes `message` into this thread's scratch and hands `f` the
-    /// frames to put on the lane.
+    /// scratch and the frame's header.
     fn with_encoded<T: Wire, R>(
         &self,
         from: Pid,
         to: Pid,
         channel: ChannelId,
         message: &T,
-        f: impl FnOnce(&[u8]) -> Result<R, SendError>,
+        f: impl FnOnce(&mut Scratch, FrameHeader) -> Result<R, SendError>,
     ) -> Result<R, SendError> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
-            self.encode(from, to, channel, message, &mut scratch)?;
-            f(&scratch.frames)
+            let header = self.encode(from, to, channel, message, &mut scratch.message)?;
+            f(&mut scratch, header)
         })
     }
 
-    /// Encodes `message` into `scratch.frames`: one frame, or chunks of
-    /// the channel's maximum frame.
+    /// Encodes `message` as one frame into `out`, whatever its size, and
+    /// returns its header.
     fn encode<T: Wire>(
         &self,
         from: Pid,
         to: Pid,
         channel: ChannelId,
         message: &T,
-        scratch: &mut Scratch,
-    ) -> Result<(), SendError> {
+        out: &mut Vec<u8>,
+    ) -> Result<FrameHeader, SendError> {
         let spec = &self.channels[usize::from(channel.0)];
-        let header = FrameHeader {
+        let mut header = FrameHeader {
             flags: 0,
             channel: channel.0,
             kind: FrameKind::Message,
@@ -807,39 +908,26 @@ impl Inner {
             trace_id: 0,
             sequence: 0,
         };
-        scratch.frames.clear();
-        frame::encode(header, message, &mut scratch.frames).map_err(SendError::Encode)?;
-        let payload_len = FrameHeader::parse(&scratch.frames, u32::MAX)
+        out.clear();
+        frame::encode(header, message, out).map_err(SendError::Encode)?;
+        let size = FrameHeader::parse(out, u32::MAX)
             .map_err(SendError::Encode)?
             .length as usize;
-        if payload_len > spec.max_message {
+        if size > spec.max_message {
             return Err(SendError::TooLarge {
-                size: payload_len,
+                size,
                 max: spec.max_message,
             });
         }
-        if payload_len <= spec.max_frame as usize {
-            return Ok(());
-        }
-        // Too big for one frame: cut the payload into chunks.
-        std::mem::swap(&mut scratch.message, &mut scratch.frames);
-        scratch.frames.clear();
-        let payload = &scratch.message[HEADER_LEN..HEADER_LEN + payload_len];
-        let mut pieces = payload.chunks(spec.max_frame as usize).peekable();
-        while let Some(piece) = pieces.next() {
-            let flags = if pieces.peek().is_none() {
-                connection::LAST_CHUNK
-            } else {
-                0
-            };
-            let chunk = FrameHeader {
-                flags,
-                kind: FrameKind::Chunk,
-                ..header
-            };
-            frame::encode_raw(chunk, piece, &mut scratch.frames).map_err(SendError::Encode)?;
-        }
-        Ok(())
+        header.length = size as u32;
+        Ok(header)
+    }
+
+    /// The largest payload of one frame on `channel`.
+    fn max_frame(&self, channel: ChannelId) -> usize {
+        self.channels
+            .get(usize::from(channel.0))
+            .map_or(usize::MAX, |spec| spec.max_frame as usize)
     }
 
     /// Delivers the frame at `payload` of `block` to its local endpoint,
