@@ -263,8 +263,7 @@ impl<T> Wire for T where
 }
 
 /// Encodes `value` as a frame with `header` (whose `length` is set to the
-/// payload's), appended to `out`, and returns the frame's byte range in
-/// `out`. The value is serialized in place, after the header, without an
+/// payload's), appended to `out`, and returns the header as written. The value is serialized in place, after the header, without an
 /// intermediate buffer. `out` must hold whole frames only, so that this
 /// one's payload starts at an offset that is a multiple of 16: rkyv lays the
 /// archive out relative to the start of `out`, so the payload reads in
@@ -274,7 +273,7 @@ pub fn encode<T: Wire>(
     mut header: FrameHeader,
     value: &T,
     out: &mut Vec<u8>,
-) -> Result<std::ops::Range<usize>, FrameError> {
+) -> Result<FrameHeader, FrameError> {
     debug_assert_eq!(
         out.len() % PAYLOAD_ALIGN,
         0,
@@ -296,7 +295,7 @@ pub fn encode<T: Wire>(
     // Pad so the next frame starts aligned.
     let end = out.len().next_multiple_of(PAYLOAD_ALIGN);
     out.resize(end, 0);
-    Ok(start..end)
+    Ok(header)
 }
 
 /// Appends a frame whose payload is `payload` as it is (a chunk of a larger

@@ -45,30 +45,37 @@ use crate::frame::{FrameError, FrameHeader, Wire, PAYLOAD_ALIGN};
 /// ```
 pub struct Remote<T: Wire> {
     block: Arc<Block>,
-    header: FrameHeader,
-    payload: Range<usize>,
+    // Only what a receiver asks of the header: a `Remote` is moved
+    // through the mailbox, so every byte of it is copied a few times.
+    source: Pid,
+    trace_id: u64,
+    /// Where the payload lies in the block.
+    start: u32,
+    len: u32,
+    channel: u16,
     message: PhantomData<fn() -> T>,
 }
 
 impl<T: Wire> Remote<T> {
     /// The sending process.
     pub fn source(&self) -> Pid {
-        self.header.source
+        self.source
     }
 
     /// The channel it came on.
     pub fn channel(&self) -> ChannelId {
-        ChannelId(self.header.channel)
+        ChannelId(self.channel)
     }
 
     /// The sender's trace id (zero when untraced).
     pub fn trace_id(&self) -> u64 {
-        self.header.trace_id
+        self.trace_id
     }
 
     /// The archived bytes, for forwarding or storing as they are.
     pub fn bytes(&self) -> &[u8] {
-        &self.block.bytes[self.payload.clone()]
+        let start = self.start as usize;
+        &self.block.bytes[start..start + self.len as usize]
     }
 
     /// Deserializes an owned `T`.
@@ -84,7 +91,7 @@ impl<T: Wire> std::ops::Deref for Remote<T> {
     type Target = T::Archived;
 
     fn deref(&self) -> &T::Archived {
-        let bytes = &self.block.bytes[self.payload.clone()];
+        let bytes = self.bytes();
         // SAFETY: `Remote` is only built by `TypedEndpoint::deliver`, after
         // `rkyv::access::<T::Archived>` accepted exactly these bytes. The
         // block is immutable once shared (its only owner wrote it before
@@ -97,9 +104,9 @@ impl<T: Wire> std::ops::Deref for Remote<T> {
 impl<T: Wire> fmt::Debug for Remote<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Remote")
-            .field("source", &self.header.source)
-            .field("channel", &self.header.channel)
-            .field("bytes", &self.payload.len())
+            .field("source", &self.source)
+            .field("channel", &self.channel)
+            .field("bytes", &self.len)
             .finish()
     }
 }
@@ -262,10 +269,22 @@ impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
     ) -> Result<(), FrameError> {
         rkyv::access::<T::Archived, rancor::Error>(&block.bytes[payload.clone()])
             .map_err(|error| FrameError::InvalidPayload(error.to_string()))?;
+        // A block (a batch of frames, or a message reassembled from
+        // chunks within the channel's maximum message) is far below 4 GiB.
+        let (Ok(start), Ok(len)) = (u32::try_from(payload.start), u32::try_from(payload.len()))
+        else {
+            return Err(FrameError::Oversized {
+                length: u32::MAX,
+                max: u32::MAX,
+            });
+        };
         let message = Remote {
             block: block.clone(),
-            header,
-            payload,
+            source: header.source,
+            trace_id: header.trace_id,
+            start,
+            len,
+            channel: header.channel,
             message: PhantomData,
         };
         handle.send(&self.addr, message);

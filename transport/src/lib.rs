@@ -622,7 +622,8 @@ impl Transport {
                     let frame = &mut scratch.message;
                     let encoded = frame.len();
                     let rest = if header.length as usize > max_frame {
-                        Rest::Chunks(lane.clone(), header, std::mem::take(frame))
+                        let large = std::mem::take(frame);
+                        Rest::Chunks(Box::new(Large(lane.clone(), header, large)))
                     } else {
                         match lane.push(frame, false, None) {
                             Ok(_) => Rest::Nothing,
@@ -649,11 +650,9 @@ impl Transport {
                 })
                 .await
             }
-            Rest::Chunks(lane, header, frame) => {
-                let sent = send_chunks(&lane, header, &frame, max_frame).await;
-                give_back(frame);
-                sent
-            }
+            // Boxed: the future of every send stays as small as a small
+            // message's needs.
+            Rest::Chunks(large) => Box::pin(send_chunks(*large, max_frame)).await,
         }
     }
 
@@ -762,10 +761,13 @@ enum Rest {
     Nothing,
     /// The frame, waiting for credit.
     Frame(Arc<Lane>, Vec<u8>),
-    /// A frame too large for the channel (taken out of the scratch), to go
-    /// as chunks.
-    Chunks(Arc<Lane>, FrameHeader, Vec<u8>),
+    /// A frame too large for the channel, to go as chunks.
+    Chunks(Box<Large>),
 }
+
+/// A frame too large for its channel, taken out of the scratch: the lane,
+/// the frame's header, the frame.
+struct Large(Arc<Lane>, FrameHeader, Vec<u8>);
 
 /// The pieces of `payload` cut at `max_frame`, each with its chunk flags.
 fn chunks(payload: &[u8], max_frame: usize) -> impl Iterator<Item = (&[u8], u8)> {
@@ -783,15 +785,11 @@ fn chunks(payload: &[u8], max_frame: usize) -> impl Iterator<Item = (&[u8], u8)>
         })
 }
 
-/// Sends the payload of `frame` (whose header is `header`) as chunk frames
-/// on `lane`, each as credit allows, yielding between chunks once a poll's
-/// worth of copying is done.
-async fn send_chunks(
-    lane: &Lane,
-    header: FrameHeader,
-    frame: &[u8],
-    max_frame: usize,
-) -> Result<(), SendError> {
+/// Sends the payload of a large frame as chunk frames on its lane, each as
+/// credit allows, yielding between chunks once a poll's worth of copying
+/// is done; then gives the frame's buffer back to the scratch.
+async fn send_chunks(large: Large, max_frame: usize) -> Result<(), SendError> {
+    let Large(lane, header, frame) = large;
     let payload = &frame[HEADER_LEN..HEADER_LEN + header.length as usize];
     for (piece, flags) in chunks(payload, max_frame) {
         let chunk = FrameHeader {
@@ -807,6 +805,7 @@ async fn send_chunks(
         .await?;
         coop::consume(coop::reductions_for(piece.len())).await;
     }
+    give_back(frame);
     Ok(())
 }
 
@@ -864,7 +863,10 @@ impl Inner {
                     .ok_or(SendError::UnknownChannel(channel))?;
                 let mix = (from.to_bits() ^ to.to_bits().rotate_left(29))
                     .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                f(&lanes[(mix >> 32) as usize % lanes.len()])
+                // The high 32 bits of the mix scaled to the lane count: a
+                // multiply where `%` would divide on every send.
+                let lane = ((mix >> 32) * lanes.len() as u64) >> 32;
+                f(&lanes[lane as usize])
             },
         )
         .unwrap_or(Err(SendError::UnknownPeer(node)))
@@ -898,7 +900,7 @@ impl Inner {
         out: &mut Vec<u8>,
     ) -> Result<FrameHeader, SendError> {
         let spec = &self.channels[usize::from(channel.0)];
-        let mut header = FrameHeader {
+        let header = FrameHeader {
             flags: 0,
             channel: channel.0,
             kind: FrameKind::Message,
@@ -909,17 +911,14 @@ impl Inner {
             sequence: 0,
         };
         out.clear();
-        frame::encode(header, message, out).map_err(SendError::Encode)?;
-        let size = FrameHeader::parse(out, u32::MAX)
-            .map_err(SendError::Encode)?
-            .length as usize;
+        let header = frame::encode(header, message, out).map_err(SendError::Encode)?;
+        let size = header.length as usize;
         if size > spec.max_message {
             return Err(SendError::TooLarge {
                 size,
                 max: spec.max_message,
             });
         }
-        header.length = size as u32;
         Ok(header)
     }
 
