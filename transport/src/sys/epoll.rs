@@ -8,7 +8,7 @@
 //! belongs to one shard and is touched only on that shard's thread, so the
 //! marks need no synchronisation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -283,6 +283,8 @@ pub(crate) struct Stream {
     token: Token,
     /// The send in flight and how much of it is written.
     send: RefCell<Option<(Vec<u8>, usize)>>,
+    /// How the connect ended, once it has (`SO_ERROR` reads only once).
+    connected: Cell<Option<Result<(), i32>>>,
 }
 
 impl Stream {
@@ -294,11 +296,15 @@ impl Stream {
             stream: RefCell::new(stream),
             token,
             send: RefCell::new(None),
+            connected: Cell::new(None),
         })
     }
 
     pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        this(&self.reactor).drive(self.token, Direction::Write, cx, || {
+        if let Some(outcome) = self.connected.get() {
+            return Poll::Ready(outcome.map_err(io::Error::from_raw_os_error));
+        }
+        let outcome = this(&self.reactor).drive(self.token, Direction::Write, cx, || {
             let stream = self.stream.borrow();
             if let Some(error) = stream.take_error()? {
                 return Err(error);
@@ -311,7 +317,13 @@ impl Stream {
                 }
                 Err(error) => Err(error),
             }
-        })
+        });
+        if let Poll::Ready(outcome) = &outcome {
+            let code = |error: &io::Error| error.raw_os_error().unwrap_or(libc::EIO);
+            self.connected
+                .set(Some(outcome.as_ref().map(|_| ()).map_err(code)));
+        }
+        outcome
     }
 
     pub(crate) fn poll_recv(

@@ -281,7 +281,8 @@ pub(crate) enum Stream {
 
 impl Stream {
     /// Ready once a connect started by [`Reactor::connect`] has finished;
-    /// ready at once for an accepted stream.
+    /// ready at once for an accepted stream. The outcome stays: every
+    /// later call returns it again.
     pub(crate) fn poll_connected(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
             Stream::Uring(stream) => stream.poll_connected(cx),
@@ -290,7 +291,8 @@ impl Stream {
     }
 
     /// Copies received bytes into `dst`; `Ready(Ok(0))` means the peer
-    /// closed its side.
+    /// closed its side. `dst` must not be empty: nothing copied into an
+    /// empty slice reads as `Ok(0)` too, the same as the end of the stream.
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
