@@ -42,6 +42,15 @@
 //!   workers (20,000 under `quick`), to scale it down to a tenth and back
 //!   up; Erlang's `simple_one_for_one` supervisor with
 //!   `start_child`/`terminate_child` beside it.
+//! - `remote`, `latency`, `hol`: two nodes as two OS processes on
+//!   loopback, on io_uring and on epoll: one-direction throughput for
+//!   messages of 16 B to 1 MiB (`--sizes` picks some), 64-byte ping-pong
+//!   percentiles, and control round trips idle and under a saturated bulk
+//!   channel; against a raw TCP stream and ping-pong written in the bench
+//!   and distributed Erlang.
+//! - `sim`: the simulator's speed: a cluster of 1,000 nodes (each a
+//!   supervisor of crashing workers and a timed ping-pong) for 60 virtual
+//!   seconds on one thread; wall time and events per second.
 //! - `quick`: every case with small counts and 3 repetitions; well under a
 //!   minute, for a smoke check rather than for figures to quote.
 //!
@@ -163,6 +172,8 @@ enum Command {
     Latency,
     /// Two nodes: control round trips under a saturated bulk channel.
     Hol,
+    /// A simulated cluster: 1,000 nodes for 60 virtual seconds on one thread.
+    Sim,
     /// Every case, short: a smoke run in well under a minute.
     Quick,
     /// Internal: measurements that need a fresh process of their own.
@@ -200,6 +211,7 @@ fn main() -> ExitCode {
         Command::Remote => (Scale::full(), &[cases::Case::Remote]),
         Command::Latency => (Scale::full(), &[cases::Case::Latency]),
         Command::Hol => (Scale::full(), &[cases::Case::Hol]),
+        Command::Sim => (Scale::full(), &[cases::Case::Sim]),
         Command::Quick => (Scale::quick(), cases::Case::ALL),
         Command::Child(Child::Rss(child)) => return rss::run_child(child),
         Command::Child(Child::Tcp(child)) => return child.run(),

@@ -54,6 +54,16 @@
 //! awaiting blocks its shard: the stall watchdog reports its pid
 //! ([`Handle::stalls`]).
 //!
+//! # Simulation
+//!
+//! The runtime has two sides behind one seam: the real one above (threads,
+//! drivers, the wall clock) and a simulated one ([`sim`]): nodes whose
+//! single shard runs on the caller's thread, on a [`time::VirtualClock`]
+//! that jumps from one timer to the next, with every random choice drawn
+//! from streams of one seed. The processes, mailboxes, links, monitors,
+//! timers and arenas are the same code; only who turns the shard loop, and
+//! when, differs. A run replays exactly from its seed.
+//!
 //! # Modules with `unsafe`
 //!
 //! Unsafe code is confined to [`arena`] (bump allocation in mmap'd chunks),
@@ -74,6 +84,7 @@ mod process;
 mod ring;
 mod runtime;
 mod scheduler;
+pub mod sim;
 pub mod time;
 
 pub use exit::{Down, Exit, ExitReason, MonitorRef, ProcessResult};

@@ -15,6 +15,7 @@ pub(crate) mod ecosystem;
 pub(crate) mod local;
 pub(crate) mod remote;
 pub(crate) mod restart;
+pub(crate) mod sim;
 pub(crate) mod spawn;
 
 use std::any::Any;
@@ -43,6 +44,8 @@ pub(crate) enum Case {
     Latency,
     /// Control round trips under a saturated bulk channel.
     Hol,
+    /// A simulated cluster on virtual time.
+    Sim,
 }
 
 impl Case {
@@ -55,6 +58,7 @@ impl Case {
         Case::Remote,
         Case::Latency,
         Case::Hol,
+        Case::Sim,
     ];
 
     /// Name used in tables, JSON (`case`) and chart file names.
@@ -67,6 +71,7 @@ impl Case {
             Case::Remote => remote::REMOTE,
             Case::Latency => remote::LATENCY,
             Case::Hol => remote::HOL,
+            Case::Sim => sim::CASE,
         }
     }
 
@@ -80,6 +85,7 @@ impl Case {
             Case::Remote => remote::run_remote(context),
             Case::Latency => remote::run_latency(context),
             Case::Hol => remote::run_hol(context),
+            Case::Sim => sim::run(context),
         }
     }
 }
@@ -103,6 +109,10 @@ pub(crate) struct Scale {
     pub(crate) ecosystem_workers: usize,
     /// Message sizes of the remote throughput case.
     pub(crate) remote_sizes: Vec<usize>,
+    /// Nodes of the simulated cluster.
+    pub(crate) sim_nodes: usize,
+    /// Virtual seconds the simulated cluster runs.
+    pub(crate) sim_seconds: u64,
 }
 
 impl Scale {
@@ -117,6 +127,8 @@ impl Scale {
             restarts: 10_000,
             ecosystem_workers: 100_000,
             remote_sizes: remote::SIZES.to_vec(),
+            sim_nodes: 1000,
+            sim_seconds: 60,
         }
     }
 
@@ -131,6 +143,8 @@ impl Scale {
             restarts: 2_000,
             ecosystem_workers: 20_000,
             remote_sizes: remote::SIZES.to_vec(),
+            sim_nodes: 100,
+            sim_seconds: 10,
         }
     }
 }

@@ -42,13 +42,14 @@ pub(crate) mod table;
 
 pub use receive::{Checkpoint, Receive, ReceiveTimeout, Sleep, YieldNow};
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::marker::PhantomData;
 use std::rc::Rc;
 use std::time::Duration;
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::arena::Arena;
 use crate::exit::{Down, Exit, ExitReason, MonitorRef};
@@ -783,14 +784,16 @@ pub(crate) struct Process {
     pub(crate) relations: Option<Box<Relations>>,
 }
 
-/// A process's links and monitors.
+/// A process's links and monitors. Hashed with a fixed hasher (not
+/// std's per-map random keys), so that the order in which exit signals and
+/// `Down`s go out is the same in every run: a simulation replays exactly.
 #[derive(Default)]
 pub(crate) struct Relations {
-    pub(crate) links: HashSet<Pid>,
+    pub(crate) links: FxHashSet<Pid>,
     /// Monitors this process holds: reference → monitored process.
-    pub(crate) monitors: HashMap<MonitorRef, Pid>,
+    pub(crate) monitors: FxHashMap<MonitorRef, Pid>,
     /// Monitors on this process: reference → watching process.
-    pub(crate) monitored_by: HashMap<MonitorRef, Pid>,
+    pub(crate) monitored_by: FxHashMap<MonitorRef, Pid>,
     /// Run when the process ends (see [`Context::on_exit`]).
     pub(crate) exit_hooks: Vec<ExitHook>,
 }

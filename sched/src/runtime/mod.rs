@@ -38,7 +38,7 @@ use std::thread;
 use std::time::Duration;
 
 use crate::arena::{ChunkPool, PoolStats};
-use crate::driver::{DriverFactory, ParkDriver};
+use crate::driver::{Driver, DriverFactory, ParkDriver};
 use crate::exit::{Down, ExitReason};
 use crate::oneshot;
 use crate::pid::{NodeId, Pid, ShardId};
@@ -49,7 +49,7 @@ use crate::process::{
 use crate::ring::erased::ErasedMessage;
 use crate::ring::spsc;
 use crate::scheduler::shard::ShardParts;
-use crate::scheduler::shared::{ShardShared, Shared};
+use crate::scheduler::shared::{ShardShared, Shared, Trace};
 use crate::scheduler::{waker, Packet, Shard};
 use crate::time::{Clock, SystemClock};
 
@@ -219,6 +219,83 @@ impl Builder {
 
     /// Starts the runtime.
     pub fn build(self) -> Result<Runtime, BuildError> {
+        let prepared = self.prepare(None)?;
+        let Prepared {
+            shared,
+            shards,
+            cores,
+            pin,
+            arena,
+            stall_threshold,
+        } = prepared;
+        let mut threads = Vec::with_capacity(shards.len());
+        for (index, parts) in shards.into_iter().enumerate() {
+            let shard_shared = shared.clone();
+            let core = (pin && !cores.is_empty()).then(|| cores[index % cores.len()]);
+            let thread = thread::Builder::new()
+                .name(format!("foundation-shard-{index}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                    }
+                    let (shard, driver) = parts.into_shard(index, shard_shared, arena);
+                    shard.run(driver)
+                });
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(error) => {
+                    let runtime = Runtime::assemble(shared, threads, None);
+                    drop(runtime);
+                    return Err(BuildError::Thread(error));
+                }
+            }
+        }
+        let watchdog =
+            stall_threshold.map(|threshold| stall::spawn_watchdog(shared.clone(), threshold));
+        Ok(Runtime::assemble(shared, threads, watchdog))
+    }
+
+    /// Builds a node of a simulation: one shard, run on the calling thread
+    /// by [`crate::sim`], on `clock`, recording into `trace`. No core is
+    /// pinned, no thread started, no watchdog run; the shard never spins.
+    ///
+    /// Its node id is the builder's, or `default_node`. A simulated node is
+    /// not registered among the OS process's runtimes: its ids are the
+    /// simulation's own, the same in every run and in every test thread.
+    pub(crate) fn build_simulated(
+        mut self,
+        default_node: NodeId,
+        clock: Arc<dyn Clock>,
+        trace: Arc<Trace>,
+    ) -> Result<SimulatedParts, BuildError> {
+        self.node = Some(self.node.unwrap_or(default_node));
+        if self.shards.is_some_and(|shards| shards != 1) {
+            return Err(BuildError::ShardCount(self.shards.unwrap_or(0)));
+        }
+        self.shards = Some(1);
+        self.cores = Some(Vec::new());
+        self.pin = false;
+        self.idle_spin = Duration::ZERO;
+        self.stall_threshold = None;
+        self.clock = Some(clock);
+        let Prepared {
+            shared,
+            mut shards,
+            arena,
+            ..
+        } = self.prepare(Some(trace))?;
+        let parts = shards.pop().expect("one shard");
+        let (shard, driver) = parts.into_shard(0, shared.clone(), arena);
+        Ok(SimulatedParts {
+            handle: Handle { shared },
+            shard,
+            driver,
+        })
+    }
+
+    /// What both sides of the seam start from: checked settings, the node
+    /// id, the shared state, and each shard's driver and rings.
+    fn prepare(self, trace: Option<Arc<Trace>>) -> Result<Prepared, BuildError> {
         let available = core_affinity::get_core_ids().unwrap_or_default();
         let cores = match self.cores {
             Some(cores) => {
@@ -239,10 +316,13 @@ impl Builder {
         if self.arena_chunk_bytes < 4096 || !self.arena_chunk_bytes.is_power_of_two() {
             return Err(BuildError::ArenaChunkBytes(self.arena_chunk_bytes));
         }
-        let node = registry::claim(self.node).ok_or(match self.node {
-            Some(node) => BuildError::NodeIdInUse(node),
-            None => BuildError::NoFreeNodeId,
-        })?;
+        let node = match (&trace, self.node) {
+            (Some(_), Some(node)) => node,
+            _ => registry::claim(self.node).ok_or(match self.node {
+                Some(node) => BuildError::NodeIdInUse(node),
+                None => BuildError::NoFreeNodeId,
+            })?,
+        };
 
         let factory: DriverFactory = self
             .driver
@@ -284,44 +364,75 @@ impl Builder {
             undelivered: AtomicU64::new(0),
             stalls: Mutex::new(Vec::new()),
             extensions: Mutex::new(std::collections::HashMap::new()),
+            trace,
         });
-        registry::bind(node, &shared);
-
-        let mut threads = Vec::with_capacity(shard_count);
-        let parts = drivers.into_iter().zip(outbound).zip(inbound).enumerate();
-        for (index, ((driver, outbound), inbound)) in parts {
-            let shard_shared = shared.clone();
-            let core = (self.pin && !cores.is_empty()).then(|| cores[index % cores.len()]);
-            let chunk_bytes = self.arena_chunk_bytes;
-            let region_chunks = self.arena_region_chunks;
-            let thread = thread::Builder::new()
-                .name(format!("foundation-shard-{index}"))
-                .spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                    }
-                    let shard = Shard::new(ShardParts {
-                        id: ShardId(index as u8),
-                        shared: shard_shared,
-                        outbound,
-                        inbound,
-                        pool: ChunkPool::new(chunk_bytes, region_chunks),
-                    });
-                    shard.run(driver)
-                });
-            match thread {
-                Ok(thread) => threads.push(thread),
-                Err(error) => {
-                    let runtime = Runtime::assemble(shared, threads, None);
-                    drop(runtime);
-                    return Err(BuildError::Thread(error));
-                }
-            }
+        if shared.trace.is_none() {
+            registry::bind(node, &shared);
         }
-        let watchdog = self
-            .stall_threshold
-            .map(|threshold| stall::spawn_watchdog(shared.clone(), threshold));
-        Ok(Runtime::assemble(shared, threads, watchdog))
+        let shards = drivers
+            .into_iter()
+            .zip(outbound)
+            .zip(inbound)
+            .map(|((driver, outbound), inbound)| ShardSetup {
+                driver,
+                outbound,
+                inbound,
+            })
+            .collect();
+        Ok(Prepared {
+            shared,
+            shards,
+            cores,
+            pin: self.pin,
+            arena: (self.arena_chunk_bytes, self.arena_region_chunks),
+            stall_threshold: self.stall_threshold,
+        })
+    }
+}
+
+/// A simulated node's runtime: its handle, its one shard and the shard's
+/// driver, for [`crate::sim`] to run on its thread.
+pub(crate) struct SimulatedParts {
+    pub(crate) handle: Handle,
+    pub(crate) shard: Rc<Shard>,
+    pub(crate) driver: Box<dyn Driver>,
+}
+
+/// A runtime's parts before its shards start.
+struct Prepared {
+    shared: Arc<Shared>,
+    shards: Vec<ShardSetup>,
+    cores: Vec<usize>,
+    pin: bool,
+    /// Arena chunk bytes and chunks per region.
+    arena: (usize, usize),
+    stall_threshold: Option<Duration>,
+}
+
+/// One shard's driver and rings, before the shard exists.
+struct ShardSetup {
+    driver: Box<dyn Driver>,
+    outbound: Vec<Option<spsc::Producer<Packet>>>,
+    inbound: Vec<spsc::Consumer<Packet>>,
+}
+
+impl ShardSetup {
+    /// Creates shard `index` on the calling thread (it holds `!Send`
+    /// state, so it lives on the thread that runs it).
+    fn into_shard(
+        self,
+        index: usize,
+        shared: Arc<Shared>,
+        (chunk_bytes, region_chunks): (usize, usize),
+    ) -> (Rc<Shard>, Box<dyn Driver>) {
+        let shard = Shard::new(ShardParts {
+            id: ShardId(index as u8),
+            shared,
+            outbound: self.outbound,
+            inbound: self.inbound,
+            pool: ChunkPool::new(chunk_bytes, region_chunks),
+        });
+        (shard, self.driver)
     }
 }
 
@@ -623,6 +734,11 @@ impl Handle {
             ..LocalSpawn::default()
         };
         Ok((target, spawn))
+    }
+
+    /// Marks the runtime as shutting down: spawns fail from now on.
+    pub(crate) fn begin_shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
     }
 
     /// Sends `message` to `to`. Like a send inside a process, a message to

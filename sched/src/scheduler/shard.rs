@@ -129,12 +129,7 @@ impl Shard {
         let _current = waker::enter(self.clone());
         driver.enter();
         loop {
-            self.now.set(self.shared.clock.now());
-            self.drain_inbound();
-            driver.poll();
-            self.fire_timers();
-            self.run_pass(driver.as_mut());
-            self.flush();
+            self.turn(driver.as_mut());
             if self.shared.shutdown.load(Ordering::Acquire) {
                 break;
             }
@@ -143,6 +138,34 @@ impl Shard {
             }
         }
         self.stop_all()
+    }
+
+    /// One turn of the loop: read the clock, take in what other shards and
+    /// threads sent, poll the driver, fire due timers, run a pass of
+    /// processes and flush what they sent. The real loop parks between
+    /// turns when idle; a simulation decides itself when to turn again
+    /// (this thread must be in the shard, [`waker::enter`]).
+    pub(crate) fn turn(self: &Rc<Shard>, driver: &mut dyn Driver) {
+        self.now.set(self.shared.clock.now());
+        self.drain_inbound();
+        driver.poll();
+        self.fire_timers();
+        self.run_pass(driver);
+        self.flush();
+    }
+
+    /// Whether a turn now would run anything: runnable processes, or
+    /// packets from other shards or threads.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.run_queue.borrow().is_empty() || self.has_inbound()
+    }
+
+    /// When the next timer is due, if one is set.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers
+            .borrow()
+            .next_deadline()
+            .map(Instant::from_nanos)
     }
 
     /// The clock as of the start of this pass.
@@ -211,6 +234,9 @@ impl Shard {
         watch.polling.store(pid.to_bits(), Ordering::Relaxed);
         watch.polls.store(polls, Ordering::Release);
 
+        if let Some(trace) = &self.shared.trace {
+            trace.record(self.now(), pid);
+        }
         let waker = waker::for_pid(pid);
         let mut cx = task::Context::from_waker(&waker);
         let polled = catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)));
@@ -279,7 +305,7 @@ impl Shard {
     /// Stops every process with reason `Shutdown`, including any spawned by
     /// the destructors of the ones stopped (spawning fails once shutdown has
     /// begun, so this ends). Returns how many it stopped.
-    fn stop_all(&self) -> usize {
+    pub(crate) fn stop_all(&self) -> usize {
         loop {
             let occupied = self.table.borrow().occupied();
             if occupied.is_empty() {

@@ -29,6 +29,40 @@ pub(crate) struct Shared {
     pub(crate) stalls: Mutex<Vec<Stall>>,
     /// Runtime-wide values of services built on the runtime, by type.
     pub(crate) extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
+    /// A simulation's record of what ran when; `None` on the real side.
+    pub(crate) trace: Option<Arc<Trace>>,
+}
+
+/// What a simulation ran, folded into one hash: every process poll as
+/// (virtual time, pid), in order. Two runs from one seed must fold to the
+/// same hash; the first difference shows where they diverged.
+#[derive(Debug, Default)]
+pub(crate) struct Trace {
+    hash: AtomicU64,
+    events: AtomicU64,
+}
+
+impl Trace {
+    /// Folds in one poll. Simulations run on one thread, so load and store
+    /// do not race.
+    pub(crate) fn record(&self, now: crate::time::Instant, pid: crate::Pid) {
+        let mut hash = self.hash.load(Ordering::Relaxed);
+        for word in [now.as_nanos(), pid.to_bits()] {
+            // FNV-1a over the two words, a byte at a time would be slower
+            // and no better for telling runs apart.
+            hash = (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.hash.store(hash, Ordering::Relaxed);
+        self.events.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn hash(&self) -> u64 {
+        self.hash.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn events(&self) -> u64 {
+        self.events.load(Ordering::Relaxed)
+    }
 }
 
 /// What other threads see of one shard.

@@ -8,4 +8,4 @@
 mod clock;
 pub(crate) mod wheel;
 
-pub use clock::{Clock, Instant, SystemClock};
+pub use clock::{Clock, Instant, SystemClock, VirtualClock};

@@ -1,0 +1,314 @@
+//! The simulated side of the runtime seam: whole clusters on one thread, on
+//! virtual time, replayable from a seed.
+//!
+//! A [`Simulation`] owns a [`VirtualClock`] and a set of nodes
+//! ([`SimNode`]). Each node is the real runtime — the same shard, process
+//! table, run queue, mailboxes, timer wheel, links, monitors and arenas as
+//! a [`Runtime`](crate::Runtime) — built with [`Builder`] as usual, except
+//! that it runs one shard on the simulation's thread instead of a pinned
+//! thread per core, never spins or parks, and reads the virtual clock.
+//!
+//! [`Simulation::run_for`] alternates two steps: run every node until none
+//! has anything to do (each turn of a node is one turn of the real shard
+//! loop), then jump the clock to the earliest timer of any node. Nothing
+//! waits on the wall clock, so a minute of timers runs in as long as the
+//! handlers take, and nothing is left to chance: the order in which nodes
+//! turn, the clock, and every random choice come from the simulation. Code
+//! under test draws its randomness from a [`SimRng`] stream
+//! ([`Simulation::rng`]) split from the seed, one stream per use, so that
+//! adding a draw in one place does not shift every other.
+//!
+//! Every process poll is folded into a trace hash ([`Simulation::trace`]):
+//! the same seed and the same code give the same hash, which is how a
+//! failure found by a randomized run is known to replay.
+//!
+//! ```
+//! use std::time::Duration;
+//! use foundation_sched::sim::Simulation;
+//! use foundation_sched::{Context, Runtime};
+//!
+//! let mut sim = Simulation::new(7);
+//! let node = sim.add_node(Runtime::builder()).unwrap();
+//! let sleeper = |cx: Context<()>| async move {
+//!     // An hour of virtual time, at once.
+//!     cx.sleep(Duration::from_secs(3600)).await;
+//! };
+//! sim.node(node).enter(|node| node.spawn(sleeper)).unwrap();
+//! sim.run_for(Duration::from_secs(7200));
+//! assert_eq!(sim.now().as_nanos(), 7_200_000_000_000);
+//! ```
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::driver::Driver;
+use crate::pid::NodeId;
+use crate::runtime::{BuildError, Builder, Handle, SimulatedParts};
+use crate::scheduler::shared::Trace;
+use crate::scheduler::{waker, Shard};
+use crate::time::{Clock, Instant, VirtualClock};
+
+/// Turns a node may take without becoming idle before
+/// [`Simulation::run_for`] moves to the next node: processes that keep
+/// waking each other still let the other nodes run.
+const TURNS_PER_VISIT: usize = 64;
+
+/// A cluster of nodes on one thread and one virtual clock.
+pub struct Simulation {
+    seed: u64,
+    clock: Arc<VirtualClock>,
+    trace: Arc<Trace>,
+    nodes: Vec<SimNode>,
+}
+
+impl Simulation {
+    /// An empty simulation at virtual time zero whose randomness all comes
+    /// from `seed`.
+    pub fn new(seed: u64) -> Simulation {
+        Simulation {
+            seed,
+            clock: Arc::new(VirtualClock::new()),
+            trace: Arc::new(Trace::default()),
+            nodes: Vec::new(),
+        }
+    }
+
+    /// The seed this simulation replays from.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The virtual time.
+    pub fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
+    /// The virtual clock, for code that needs to read it.
+    pub fn clock(&self) -> Arc<VirtualClock> {
+        self.clock.clone()
+    }
+
+    /// Random stream `stream` of this simulation: the same seed and stream
+    /// give the same numbers, different streams independent ones.
+    pub fn rng(&self, stream: u64) -> SimRng {
+        SimRng::new(self.seed, stream)
+    }
+
+    /// Adds a node built from `builder` (its node id, reductions, arena
+    /// and driver settings apply; it runs one shard, unpinned, on this
+    /// simulation's clock). Without a node id of its own, node `n` (from
+    /// 0) gets id `n + 1`. Returns its index for [`Simulation::node`].
+    pub fn add_node(&mut self, builder: Builder) -> Result<usize, BuildError> {
+        // Node ids count up from 1 unless the builder names one.
+        let next =
+            NodeId(u16::try_from(self.nodes.len() + 1).map_err(|_| BuildError::NoFreeNodeId)?);
+        let SimulatedParts {
+            handle,
+            shard,
+            mut driver,
+        } = builder.build_simulated(next, self.clock.clone(), self.trace.clone())?;
+        if self
+            .nodes
+            .iter()
+            .any(|node| node.handle.node() == handle.node())
+        {
+            return Err(BuildError::NodeIdInUse(handle.node()));
+        }
+        {
+            let _inside = waker::enter(shard.clone());
+            driver.enter();
+        }
+        self.nodes.push(SimNode {
+            handle,
+            shard,
+            driver,
+            clock: self.clock.clone(),
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Node `index` (from [`Simulation::add_node`]).
+    ///
+    /// # Panics
+    ///
+    /// If there is no such node.
+    pub fn node(&mut self, index: usize) -> &mut SimNode {
+        &mut self.nodes[index]
+    }
+
+    /// How many nodes there are.
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Runs the cluster until `duration` of virtual time has passed: every
+    /// node until all are idle, then the clock to the next timer, and
+    /// again. Returns the number of turns taken.
+    pub fn run_for(&mut self, duration: Duration) -> u64 {
+        let end = self.now() + duration;
+        let mut turns = 0;
+        loop {
+            turns += self.run_until_idle();
+            let next = self.nodes.iter().filter_map(SimNode::next_deadline).min();
+            match next {
+                Some(next) if next <= end => self.clock.advance_to(next.max(self.now())),
+                _ => {
+                    self.clock.advance_to(end);
+                    // Timers due exactly at `end` fire too.
+                    turns += self.run_until_idle();
+                    return turns;
+                }
+            }
+        }
+    }
+
+    /// Runs every node until none has work left at the current virtual
+    /// time (timers due now count as work). Returns the turns taken.
+    pub fn run_until_idle(&mut self) -> u64 {
+        let mut turns = 0;
+        loop {
+            let mut busy = false;
+            for node in &mut self.nodes {
+                for _ in 0..TURNS_PER_VISIT {
+                    if !node.is_due() {
+                        break;
+                    }
+                    node.turn();
+                    turns += 1;
+                    busy = true;
+                }
+            }
+            if !busy {
+                return turns;
+            }
+        }
+    }
+
+    /// The hash of every process poll so far, as (virtual time, pid), in
+    /// order: equal for two runs exactly when they ran the same.
+    pub fn trace(&self) -> u64 {
+        self.trace.hash()
+    }
+
+    /// Process polls so far: the simulation's events.
+    pub fn events(&self) -> u64 {
+        self.trace.events()
+    }
+}
+
+/// One node of a [`Simulation`]: a runtime whose single shard runs on the
+/// simulation's thread.
+pub struct SimNode {
+    handle: Handle,
+    shard: Rc<Shard>,
+    driver: Box<dyn Driver>,
+    clock: Arc<VirtualClock>,
+}
+
+impl SimNode {
+    /// The node's handle, as a [`Runtime`](crate::Runtime) has: sends,
+    /// exits, process info. Calls that wait for an answer from the shard
+    /// (`spawn`, `block_on`) would wait for this very thread: make them
+    /// inside the node, through [`SimNode::enter`].
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Runs `f` inside this node, as on its shard's thread: there the
+    /// handle's spawns happen at once instead of waiting for the shard
+    /// (which runs on this very thread).
+    ///
+    /// ```
+    /// # use foundation_sched::sim::Simulation;
+    /// # use foundation_sched::{Context, Runtime};
+    /// let mut sim = Simulation::new(1);
+    /// let node = sim.add_node(Runtime::builder()).unwrap();
+    /// let pid = sim
+    ///     .node(node)
+    ///     .enter(|node| node.spawn(|cx: Context<()>| async move { cx.recv().await; }))
+    ///     .unwrap();
+    /// assert_eq!(pid.pid().node(), sim.node(node).handle().node());
+    /// ```
+    pub fn enter<R>(&mut self, f: impl FnOnce(&Handle) -> R) -> R {
+        let _inside = waker::enter(self.shard.clone());
+        f(&self.handle)
+    }
+
+    /// Whether a turn now would run anything: runnable processes, packets
+    /// from outside, or a timer due at the current virtual time.
+    fn is_due(&self) -> bool {
+        self.shard.has_work()
+            || self
+                .next_deadline()
+                .is_some_and(|deadline| deadline <= self.clock.now())
+    }
+
+    /// One turn of the shard's loop.
+    fn turn(&mut self) {
+        let _inside = waker::enter(self.shard.clone());
+        self.shard.turn(self.driver.as_mut());
+    }
+
+    /// When the node's next timer is due.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.shard.next_deadline()
+    }
+}
+
+impl Drop for SimNode {
+    fn drop(&mut self) {
+        let _inside = waker::enter(self.shard.clone());
+        self.handle.begin_shutdown();
+        self.shard.stop_all();
+    }
+}
+
+/// A deterministic random stream: SplitMix64 over (seed, stream). Small,
+/// fast and fully determined by its two numbers, which is what a replay
+/// needs; not for cryptography.
+///
+/// ```
+/// use foundation_sched::sim::SimRng;
+///
+/// let mut a = SimRng::new(42, 1);
+/// let mut b = SimRng::new(42, 1);
+/// assert_eq!(a.next_u64(), b.next_u64());
+/// assert!(SimRng::new(42, 2).below(10) < 10);
+/// ```
+#[derive(Clone, Debug)]
+pub struct SimRng {
+    state: u64,
+}
+
+impl SimRng {
+    /// Stream `stream` of `seed`.
+    pub fn new(seed: u64, stream: u64) -> SimRng {
+        let mut mixer = SimRng {
+            state: seed ^ stream.wrapping_mul(0xd1b5_4a32_d192_ed03),
+        };
+        SimRng {
+            state: mixer.next_u64(),
+        }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..n` (`0` when `n` is zero).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// `true` with probability `p` (clamped to `0..=1`).
+    pub fn chance(&mut self, p: f64) -> bool {
+        let unit = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        unit < p
+    }
+}
