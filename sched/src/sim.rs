@@ -45,7 +45,7 @@ use std::time::Duration;
 use crate::driver::Driver;
 use crate::pid::NodeId;
 use crate::runtime::{BuildError, Builder, Handle, SimulatedParts};
-use crate::scheduler::shared::Trace;
+use crate::scheduler::shared::Simulated;
 use crate::scheduler::{waker, Shard};
 use crate::time::{Clock, Instant, VirtualClock};
 
@@ -58,7 +58,7 @@ const TURNS_PER_VISIT: usize = 64;
 pub struct Simulation {
     seed: u64,
     clock: Arc<VirtualClock>,
-    trace: Arc<Trace>,
+    simulated: Arc<Simulated>,
     nodes: Vec<SimNode>,
 }
 
@@ -69,7 +69,7 @@ impl Simulation {
         Simulation {
             seed,
             clock: Arc::new(VirtualClock::new()),
-            trace: Arc::new(Trace::default()),
+            simulated: Arc::new(Simulated::default()),
             nodes: Vec::new(),
         }
     }
@@ -107,7 +107,7 @@ impl Simulation {
             handle,
             shard,
             mut driver,
-        } = builder.build_simulated(next, self.clock.clone(), self.trace.clone())?;
+        } = builder.build_simulated(next, self.clock.clone(), self.simulated.clone())?;
         if self
             .nodes
             .iter()
@@ -188,13 +188,34 @@ impl Simulation {
     /// The hash of every process poll so far, as (virtual time, pid), in
     /// order: equal for two runs exactly when they ran the same.
     pub fn trace(&self) -> u64 {
-        self.trace.hash()
+        self.simulated.hash()
     }
 
     /// Process polls so far: the simulation's events.
     pub fn events(&self) -> u64 {
-        self.trace.events()
+        self.simulated.events()
     }
+
+    /// Plants `bug` in every node of this simulation, on purpose: a
+    /// randomized run's checks must find it (which is how a test shows
+    /// that they can fail). Only simulated nodes have this switch.
+    pub fn plant(&mut self, bug: Bug) {
+        match bug {
+            Bug::LoseDown { nth } => self.simulated.lose_down(nth),
+        }
+    }
+}
+
+/// A bug a simulation can plant in its nodes ([`Simulation::plant`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Bug {
+    /// The `nth` `Down` (counted from 1 over the whole simulation) is
+    /// lost: its monitor is gone, but the watcher never hears of it.
+    LoseDown {
+        /// Which `Down`.
+        nth: u64,
+    },
 }
 
 /// One node of a [`Simulation`]: a runtime whose single shard runs on the

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foundation::sim::{SimRng, Simulation};
-use foundation::supervision::{ChildSpec, Strategy, SupervisorSpec};
-use foundation::{Context, Envelope, ExitReason, Runtime};
+mod common;
+
+use common::sim::crashing_workers;
+use foundation::{Context, Envelope, Runtime};
 
 /// Seeds the replay check tries unless `FOUNDATION_SIM_SEEDS` says more.
 const DEFAULT_SEEDS: u64 = 8;
@@ -151,17 +153,13 @@ async fn watch_crashing_workers(
     index: usize,
     downs: Arc<Mutex<Vec<u64>>>,
 ) {
-    let mut spec = SupervisorSpec::new(Strategy::OneForOne).intensity(1000, Duration::from_secs(1));
-    for worker in 0..3 {
-        let life = Duration::from_millis(10 + rng.below(300));
-        spec = spec.child(ChildSpec::worker(
-            format!("worker-{worker}"),
-            move |cx: Context<()>| async move {
-                cx.sleep(life).await;
-                ExitReason::error("crash")
-            },
-        ));
-    }
+    let spec = crashing_workers(
+        &mut rng,
+        3,
+        Duration::from_millis(10),
+        Duration::from_millis(300),
+        1000,
+    );
     let supervisor = spec.start_link(&cx);
     let mut watched = Vec::new();
     loop {

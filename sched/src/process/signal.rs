@@ -74,11 +74,17 @@ impl Shard {
                 false
             }
             Signal::Down(down) => {
-                if process.relations().monitors.remove(&down.monitor).is_some() {
+                let planted_loss = || {
+                    self.shared
+                        .simulated
+                        .as_ref()
+                        .is_some_and(|simulated| simulated.loses_down())
+                };
+                if process.relations().monitors.remove(&down.monitor).is_none() || planted_loss() {
+                    false
+                } else {
                     process.cell.push_down(down);
                     self.after_delivery(process)
-                } else {
-                    false
                 }
             }
         };

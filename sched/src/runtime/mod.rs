@@ -49,7 +49,7 @@ use crate::process::{
 use crate::ring::erased::ErasedMessage;
 use crate::ring::spsc;
 use crate::scheduler::shard::ShardParts;
-use crate::scheduler::shared::{ShardShared, Shared, Trace};
+use crate::scheduler::shared::{ShardShared, Shared, Simulated};
 use crate::scheduler::{waker, Packet, Shard};
 use crate::time::{Clock, SystemClock};
 
@@ -256,7 +256,7 @@ impl Builder {
     }
 
     /// Builds a node of a simulation: one shard, run on the calling thread
-    /// by [`crate::sim`], on `clock`, recording into `trace`. No core is
+    /// by [`crate::sim`], on `clock`, sharing `simulated`. No core is
     /// pinned, no thread started, no watchdog run; the shard never spins.
     ///
     /// Its node id is the builder's, or `default_node`. A simulated node is
@@ -266,7 +266,7 @@ impl Builder {
         mut self,
         default_node: NodeId,
         clock: Arc<dyn Clock>,
-        trace: Arc<Trace>,
+        simulated: Arc<Simulated>,
     ) -> Result<SimulatedParts, BuildError> {
         self.node = Some(self.node.unwrap_or(default_node));
         if self.shards.is_some_and(|shards| shards != 1) {
@@ -283,7 +283,7 @@ impl Builder {
             mut shards,
             arena,
             ..
-        } = self.prepare(Some(trace))?;
+        } = self.prepare(Some(simulated))?;
         let parts = shards.pop().expect("one shard");
         let (shard, driver) = parts.into_shard(0, shared.clone(), arena);
         Ok(SimulatedParts {
@@ -295,7 +295,7 @@ impl Builder {
 
     /// What both sides of the seam start from: checked settings, the node
     /// id, the shared state, and each shard's driver and rings.
-    fn prepare(self, trace: Option<Arc<Trace>>) -> Result<Prepared, BuildError> {
+    fn prepare(self, simulated: Option<Arc<Simulated>>) -> Result<Prepared, BuildError> {
         let available = core_affinity::get_core_ids().unwrap_or_default();
         let cores = match self.cores {
             Some(cores) => {
@@ -316,7 +316,7 @@ impl Builder {
         if self.arena_chunk_bytes < 4096 || !self.arena_chunk_bytes.is_power_of_two() {
             return Err(BuildError::ArenaChunkBytes(self.arena_chunk_bytes));
         }
-        let node = match (&trace, self.node) {
+        let node = match (&simulated, self.node) {
             (Some(_), Some(node)) => node,
             _ => registry::claim(self.node).ok_or(match self.node {
                 Some(node) => BuildError::NodeIdInUse(node),
@@ -364,9 +364,9 @@ impl Builder {
             undelivered: AtomicU64::new(0),
             stalls: Mutex::new(Vec::new()),
             extensions: Mutex::new(std::collections::HashMap::new()),
-            trace,
+            simulated,
         });
-        if shared.trace.is_none() {
+        if shared.simulated.is_none() {
             registry::bind(node, &shared);
         }
         let shards = drivers
@@ -870,6 +870,16 @@ impl Handle {
         shard: ShardId,
         query: impl FnOnce(&Shard) -> R + Send + 'static,
     ) -> Option<R> {
+        // On that shard's own thread (a simulation, or a driver), answer
+        // at once: waiting for the shard would wait for ourselves.
+        let mut query = Some(query);
+        let here = waker::with_shard_of(&self.shared, |current| {
+            (current.id == shard).then(|| query.take().map(|query| query(current)))?
+        });
+        if let Some(Some(answer)) = here {
+            return Some(answer);
+        }
+        let query = query?;
         let (reply, answer) = oneshot::channel();
         self.shared.inject(
             shard,

@@ -234,8 +234,8 @@ impl Shard {
         watch.polling.store(pid.to_bits(), Ordering::Relaxed);
         watch.polls.store(polls, Ordering::Release);
 
-        if let Some(trace) = &self.shared.trace {
-            trace.record(self.now(), pid);
+        if let Some(simulated) = &self.shared.simulated {
+            simulated.record(self.now(), pid);
         }
         let waker = waker::for_pid(pid);
         let mut cx = task::Context::from_waker(&waker);

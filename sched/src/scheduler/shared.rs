@@ -29,20 +29,40 @@ pub(crate) struct Shared {
     pub(crate) stalls: Mutex<Vec<Stall>>,
     /// Runtime-wide values of services built on the runtime, by type.
     pub(crate) extensions: Mutex<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>,
-    /// A simulation's record of what ran when; `None` on the real side.
-    pub(crate) trace: Option<Arc<Trace>>,
+    /// What a simulated runtime shares with its simulation; `None` on the
+    /// real side.
+    pub(crate) simulated: Option<Arc<Simulated>>,
 }
 
-/// What a simulation ran, folded into one hash: every process poll as
-/// (virtual time, pid), in order. Two runs from one seed must fold to the
-/// same hash; the first difference shows where they diverged.
+/// What the nodes of a simulation share with it: the trace of what ran
+/// when, and the bugs planted on purpose.
+///
+/// The trace folds every process poll, as (virtual time, pid), in order,
+/// into one hash: two runs from one seed must fold to the same hash.
 #[derive(Debug, Default)]
-pub(crate) struct Trace {
+pub(crate) struct Simulated {
     hash: AtomicU64,
     events: AtomicU64,
+    /// `Down`s delivered so far.
+    downs: AtomicU64,
+    /// Planted bug: the `Down` with this number (from 1) is lost; zero
+    /// for none.
+    lost_down: AtomicU64,
 }
 
-impl Trace {
+impl Simulated {
+    /// Plants the loss of the `nth` `Down` (from 1).
+    pub(crate) fn lose_down(&self, nth: u64) {
+        self.lost_down.store(nth, Ordering::Relaxed);
+    }
+
+    /// Counts a `Down` about to be delivered; whether a planted bug loses
+    /// it.
+    pub(crate) fn loses_down(&self) -> bool {
+        let nth = self.downs.fetch_add(1, Ordering::Relaxed) + 1;
+        nth == self.lost_down.load(Ordering::Relaxed)
+    }
+
     /// Folds in one poll. Simulations run on one thread, so load and store
     /// do not race.
     pub(crate) fn record(&self, now: crate::time::Instant, pid: crate::Pid) {

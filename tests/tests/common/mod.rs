@@ -2,7 +2,8 @@
 //! drop counters and bounded polling from the test thread; and, for the
 //! `transport_*` suites, test nodes ([`transport`]), a proxy that cuts
 //! their connections ([`proxy`]) and a peer played by hand
-//! ([`raw_peer`]).
+//! ([`raw_peer`]); for the `sim_*` suites, a supervisor of crashing
+//! workers ([`sim`]).
 
 #![allow(
     dead_code,
@@ -17,6 +18,7 @@ use foundation::{Context, Down, Envelope, Exit, ExitReason, MonitorRef, Placemen
 
 pub(crate) mod proxy;
 pub(crate) mod raw_peer;
+pub(crate) mod sim;
 pub(crate) mod transport;
 
 /// How long a test waits for something that must happen before it calls
