@@ -17,7 +17,11 @@
 //!   scalable unit;
 //! * [`transport`]: nodes connected over io_uring or epoll, with
 //!   validated zero-copy frames on prioritized channels with credit-based
-//!   backpressure (the `foundation-transport` crate).
+//!   backpressure (the `foundation-transport` crate);
+//! * [`fault`]: interposition — rules that lose, double or partition a
+//!   node's traffic on purpose, for tests and chaos runs;
+//! * [`sim`]: the simulated side of the runtime: whole clusters on one
+//!   thread and a virtual clock, replayable from a seed.
 //!
 //! Distribution (remote pids, membership, remote spawn) joins this facade,
 //! in the modules the architecture names, as it lands.
@@ -50,3 +54,4 @@ pub mod supervision;
 
 pub use foundation_sched::*;
 pub use foundation_transport as transport;
+pub use foundation_transport::fault;

@@ -24,6 +24,8 @@ use std::time::Duration;
 use foundation_sched::{coop, Context, NodeId, Pid};
 use rkyv::util::AlignedVec;
 
+use crate::channel::ChannelId;
+use crate::fault::Verdict;
 use crate::frame::{self, FrameError, FrameHeader, FrameKind, HEADER_LEN, PAYLOAD_ALIGN};
 use crate::handshake::{self, Dialer, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
 use crate::inbound::{Block, EndpointCache, Feedback};
@@ -87,14 +89,22 @@ pub(crate) async fn dial(
     lane_index: u16,
 ) {
     let lane = peer.lane(channel, lane_index).clone();
+    let me = inner.identity.node;
+    let partitioned = || inner.faults.partitioned(me, peer.node, ChannelId(channel));
     let mut backoff = inner.config.reconnect_min;
     while !inner.is_closed() && !peer.is_removed() {
+        if partitioned() {
+            // No connection while a fault rule cuts this way off.
+            cx.sleep(backoff).await;
+            backoff = (backoff * 2).min(inner.config.reconnect_max);
+            continue;
+        }
         match connect(&cx, &inner, &peer, channel, lane_index).await {
             Ok((stream, delivered)) => {
                 backoff = inner.config.reconnect_min;
                 lane.connected(delivered);
                 inner.counters.connections.increment();
-                let error = write_lane(&lane, &stream).await;
+                let error = write_lane(&lane, &stream, &partitioned).await;
                 take_back_unsent(&lane, &stream).await;
                 lane.disconnected();
                 if !inner.is_closed() && !peer.is_removed() {
@@ -151,11 +161,19 @@ async fn connect(
 }
 
 /// Writes the lane's batches and applies the credit and acknowledgements
-/// that come back, until the connection fails or the lane closes.
-async fn write_lane(lane: &Lane, stream: &Stream) -> ConnectionError {
+/// that come back, until the connection fails, the lane closes or a fault
+/// rule cuts it (`partitioned`, asked before each batch).
+async fn write_lane(
+    lane: &Lane,
+    stream: &Stream,
+    partitioned: &dyn Fn() -> bool,
+) -> ConnectionError {
     let mut feedback = FrameBuffer::new(4096);
     poll_fn(|task| loop {
         let mut progress = false;
+        if !stream.sending() && partitioned() {
+            return Poll::Ready(ConnectionError::FaultInjected);
+        }
         if stream.sending() {
             if let Poll::Ready((batch, result)) = stream.poll_sent(task) {
                 lane.written(batch);
@@ -246,6 +264,12 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: std::net::TcpStream, 
             return inner.connection_failed(None, addr, error);
         }
     };
+    if inner
+        .faults
+        .partitioned(peer, inner.identity.node, ChannelId(reader.channel))
+    {
+        return; // Cut off by a fault rule: close at once.
+    }
     cx.set_priority(inner.channels[usize::from(reader.channel)].process_priority());
     let error = reader.run(&inner, &stream).await;
     if !inner.is_closed() {
@@ -279,6 +303,7 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
         let threshold = (window / 4).min(window.saturating_sub(frame_max));
         let block_bytes = BLOCK_BYTES.max(2 * frame_max as usize);
         let mut reader = Reader {
+            peer: accepted.peer,
             channel: accepted.channel,
             max_frame: spec.max_frame,
             max_message: spec.max_message,
@@ -305,6 +330,8 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
 
 /// The reading end of one connection.
 struct Reader {
+    /// The node at the other end.
+    peer: NodeId,
     channel: u16,
     max_frame: u32,
     max_message: usize,
@@ -416,10 +443,14 @@ impl Reader {
         // The lane's state is locked while this batch is delivered, so a
         // newer connection of the same lane cannot read a stale
         // `delivered` in between.
-        let mut lane = self.lane.lock();
+        let inbound = self.lane.clone();
+        let mut lane = inbound.lock();
         if lane.generation() != self.generation {
             return Err(ConnectionError::Superseded);
         }
+        // A fault rule may cut the connection at a message: the ones
+        // before it are delivered, it and the rest are not.
+        let mut cut = false;
         for &header in &headers {
             let len = header.frame_len();
             let payload = at + HEADER_LEN..at + HEADER_LEN + header.length as usize;
@@ -442,9 +473,15 @@ impl Reader {
             }
             match header.kind {
                 FrameKind::Message => {
-                    self.delivered = header.sequence;
-                    deliveries.push((header, Whole::InBatch(payload)));
-                    held += len as u64;
+                    let whole = Whole::InBatch(payload);
+                    match self.interpose(inner, header, whole, &mut deliveries) {
+                        Interposed::Delivered => held += len as u64,
+                        Interposed::Lost => released += len as u64,
+                        Interposed::Cut => {
+                            cut = true;
+                            break;
+                        }
+                    }
                 }
                 FrameKind::Chunk => {
                     let key = (header.source, header.destination);
@@ -466,9 +503,13 @@ impl Reader {
                         let (message, held_credit) =
                             self.reassembly.remove(&key).unwrap_or_default();
                         self.chunk_held -= held_credit;
-                        self.delivered = header.sequence;
                         let block = Block::new(message, held_credit, self.feedback.clone());
-                        deliveries.push((header, Whole::Reassembled(block)));
+                        let whole = Whole::Reassembled(block);
+                        if self.interpose(inner, header, whole, &mut deliveries) == Interposed::Cut
+                        {
+                            cut = true;
+                            break;
+                        }
                     }
                 }
                 kind => return Err(ConnectionError::UnexpectedFrame(kind)),
@@ -502,11 +543,52 @@ impl Reader {
         // Duplicates were dropped and chunks copied out: their bytes are
         // consumed already.
         self.feedback.consume(released);
+        if cut {
+            return Err(ConnectionError::FaultInjected);
+        }
         Ok(())
+    }
+
+    /// Applies this node's fault rules to a whole message that arrived:
+    /// queues it for delivery (twice, if a rule duplicates it), or loses
+    /// it, or says the connection is to be cut before it.
+    fn interpose(
+        &mut self,
+        inner: &Inner,
+        header: FrameHeader,
+        whole: Whole,
+        deliveries: &mut Vec<(FrameHeader, Whole)>,
+    ) -> Interposed {
+        let verdict = inner
+            .faults
+            .verdict(self.peer, inner.identity.node, ChannelId(self.channel));
+        match verdict {
+            // An acknowledged channel keeps its promise: what it loses is
+            // sent again on the next connection, and it never doubles.
+            Verdict::Partition => return Interposed::Cut,
+            Verdict::Drop if self.acknowledged => return Interposed::Cut,
+            Verdict::Drop => return Interposed::Lost,
+            Verdict::Duplicate if !self.acknowledged => {
+                deliveries.push((header, whole.clone()));
+            }
+            Verdict::Duplicate | Verdict::Deliver => {}
+        }
+        self.delivered = header.sequence;
+        deliveries.push((header, whole));
+        Interposed::Delivered
     }
 }
 
+/// What the fault rules made of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Interposed {
+    Delivered,
+    Lost,
+    Cut,
+}
+
 /// Where a message to deliver lies.
+#[derive(Clone)]
 enum Whole {
     /// In the batch of frames just received, at this payload range.
     InBatch(std::ops::Range<usize>),

@@ -78,6 +78,7 @@
 
 mod channel;
 mod connection;
+pub mod fault;
 pub mod frame;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -108,6 +109,7 @@ use foundation_sched::{
     coop, Addr, Builder, Context, Handle, NodeId, Pid, Placement, Runtime, ShardId, SpawnOptions,
 };
 
+use crate::fault::Faults;
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
 use crate::handshake::{Accepted, Identity};
 use crate::inbound::{Block, EndpointCache, Endpoints};
@@ -136,6 +138,10 @@ pub struct TransportConfig {
     pub reconnect_max: Duration,
     /// Time a handshake may take (default 5 s).
     pub handshake_timeout: Duration,
+    /// The seed of the random stream fault rules draw from ([`fault`]);
+    /// `None` (the default) for a random one. A simulation sets it so its
+    /// faults replay.
+    pub fault_seed: Option<u64>,
 }
 
 impl TransportConfig {
@@ -151,6 +157,7 @@ impl TransportConfig {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            fault_seed: None,
         }
     }
 
@@ -305,6 +312,9 @@ pub enum ConnectionError {
     Closed,
     /// The process runs on a shard without an I/O reactor.
     NoReactor,
+    /// Cut on purpose by a fault rule ([`fault`]): a partition, or a
+    /// message lost on an acknowledged channel.
+    FaultInjected,
 }
 
 impl fmt::Display for ConnectionError {
@@ -331,6 +341,7 @@ impl fmt::Display for ConnectionError {
             ConnectionError::PeerClosed => f.write_str("closed by the peer"),
             ConnectionError::Closed => f.write_str("closed"),
             ConnectionError::NoReactor => f.write_str("no I/O reactor on this shard"),
+            ConnectionError::FaultInjected => f.write_str("cut by a fault rule"),
         }
     }
 }
@@ -380,6 +391,7 @@ pub(crate) struct Inner {
     counters: Counters,
     recent_errors: Mutex<VecDeque<ConnectionError>>,
     closed: AtomicBool,
+    faults: Faults,
 }
 
 /// Errors kept for [`Transport::recent_errors`].
@@ -412,6 +424,11 @@ impl Transport {
             .map_err(StartError::Runtime)?;
         let mut incarnation = [0; 8];
         getrandom::getrandom(&mut incarnation).expect("the OS random source");
+        let fault_seed = config.fault_seed.unwrap_or_else(|| {
+            let mut seed = [0; 8];
+            getrandom::getrandom(&mut seed).expect("the OS random source");
+            u64::from_le_bytes(seed)
+        });
         let identity = Identity {
             name: config.name.clone(),
             node: runtime.node(),
@@ -434,6 +451,7 @@ impl Transport {
             counters: Counters::default(),
             recent_errors: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
+            faults: Faults::new(fault_seed),
         });
         for shard in 0..runtime.shard_count() {
             let listener = listener.try_clone().map_err(StartError::Listen)?;
@@ -466,6 +484,23 @@ impl Transport {
     /// The channels, in [`ChannelId`] order.
     pub fn channels(&self) -> &[ChannelSpec] {
         &self.inner.channels
+    }
+
+    /// This node's fault rules ([`fault`]): what it receives, and the
+    /// connections it makes and accepts, obey them.
+    ///
+    /// ```no_run
+    /// # use foundation_transport::{fault::{Fault, FaultRule}, Transport};
+    /// # use foundation_sched::NodeId;
+    /// # fn cut_off(transport: &Transport) {
+    /// // Hear nothing from node 3 until the rule goes.
+    /// let rule = transport.faults().add(FaultRule::new(Fault::Partition).from(NodeId(3)));
+    /// // ...
+    /// transport.faults().remove(rule);
+    /// # }
+    /// ```
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
     }
 
     /// Makes `node`, listening at `addr`, a peer: one dialer process per
