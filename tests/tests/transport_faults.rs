@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::mpsc;
+use std::time::Duration;
 
 use common::transport::{collect, config, on_each_backend, Node, Numbered, Seen, ARRIVAL};
 use common::{eventually, QUIET};
@@ -17,6 +18,7 @@ on_each_backend!(
     lost_messages_on_best_effort_are_gone_and_the_rest_in_order,
     losses_on_an_acknowledged_channel_are_sent_again,
     duplicated_messages_arrive_twice_in_order,
+    delayed_messages_arrive_late_and_in_order,
 );
 
 /// While node B partitions itself from A, nothing A sends arrives; once
@@ -126,6 +128,28 @@ fn duplicated_messages_arrive_twice_in_order(backend: Backend) {
         assert_eq!(seen.seq, i as u64 / 2, "each twice, in order");
     }
     assert!(rx.recv_timeout(QUIET).is_err(), "no third copy");
+}
+
+/// Everything A sends on `data` is held at B for 300–400 ms: none arrives
+/// sooner, all arrive, in order.
+fn delayed_messages_arrive_late_and_in_order(backend: Backend) {
+    const COUNT: u64 = 50;
+    let (a, b) = pair(backend);
+    let (receiver, rx) = b.receiver(Seen::of);
+    let (min, max) = (Duration::from_millis(300), Duration::from_millis(400));
+    b.faults()
+        .add(FaultRule::new(Fault::Delay { min, max }).channel(ChannelId::DATA));
+    let sent = a.sender(
+        receiver.pid(),
+        (0..COUNT)
+            .map(|seq| (ChannelId::DATA, Numbered::new(0, seq, 8)))
+            .collect(),
+    );
+    assert!(
+        rx.recv_timeout(min - Duration::from_millis(50)).is_err(),
+        "nothing before the shortest delay"
+    );
+    expect_exactly_once_in_order(&rx, &sent, COUNT);
 }
 
 /// Waits for `count` messages on `rx`: numbers `0..count`, in order,

@@ -16,12 +16,12 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
-use foundation_sched::{coop, Context, NodeId, Pid};
+use foundation_sched::{coop, Context, NodeId, Pid, Sleep};
 use rkyv::util::AlignedVec;
 
 use crate::channel::ChannelId;
@@ -271,7 +271,7 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: std::net::TcpStream, 
         return; // Cut off by a fault rule: close at once.
     }
     cx.set_priority(inner.channels[usize::from(reader.channel)].process_priority());
-    let error = reader.run(&inner, &stream).await;
+    let error = reader.run(&cx, &inner, &stream).await;
     if !inner.is_closed() {
         inner.connection_failed(Some(peer), addr, error);
     }
@@ -366,8 +366,17 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(&mut self, inner: &Arc<Inner>, stream: &Stream) -> ConnectionError {
+    async fn run(
+        &mut self,
+        cx: &Context<()>,
+        inner: &Arc<Inner>,
+        stream: &Stream,
+    ) -> ConnectionError {
         let mut out: Vec<u8> = Vec::new();
+        let me = inner.identity.node;
+        // While a delay rule holds back what was received, this sleep runs
+        // and nothing more is read.
+        let mut held: Option<Pin<Box<Sleep<'_, ()>>>> = None;
         poll_fn(|task| loop {
             let mut progress = false;
             // Credit and acknowledgements back to the sender.
@@ -400,16 +409,32 @@ impl Reader {
                 }
             }
             let mut received = 0;
-            match self.buffer.poll_fill(task, stream) {
-                Poll::Ready(Ok(bytes)) => {
-                    progress = true;
-                    received = bytes;
-                    if let Err(error) = self.deliver_frames(inner) {
-                        return Poll::Ready(error);
-                    }
+            let mut deliver = false;
+            if let Some(hold) = held.as_mut() {
+                if hold.as_mut().poll(task).is_ready() {
+                    held = None;
+                    deliver = true;
                 }
-                Poll::Ready(Err(error)) => return Poll::Ready(error),
-                Poll::Pending => {}
+            } else {
+                match self.buffer.poll_fill(task, stream) {
+                    Poll::Ready(Ok(bytes)) => {
+                        progress = true;
+                        received = bytes;
+                        let channel = ChannelId(self.channel);
+                        match inner.faults.delay(self.peer, me, channel) {
+                            Some(delay) => held = Some(Box::pin(cx.sleep(delay))),
+                            None => deliver = true,
+                        }
+                    }
+                    Poll::Ready(Err(error)) => return Poll::Ready(error),
+                    Poll::Pending => {}
+                }
+            }
+            if deliver {
+                progress = true;
+                if let Err(error) = self.deliver_frames(inner) {
+                    return Poll::Ready(error);
+                }
             }
             if !progress || out_of_budget(task, received) {
                 return Poll::Pending;

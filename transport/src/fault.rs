@@ -14,6 +14,10 @@
 //! - [`Fault::Duplicate`]: a matching message is delivered twice, with a
 //!   probability. Best-effort channels only: an acknowledged channel
 //!   de-duplicates, and a rule does not make it lie.
+//! - [`Fault::Delay`]: what arrives is held for a random time in a range
+//!   before it is delivered, a received batch at a time and in order (the
+//!   connection reads nothing meanwhile, so the sender feels it as a slow
+//!   link).
 //! - [`Fault::Partition`]: no traffic. Connections that match are cut at
 //!   their next frame (received here) or batch (sent from here), and none
 //!   is made or accepted until the rule is removed.
@@ -37,6 +41,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use foundation_sched::sim::SimRng;
 use foundation_sched::NodeId;
@@ -53,6 +58,13 @@ pub enum Fault {
     /// Each message is delivered twice with this probability
     /// (best-effort channels).
     Duplicate(f64),
+    /// What arrives is held back for a time drawn evenly from `min..=max`.
+    Delay {
+        /// The shortest hold.
+        min: Duration,
+        /// The longest hold.
+        max: Duration,
+    },
     /// No traffic, and no connection.
     Partition,
 }
@@ -188,13 +200,15 @@ impl Faults {
         if !self.active.load(Ordering::Acquire) {
             return Verdict::Deliver;
         }
+        // Delays apply to batches ([`Faults::delay`]), not here.
         let fault = self
             .lock()
             .iter()
+            .filter(|(_, rule)| !matches!(rule.fault, Fault::Delay { .. }))
             .find(|(_, rule)| rule.matches(from, to, channel))
             .map(|(_, rule)| rule.fault);
         let verdict = match fault {
-            None => Verdict::Deliver,
+            None | Some(Fault::Delay { .. }) => Verdict::Deliver,
             Some(Fault::Partition) => Verdict::Partition,
             Some(Fault::Drop(p)) if self.draw(p) => Verdict::Drop,
             Some(Fault::Duplicate(p)) if self.draw(p) => Verdict::Duplicate,
@@ -220,6 +234,26 @@ impl Faults {
             self.injected.fetch_add(1, Ordering::Relaxed);
         }
         partitioned
+    }
+
+    /// How long to hold a batch that arrived from `from` at `to` on
+    /// `channel`, if a delay rule matches.
+    pub(crate) fn delay(&self, from: NodeId, to: NodeId, channel: ChannelId) -> Option<Duration> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let (min, max) = self.lock().iter().find_map(|(_, rule)| match rule.fault {
+            Fault::Delay { min, max } if rule.matches(from, to, channel) => Some((min, max)),
+            _ => None,
+        })?;
+        let spread = max.saturating_sub(min).as_nanos() as u64;
+        let extra = self
+            .rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .below(spread.saturating_add(1));
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        Some(min + Duration::from_nanos(extra))
     }
 
     fn draw(&self, probability: f64) -> bool {
@@ -270,6 +304,19 @@ mod tests {
         let first = draws(7);
         assert_eq!(first, draws(7), "the same seed, the same faults");
         assert_ne!(first, draws(8));
+        let faults = Faults::new(3);
+        assert_eq!(faults.delay(NodeId(1), NodeId(2), ChannelId::DATA), None);
+        let (min, max) = (Duration::from_millis(5), Duration::from_millis(9));
+        faults.add(FaultRule::new(Fault::Delay { min, max }));
+        for _ in 0..100 {
+            let delay = faults.delay(NodeId(1), NodeId(2), ChannelId::DATA);
+            assert!(delay.is_some_and(|d| (min..=max).contains(&d)), "{delay:?}");
+        }
+        // A delay rule decides no message's fate.
+        assert_eq!(
+            faults.verdict(NodeId(1), NodeId(2), ChannelId::DATA),
+            Verdict::Deliver
+        );
         let doubled = first.iter().filter(|v| **v == Verdict::Duplicate).count();
         assert!(
             (2_000..3_000).contains(&doubled),
