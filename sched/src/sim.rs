@@ -144,7 +144,10 @@ impl Simulation {
 
     /// Runs the cluster until `duration` of virtual time has passed: every
     /// node until all are idle, then the clock to the next timer, and
-    /// again. Returns the number of turns taken.
+    /// again. Returns the number of turns taken. Virtual time stands still
+    /// while any process is runnable, so a process that never waits (it
+    /// only yields) keeps this from returning, as it would keep a real
+    /// shard busy.
     pub fn run_for(&mut self, duration: Duration) -> u64 {
         let end = self.now() + duration;
         let mut turns = 0;
