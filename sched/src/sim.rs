@@ -18,6 +18,11 @@
 //! ([`Simulation::rng`]) split from the seed, one stream per use, so that
 //! adding a draw in one place does not shift every other.
 //!
+//! A node added with [`Simulation::add_restartable_node`] can crash
+//! ([`Simulation::crash`]: every process on it ends at once) and restart
+//! ([`Simulation::restart`]): the node is built again from its builder
+//! and its boot function runs again, as a restarted OS process would.
+//!
 //! Every process poll is folded into a trace hash ([`Simulation::trace`]):
 //! the same seed and the same code give the same hash, which is how a
 //! failure found by a randomized run is known to replay.
@@ -59,7 +64,21 @@ pub struct Simulation {
     seed: u64,
     clock: Arc<VirtualClock>,
     simulated: Arc<Simulated>,
-    nodes: Vec<SimNode>,
+    nodes: Vec<Slot>,
+}
+
+/// A node's place in the simulation: the node while it is up, and how to
+/// start it again.
+struct Slot {
+    id: NodeId,
+    node: Option<SimNode>,
+    start: Option<Start>,
+}
+
+/// A node's start-up, run at its first start and at every restart.
+struct Start {
+    builder: Box<dyn Fn() -> Builder>,
+    boot: Box<dyn Fn(&Handle)>,
 }
 
 impl Simulation {
@@ -100,41 +119,80 @@ impl Simulation {
     /// simulation's clock). Without a node id of its own, node `n` (from
     /// 0) gets id `n + 1`. Returns its index for [`Simulation::node`].
     pub fn add_node(&mut self, builder: Builder) -> Result<usize, BuildError> {
-        // Node ids count up from 1 unless the builder names one.
-        let next =
-            NodeId(u16::try_from(self.nodes.len() + 1).map_err(|_| BuildError::NoFreeNodeId)?);
-        let SimulatedParts {
-            handle,
-            shard,
-            mut driver,
-        } = builder.build_simulated(next, self.clock.clone(), self.simulated.clone())?;
-        if self
-            .nodes
-            .iter()
-            .any(|node| node.handle.node() == handle.node())
-        {
-            return Err(BuildError::NodeIdInUse(handle.node()));
-        }
-        {
-            let _inside = waker::enter(shard.clone());
-            driver.enter();
-        }
-        self.nodes.push(SimNode {
-            handle,
-            shard,
-            driver,
-            clock: self.clock.clone(),
+        let id = self.next_id()?;
+        let node = self.build(builder, id, None)?;
+        self.nodes.push(Slot {
+            id: node.handle.node(),
+            node: Some(node),
+            start: None,
         });
         Ok(self.nodes.len() - 1)
+    }
+
+    /// Adds a node that can crash and restart: `builder` makes its runtime
+    /// and `boot` starts what it runs (inside the node, so `boot` may
+    /// spawn), at first and again at every [`Simulation::restart`] — the
+    /// node's own start-up path.
+    pub fn add_restartable_node(
+        &mut self,
+        builder: impl Fn() -> Builder + 'static,
+        boot: impl Fn(&Handle) + 'static,
+    ) -> Result<usize, BuildError> {
+        let id = self.next_id()?;
+        let mut node = self.build(builder(), id, None)?;
+        node.enter(&boot);
+        self.nodes.push(Slot {
+            id: node.handle.node(),
+            node: Some(node),
+            start: Some(Start {
+                builder: Box::new(builder),
+                boot: Box::new(boot),
+            }),
+        });
+        Ok(self.nodes.len() - 1)
+    }
+
+    /// Crashes node `index`: every process on it ends at once and nothing
+    /// more runs there until [`Simulation::restart`]. `false` if it was
+    /// down already.
+    pub fn crash(&mut self, index: usize) -> bool {
+        self.nodes
+            .get_mut(index)
+            .and_then(|slot| slot.node.take())
+            .is_some()
+    }
+
+    /// Starts crashed node `index` again, with its id, through its
+    /// builder and boot. Only for nodes added with
+    /// [`Simulation::add_restartable_node`]; `Ok(false)` if the node is up
+    /// or cannot restart.
+    pub fn restart(&mut self, index: usize) -> Result<bool, BuildError> {
+        let Some(slot) = self.nodes.get(index) else {
+            return Ok(false);
+        };
+        let (Some(start), None) = (&slot.start, &slot.node) else {
+            return Ok(false);
+        };
+        let mut node = self.build((start.builder)(), slot.id, Some(index))?;
+        node.enter(&*start.boot);
+        self.nodes[index].node = Some(node);
+        Ok(true)
+    }
+
+    /// Whether node `index` is up (added, and not crashed).
+    pub fn is_up(&self, index: usize) -> bool {
+        self.nodes
+            .get(index)
+            .is_some_and(|slot| slot.node.is_some())
     }
 
     /// Node `index` (from [`Simulation::add_node`]).
     ///
     /// # Panics
     ///
-    /// If there is no such node.
+    /// If there is no such node, or it is down.
     pub fn node(&mut self, index: usize) -> &mut SimNode {
-        &mut self.nodes[index]
+        self.nodes[index].node.as_mut().expect("the node is up")
     }
 
     /// How many nodes there are.
@@ -153,7 +211,7 @@ impl Simulation {
         let mut turns = 0;
         loop {
             turns += self.run_until_idle();
-            let next = self.nodes.iter().filter_map(SimNode::next_deadline).min();
+            let next = self.up().filter_map(SimNode::next_deadline).min();
             match next {
                 Some(next) if next <= end => self.clock.advance_to(next.max(self.now())),
                 _ => {
@@ -172,7 +230,7 @@ impl Simulation {
         let mut turns = 0;
         loop {
             let mut busy = false;
-            for node in &mut self.nodes {
+            for node in self.nodes.iter_mut().filter_map(|slot| slot.node.as_mut()) {
                 for _ in 0..TURNS_PER_VISIT {
                     if !node.is_due() {
                         break;
@@ -186,6 +244,51 @@ impl Simulation {
                 return turns;
             }
         }
+    }
+
+    /// The next free default node id: one more than the nodes so far.
+    fn next_id(&self) -> Result<NodeId, BuildError> {
+        let id = u16::try_from(self.nodes.len() + 1).map_err(|_| BuildError::NoFreeNodeId)?;
+        Ok(NodeId(id))
+    }
+
+    /// Builds a node from `builder`, id `id` unless it names its own, and
+    /// enters its driver; for slot `slot`, if it has one already (a
+    /// restart), or a new one.
+    fn build(
+        &self,
+        builder: Builder,
+        id: NodeId,
+        slot: Option<usize>,
+    ) -> Result<SimNode, BuildError> {
+        let SimulatedParts {
+            handle,
+            shard,
+            mut driver,
+        } = builder.build_simulated(id, self.clock.clone(), self.simulated.clone())?;
+        let taken = self
+            .nodes
+            .iter()
+            .enumerate()
+            .any(|(index, other)| Some(index) != slot && other.id == handle.node());
+        if taken {
+            return Err(BuildError::NodeIdInUse(handle.node()));
+        }
+        {
+            let _inside = waker::enter(shard.clone());
+            driver.enter();
+        }
+        Ok(SimNode {
+            handle,
+            shard,
+            driver,
+            clock: self.clock.clone(),
+        })
+    }
+
+    /// The nodes that are up.
+    fn up(&self) -> impl Iterator<Item = &SimNode> {
+        self.nodes.iter().filter_map(|slot| slot.node.as_ref())
     }
 
     /// The hash of every process poll so far, as (virtual time, pid), in

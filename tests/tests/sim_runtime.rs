@@ -5,6 +5,7 @@
 //! `cargo test -p foundation-tests sim_` runs these; `FOUNDATION_SIM_SEEDS`
 //! raises the number of seeds the replay check tries (default 8).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,6 +109,55 @@ fn sim_the_same_seed_replays_the_same_trace() {
         seeds,
         "different seeds run differently"
     );
+}
+
+#[test]
+fn sim_a_crashed_node_restarts_through_its_start_up() {
+    let run = || {
+        let mut sim = Simulation::new(3);
+        let boots = Arc::new(AtomicU64::new(0));
+        let ticks = Arc::new(Mutex::new([0_u64; 2]));
+        // Node 0 restarts; node 1 is a bystander. Each ticks every 10 ms.
+        let (node_boots, node_ticks) = (boots.clone(), ticks.clone());
+        let restartable = sim
+            .add_restartable_node(Runtime::builder, move |node| {
+                node_boots.fetch_add(1, Ordering::Relaxed);
+                let ticks = node_ticks.clone();
+                node.spawn(move |cx: Context<()>| tick(cx, 0, ticks))
+                    .expect("spawn");
+            })
+            .expect("a node");
+        let bystander = sim.add_node(Runtime::builder()).expect("a node");
+        let bystander_ticks = ticks.clone();
+        sim.node(bystander)
+            .enter(|node| node.spawn(move |cx: Context<()>| tick(cx, 1, bystander_ticks)))
+            .expect("spawn");
+        let second = Duration::from_secs(1);
+        sim.run_for(second);
+        let before = *ticks.lock().unwrap();
+        assert!(sim.crash(restartable), "up until now");
+        assert!(!sim.is_up(restartable) && !sim.crash(restartable));
+        sim.run_for(second);
+        let down = *ticks.lock().unwrap();
+        assert_eq!(down[0], before[0], "nothing runs on a crashed node");
+        assert!(down[1] > before[1] + 50, "the other node carries on");
+        assert!(sim.restart(restartable).expect("it restarts"));
+        assert!(!sim.restart(restartable).expect("up already"));
+        sim.run_for(second);
+        let after = *ticks.lock().unwrap();
+        assert!(after[0] > down[0] + 50, "it runs again after the restart");
+        assert_eq!(boots.load(Ordering::Relaxed), 2, "booted twice");
+        sim.trace()
+    };
+    assert_eq!(run(), run(), "a run with a crash replays too");
+
+    /// Counts ticks in `ticks[index]`, one every 10 ms.
+    async fn tick(cx: Context<()>, index: usize, ticks: Arc<Mutex<[u64; 2]>>) {
+        loop {
+            cx.sleep(Duration::from_millis(10)).await;
+            ticks.lock().unwrap()[index] += 1;
+        }
+    }
 }
 
 /// What a run of [`crash_storm`] left behind.
