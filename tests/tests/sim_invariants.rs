@@ -1,8 +1,8 @@
 //! The randomized scenario runner: per seed, a simulated cluster whose
 //! nodes each run a supervision tree under generated chaos — workers
 //! killed at random moments, processes monitored at random, short-lived
-//! processes coming and going — with the invariants checked as it runs
-//! and again after healing:
+//! processes coming and going, nodes crashing and restarting — with the
+//! invariants checked as it runs and again after healing:
 //!
 //! - every monitor gets exactly one `Down`, for the process it watched;
 //! - a supervisor restores its children once the chaos stops;
@@ -94,34 +94,68 @@ fn run_scenario(seed: u64, bug: Option<Bug>) -> Result<(), String> {
     if let Some(bug) = bug {
         sim.plant(bug);
     }
+    // Every node keeps the log of each of its boots; a boot draws from a
+    // random stream of its own.
     let mut logs = Vec::new();
     for index in 0..NODES {
-        let node = sim
-            .add_node(Runtime::builder())
-            .map_err(|e| e.to_string())?;
-        let rng = sim.rng(index as u64);
-        let log = Arc::new(Mutex::new(Log::default()));
-        let harness_log = log.clone();
-        sim.node(node)
-            .enter(|node| node.spawn(move |cx: Context<()>| harness(cx, rng, harness_log)))
-            .map_err(|e| e.to_string())?;
-        logs.push(log);
+        let boots: Arc<Mutex<Vec<Arc<Mutex<Log>>>>> = Arc::default();
+        let node_boots = boots.clone();
+        sim.add_restartable_node(Runtime::builder, move |node| {
+            let mut boots = node_boots.lock().unwrap();
+            let stream = (index * 1000 + boots.len()) as u64;
+            let rng = SimRng::new(seed, stream);
+            let log = Arc::new(Mutex::new(Log::default()));
+            boots.push(log.clone());
+            node.spawn(move |cx: Context<()>| harness(cx, rng, log))
+                .expect("spawn the harness");
+        })
+        .map_err(|e| e.to_string())?;
+        logs.push(boots);
     }
+    // The crash schedule: about half the nodes crash once early on and
+    // restart a little later, in time for their new boot to finish.
+    let mut schedule = sim.rng(u64::MAX);
+    let crashes: Vec<Option<(u64, u64)>> = (0..NODES)
+        .map(|_| {
+            let crash = 5 + schedule.below(16);
+            let restart = crash + 1 + schedule.below(5);
+            schedule.chance(0.5).then_some((crash, restart))
+        })
+        .collect();
     // Check as it runs: what the harnesses noticed, step by step.
-    let steps = (CHAOS + SETTLE * 3).as_millis() as u64 / 100;
+    let steps = (CHAOS + SETTLE * 3).as_millis() as u64 / 100 + 30;
     for step in 0..steps {
+        for (node, crash) in crashes.iter().enumerate() {
+            match *crash {
+                Some((at, _)) if at == step => {
+                    sim.crash(node);
+                }
+                Some((_, at)) if at == step => {
+                    sim.restart(node).map_err(|e| e.to_string())?;
+                }
+                _ => {}
+            }
+        }
         sim.run_for(Duration::from_millis(100));
-        for (node, log) in logs.iter().enumerate() {
-            if let Some(violation) = log.lock().unwrap().violations.first() {
-                return Err(format!(
-                    "seed {seed}, node {node}, step {step}: {violation}"
-                ));
+        for (node, boots) in logs.iter().enumerate() {
+            for log in boots.lock().unwrap().iter() {
+                if let Some(violation) = log.lock().unwrap().violations.first() {
+                    return Err(format!(
+                        "seed {seed}, node {node}, step {step}: {violation}"
+                    ));
+                }
             }
         }
     }
-    for (node, log) in logs.iter().enumerate() {
-        let log = log.lock().unwrap();
+    for (node, boots) in logs.iter().enumerate() {
         let at = |what: String| format!("seed {seed}, node {node}, after healing: {what}");
+        let boots = boots.lock().unwrap();
+        let expected = if crashes[node].is_some() { 2 } else { 1 };
+        if boots.len() != expected {
+            return Err(at(format!("{} boots, {expected} expected", boots.len())));
+        }
+        // Only the last boot lived to the end; a crash cut the others.
+        let log = boots.last().expect("booted").lock().unwrap();
         if !log.done {
             return Err(at("the harness did not finish".into()));
         }
