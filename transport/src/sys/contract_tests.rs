@@ -525,8 +525,12 @@ fn on_every_backend(name: &str, options: IoOptions, case: fn(Backend, &Runtime))
         let options = options.clone();
         let (done, finished) = mpsc::channel();
         let thread = std::thread::spawn(move || {
+            // No idle spin: an idle shard parks in its driver at once, so
+            // every wake-up the cases need goes through the driver's wait
+            // (the integration suites cover the spinning shard).
             let runtime = Runtime::builder()
                 .shards(2)
+                .idle_spin(Duration::ZERO)
                 .driver(backend.driver_factory(options))
                 .build()
                 .expect("the runtime builds");

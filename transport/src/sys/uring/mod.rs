@@ -46,7 +46,11 @@
 //! - **Submission** is batched: operations queue entries as processes poll,
 //!   and the driver submits once per pass ([`Driver::poll`]) or when it
 //!   parks ([`Driver::park`], one `io_uring_enter` that submits and waits
-//!   with a timeout). A full submission queue is submitted on the spot; if
+//!   with a timeout). A send that finds the queue otherwise empty is
+//!   submitted and reaped at once instead: it would go alone anyway, and
+//!   its writer gets the buffer back within the same poll (completions
+//!   reaped that way keep the next wait from sleeping until their wakers
+//!   have run). A full submission queue is submitted on the spot; if
 //!   the kernel will not take entries even then, they wait in a backlog, in
 //!   order. A full completion queue is no loss: the kernel keeps the
 //!   overflow (`IORING_FEAT_NODROP`) and we keep reaping.
@@ -252,8 +256,10 @@ impl Reactor {
         let mut wakers = {
             let mut state = self.state.borrow_mut();
             match wait {
-                Wait::No => state.submit(),
-                Wait::For(timeout) => state.submit_and_wait(timeout),
+                // Completions reaped since the last turn (by an eager
+                // send) have wakers waiting: do not sleep on top of them.
+                Wait::For(timeout) if state.wakers.is_empty() => state.submit_and_wait(timeout),
+                Wait::No | Wait::For(_) => state.submit(),
             }
             state.reap();
             std::mem::take(&mut state.wakers)
@@ -1009,6 +1015,17 @@ impl State {
         });
         source.send_op = Some(user_data);
         self.submit_send(user_data, key);
+        // Alone in the queue, the send gains nothing by waiting for the
+        // driver's next poll: submit it now and take its result (a plain
+        // send to a socket with room completes inside the submitting
+        // call), so the writer has its buffer back within its own poll
+        // and sends the next batch at once, as with epoll's synchronous
+        // writes. Sends queued together with others are submitted
+        // together, one system call for all.
+        if self.ring.submission().len() == 1 && self.backlog.is_empty() {
+            self.submit();
+            self.reap();
+        }
     }
 
     /// After buffers went back on the ring: resumes streams that were
