@@ -246,6 +246,27 @@ impl Simulation {
         }
     }
 
+    /// The hash of every process poll so far, as (virtual time, pid), in
+    /// order: equal for two runs that ran the same (and, but for a hash
+    /// collision, only for those).
+    pub fn trace(&self) -> u64 {
+        self.simulated.hash()
+    }
+
+    /// Process polls so far: the simulation's events.
+    pub fn events(&self) -> u64 {
+        self.simulated.events()
+    }
+
+    /// Plants `bug` in every node of this simulation, on purpose: a
+    /// randomized run's checks must find it (which is how a test shows
+    /// that they can fail). Only simulated nodes have this switch.
+    pub fn plant(&mut self, bug: Bug) {
+        match bug {
+            Bug::LoseDown { nth } => self.simulated.lose_down(nth),
+        }
+    }
+
     /// The next free default node id: one more than the nodes so far.
     fn next_id(&self) -> Result<NodeId, BuildError> {
         let id = u16::try_from(self.nodes.len() + 1).map_err(|_| BuildError::NoFreeNodeId)?;
@@ -289,26 +310,6 @@ impl Simulation {
     /// The nodes that are up.
     fn up(&self) -> impl Iterator<Item = &SimNode> {
         self.nodes.iter().filter_map(|slot| slot.node.as_ref())
-    }
-
-    /// The hash of every process poll so far, as (virtual time, pid), in
-    /// order: equal for two runs exactly when they ran the same.
-    pub fn trace(&self) -> u64 {
-        self.simulated.hash()
-    }
-
-    /// Process polls so far: the simulation's events.
-    pub fn events(&self) -> u64 {
-        self.simulated.events()
-    }
-
-    /// Plants `bug` in every node of this simulation, on purpose: a
-    /// randomized run's checks must find it (which is how a test shows
-    /// that they can fail). Only simulated nodes have this switch.
-    pub fn plant(&mut self, bug: Bug) {
-        match bug {
-            Bug::LoseDown { nth } => self.simulated.lose_down(nth),
-        }
     }
 }
 
