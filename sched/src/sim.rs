@@ -337,8 +337,12 @@ pub struct SimNode {
 impl SimNode {
     /// The node's handle, as a [`Runtime`](crate::Runtime) has: sends,
     /// exits, process info. Calls that wait for an answer from the shard
-    /// (`spawn`, `block_on`) would wait for this very thread: make them
-    /// inside the node, through [`SimNode::enter`].
+    /// (`spawn`, `block_on`, `process_info`, `shard_stats`) would wait for
+    /// this very thread: make them inside the node, through
+    /// [`SimNode::enter`]. Likewise, a waker of a simulated process must be
+    /// woken inside its node (a process, or `enter`): simulated nodes are
+    /// not in the OS process's registry of runtimes, through which a wake
+    /// from elsewhere would be routed.
     pub fn handle(&self) -> &Handle {
         &self.handle
     }

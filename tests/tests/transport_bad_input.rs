@@ -42,6 +42,7 @@ on_each_backend!(
     an_oversized_frame_after_the_handshake_closes_the_connection,
     a_sequence_gap_on_an_acknowledged_channel_closes_the_connection,
     chunks_over_the_maximum_message_close_the_connection,
+    chunks_without_their_first_are_dropped,
 );
 
 /// An HTTP request where B expects a frame.
@@ -498,8 +499,11 @@ fn chunks_over_the_maximum_message_close_the_connection(backend: Backend) {
     let mut raw = cluster.authenticated(ChannelId::DATA);
     let before = cluster.b.stats();
     let piece = vec![0xab; max_frame];
-    for _ in 0..MAX_MESSAGE / max_frame + 1 {
-        let header = raw_peer::header(FrameKind::Chunk, 1, cluster.receiver.pid(), 0);
+    for i in 0..MAX_MESSAGE / max_frame + 1 {
+        let mut header = raw_peer::header(FrameKind::Chunk, 1, cluster.receiver.pid(), 0);
+        if i == 0 {
+            header.flags = frame::FIRST_CHUNK;
+        }
         raw.send_raw_frame(header, &piece);
     }
     raw.read_until_closed();
@@ -510,6 +514,31 @@ fn chunks_over_the_maximum_message_close_the_connection(backend: Backend) {
     cluster.assert_counted(before, Counted::ERROR);
     assert!(cluster.rx.recv_timeout(QUIET).is_err(), "nothing delivered");
     cluster.assert_still_served();
+}
+
+/// The tail of a message whose first chunk never came (lost with an
+/// earlier connection on a best-effort channel) is dropped, not delivered
+/// as a message; the connection carries on, and a whole message after it
+/// arrives.
+fn chunks_without_their_first_are_dropped(backend: Backend) {
+    let mut cluster = Cluster::start(config(backend));
+    let mut raw = cluster.authenticated(ChannelId::DATA);
+    let to = cluster.receiver.pid();
+    let mut tail = raw_peer::header(FrameKind::Chunk, 1, to, 0);
+    tail.flags = frame::LAST_CHUNK;
+    raw.send_raw_frame(tail, &[0xab; 64]);
+    assert!(cluster.rx.recv_timeout(QUIET).is_err(), "no half message");
+    raw.send_frame(
+        raw_peer::header(FrameKind::Message, 1, to, 0),
+        &Numbered::new(0, 7, 8),
+    );
+    let seen = cluster.rx.recv_timeout(ARRIVAL).expect("the next message");
+    assert_eq!((seen.seq, seen.intact), (7, true));
+    assert!(
+        cluster.b.recent_errors().is_empty(),
+        "{:?}",
+        cluster.b.recent_errors()
+    );
 }
 
 /// Node A, a peer of node B, and a process on B that receives

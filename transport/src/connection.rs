@@ -26,7 +26,9 @@ use rkyv::util::AlignedVec;
 
 use crate::channel::ChannelId;
 use crate::fault::Verdict;
-use crate::frame::{self, FrameError, FrameHeader, FrameKind, HEADER_LEN, PAYLOAD_ALIGN};
+use crate::frame::{
+    self, FrameError, FrameHeader, FrameKind, FIRST_CHUNK, HEADER_LEN, LAST_CHUNK, PAYLOAD_ALIGN,
+};
 use crate::handshake::{self, Dialer, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
 use crate::inbound::{Block, EndpointCache, Feedback};
 use crate::lane::Lane;
@@ -42,9 +44,6 @@ const MIN_READ_ROOM: usize = 16 * 1024;
 /// Most bytes one receive copies: a burst is read in slices, and the
 /// reader yields to its shard once a slice has used up its budget.
 const FILL_SLICE: usize = 256 * 1024;
-
-/// Flag of a chunk frame: the last piece of its message.
-pub(crate) const LAST_CHUNK: u8 = 1;
 
 /// Accepts connections and gives each to a reader process on this shard.
 /// Every shard runs one, on its own descriptor of the same listening
@@ -510,7 +509,20 @@ impl Reader {
                 }
                 FrameKind::Chunk => {
                     let key = (header.source, header.destination);
-                    let (message, held_credit) = self.reassembly.entry(key).or_default();
+                    if header.flags & FIRST_CHUNK != 0 {
+                        // A message its sender gave up on (it ended
+                        // mid-message) gives way to the next one.
+                        if let Some((_, abandoned)) = self.reassembly.remove(&key) {
+                            self.chunk_held -= abandoned;
+                            released += abandoned;
+                        }
+                        self.reassembly.insert(key, Default::default());
+                    }
+                    let Some((message, held_credit)) = self.reassembly.get_mut(&key) else {
+                        // Its first chunk never came: nothing to add to.
+                        released += len as u64;
+                        continue;
+                    };
                     message.extend_from_slice(&bytes[payload]);
                     if message.len() > self.max_message {
                         return Err(ConnectionError::MessageTooLarge(message.len()));

@@ -38,6 +38,16 @@ pub const HEADER_LEN: usize = 48;
 /// Alignment of the payload, given a frame that starts this aligned.
 pub const PAYLOAD_ALIGN: usize = 16;
 
+/// Flag of a [`FrameKind::Chunk`] frame: the first piece of its message.
+/// A chunk without it continues the message its sender began with one; if
+/// that beginning never came (lost with a connection, on a best-effort
+/// channel), the receiver drops the rest instead of completing a message
+/// that lacks its start.
+pub const FIRST_CHUNK: u8 = 2;
+
+/// Flag of a [`FrameKind::Chunk`] frame: the last piece of its message.
+pub const LAST_CHUNK: u8 = 1;
+
 /// What a frame carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -25,7 +25,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use crate::channel::{ChannelSpec, Delivery, WhenDisconnected};
-use crate::frame::{self, FrameHeader, HEADER_LEN, PAYLOAD_ALIGN};
+use foundation_sched::Pid;
+
+use crate::frame::{self, FrameHeader, FIRST_CHUNK, HEADER_LEN, PAYLOAD_ALIGN};
 
 /// Why frames could not be appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +69,27 @@ struct State {
     blocked: Vec<Waker>,
     /// Emptied buffers, reused for the next batch.
     spare: Vec<Vec<u8>>,
+    /// The process whose message is going on in chunks: until its hold
+    /// ends, only its pushes are taken.
+    held_by: Option<Pid>,
+}
+
+/// The lane held for one process's chunked message; released on drop.
+pub(crate) struct Hold<'a> {
+    lane: &'a Lane,
+    holder: Pid,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut state = self.lane.state();
+        if state.held_by == Some(self.holder) {
+            state.held_by = None;
+            let blocked = std::mem::take(&mut state.blocked);
+            drop(state);
+            blocked.into_iter().for_each(Waker::wake);
+        }
+    }
 }
 
 impl Lane {
@@ -86,8 +109,16 @@ impl Lane {
                 writer: None,
                 blocked: Vec::new(),
                 spare: Vec::new(),
+                held_by: None,
             }),
         }
+    }
+
+    /// Holds the lane for `holder`'s chunked message: once its first chunk
+    /// is taken, other processes' pushes wait (or are `WouldBlock`) until
+    /// the returned hold drops.
+    pub(crate) fn hold_for(&self, holder: Pid) -> Hold<'_> {
+        Hold { lane: self, holder }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -104,7 +135,11 @@ impl Lane {
         partial: bool,
         cx: Option<&mut Context<'_>>,
     ) -> Result<usize, Push> {
+        // Whole messages (or all chunks of one) wait while any process
+        // holds the lane for its chunks.
         self.append(
+            None,
+            false,
             cx,
             |room| {
                 if frames.len() as u64 <= room {
@@ -133,7 +168,11 @@ impl Lane {
         header.length = u32::try_from(piece.len()).unwrap_or(u32::MAX);
         let head = header.to_bytes();
         let len = frame::padded_len(piece.len());
+        // The first chunk takes the hold (see `hold_for`).
+        let first = header.flags & FIRST_CHUNK != 0;
         self.append(
+            Some(header.source),
+            first,
             cx,
             |room| if len as u64 <= room { len } else { 0 },
             |pending, _| {
@@ -150,6 +189,8 @@ impl Lane {
     /// `WouldBlock`. Returns the bytes taken.
     fn append(
         &self,
+        source: Option<Pid>,
+        hold: bool,
         cx: Option<&mut Context<'_>>,
         take: impl FnOnce(u64) -> usize,
         write: impl FnOnce(&mut Vec<u8>, usize),
@@ -157,6 +198,13 @@ impl Lane {
         let mut state = self.state();
         if state.closed {
             return Err(Push::Closed);
+        }
+        if state.held_by.is_some_and(|holder| Some(holder) != source) {
+            // Another process's message is half-way on the lane.
+            if let Some(cx) = cx {
+                state.blocked.push(cx.waker().clone());
+            }
+            return Err(Push::WouldBlock);
         }
         let room = if state.connected {
             self.window.saturating_sub(state.in_flight)
@@ -174,6 +222,9 @@ impl Lane {
                 state.blocked.push(cx.waker().clone());
             }
             return Err(Push::WouldBlock);
+        }
+        if hold {
+            state.held_by = source;
         }
         let start = state.pending.len();
         write(&mut state.pending, take);
@@ -339,4 +390,75 @@ fn count_after(pending: &[u8]) -> u64 {
 fn frame_len_at(frames: &[u8], at: usize) -> Option<usize> {
     let header = FrameHeader::parse(frames.get(at..)?, u32::MAX).ok()?;
     Some(header.frame_len())
+}
+
+#[cfg(test)]
+mod tests {
+    use foundation_sched::{NodeId, ShardId};
+
+    use super::*;
+    use crate::channel::ChannelSpec;
+    use crate::frame::{FrameKind, LAST_CHUNK};
+
+    fn header(source: Pid, kind: FrameKind, flags: u8) -> FrameHeader {
+        FrameHeader {
+            flags,
+            channel: 0,
+            kind,
+            length: 0,
+            source,
+            destination: Pid::new(NodeId(2), ShardId(0), 1, 1),
+            trace_id: 0,
+            sequence: 0,
+        }
+    }
+
+    /// While one process's message goes on in chunks, another's waits: the
+    /// chunks stay contiguous on the lane, and numbered in order.
+    #[test]
+    fn a_chunked_message_holds_the_lane_until_it_is_done() {
+        let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
+        lane.connected(0);
+        let (a, b) = (
+            Pid::new(NodeId(1), ShardId(0), 1, 1),
+            Pid::new(NodeId(1), ShardId(0), 2, 1),
+        );
+        let mut small = Vec::new();
+        frame::encode(header(b, FrameKind::Message, 0), &7_u64, &mut small).unwrap();
+
+        let hold = lane.hold_for(a);
+        // Before its first chunk, the lane is not held yet.
+        assert_eq!(lane.push(&small, false, None), Ok(small.len()));
+        lane.push_chunk(header(a, FrameKind::Chunk, FIRST_CHUNK), &[1; 40], None)
+            .unwrap();
+        assert_eq!(lane.push(&small, false, None), Err(Push::WouldBlock));
+        lane.push_chunk(header(a, FrameKind::Chunk, LAST_CHUNK), &[2; 40], None)
+            .unwrap();
+        assert_eq!(lane.push(&small, false, None), Err(Push::WouldBlock));
+        drop(hold);
+        assert_eq!(lane.push(&small, false, None), Ok(small.len()));
+
+        // On the wire: B's message, A's two chunks, B's message; numbered
+        // 1 to 4.
+        let mut state = lane.state();
+        let pending = std::mem::take(&mut state.pending);
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while let Ok(header) = FrameHeader::parse(&pending[at..], u32::MAX) {
+            seen.push((header.source, header.kind, header.sequence));
+            at += header.frame_len();
+            if at == pending.len() {
+                break;
+            }
+        }
+        assert_eq!(
+            seen,
+            [
+                (b, FrameKind::Message, 1),
+                (a, FrameKind::Chunk, 2),
+                (a, FrameKind::Chunk, 3),
+                (b, FrameKind::Message, 4),
+            ]
+        );
+    }
 }

@@ -811,11 +811,13 @@ fn chunks(payload: &[u8], max_frame: usize) -> impl Iterator<Item = (&[u8], u8)>
         .chunks(max_frame)
         .enumerate()
         .map(move |(i, piece)| {
-            let flags = if i + 1 == count {
-                connection::LAST_CHUNK
-            } else {
-                0
-            };
+            let mut flags = 0;
+            if i == 0 {
+                flags |= frame::FIRST_CHUNK;
+            }
+            if i + 1 == count {
+                flags |= frame::LAST_CHUNK;
+            }
             (piece, flags)
         })
 }
@@ -826,6 +828,12 @@ fn chunks(payload: &[u8], max_frame: usize) -> impl Iterator<Item = (&[u8], u8)>
 async fn send_chunks(large: Large, max_frame: usize) -> Result<(), SendError> {
     let Large(lane, header, frame) = large;
     let payload = &frame[HEADER_LEN..HEADER_LEN + header.length as usize];
+    // The lane is held from the first chunk to the last (released early
+    // if this send ends before), so the message's chunks are contiguous on
+    // it: an acknowledged channel must not count a later message as
+    // delivered while this one is half-way, or a reconnect would resend
+    // only its tail.
+    let _hold = lane.hold_for(header.source);
     for (piece, flags) in chunks(payload, max_frame) {
         let chunk = FrameHeader {
             flags,

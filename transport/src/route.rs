@@ -53,8 +53,11 @@ pub(crate) fn with_peer<R>(
             return lookup().map(|peer| f(&peer));
         };
         let key = (transport, node);
-        if let Some(peer) = routes.get(&key).filter(|peer| !peer.is_removed()) {
-            return Some(f(peer));
+        match routes.get(&key) {
+            Some(peer) if !peer.is_removed() => return Some(f(peer)),
+            // Let a removed peer (and the buffers of its lanes) go.
+            Some(_) => drop(routes.remove(&key)),
+            None => {}
         }
         let peer = lookup()?;
         if routes.len() >= MAX_ROUTES {

@@ -844,7 +844,9 @@ impl State {
             if send.zc && cqueue::more(flags) {
                 send.notifs_pending += 1;
             }
-            if send.zc && result == -libc::EINVAL {
+            let live =
+                self.sources.get(key).is_some_and(|source| source.open) && !self.tearing_down;
+            if send.zc && result == -libc::EINVAL && live {
                 // No usage report here (or no zero-copy for this socket):
                 // send this slice again, copied.
                 send.zc = false;
@@ -860,8 +862,7 @@ impl State {
             }
             // The next slice goes out at once: it reads other bytes of the
             // buffer than the slices whose notifications are still due.
-            let open = self.sources.get(key).is_some_and(|source| source.open);
-            if open && send.error.is_none() && send.written < send.buf.len() && !self.tearing_down {
+            if live && send.error.is_none() && send.written < send.buf.len() {
                 self.submit_send(user_data, key);
                 return;
             }
