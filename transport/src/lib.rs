@@ -614,7 +614,8 @@ impl Transport {
 
     /// Sends `message` from local process `from` to `to` on another node,
     /// on `channel`, without waiting: [`SendError::WouldBlock`] when the
-    /// lane is out of credit. Order is kept per (from, to, channel).
+    /// lane is out of credit, or busy with another process's message that
+    /// is going out in chunks. Order is kept per (from, to, channel).
     pub fn try_send<T: Wire>(
         &self,
         from: Pid,
