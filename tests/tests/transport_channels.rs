@@ -20,6 +20,7 @@ on_each_backend!(
     chunked_messages_arrive_intact_and_in_order,
     try_send_takes_a_chunked_message_whole,
     acknowledged_delivery_survives_cut_connections,
+    chunked_messages_on_an_acknowledged_channel_survive_cuts,
     a_message_for_no_process_is_counted_and_the_connection_stays,
 );
 
@@ -130,11 +131,7 @@ fn acknowledged_delivery_survives_cut_connections(backend: Backend) {
     // Bytes towards the receiving node (over all connections) at which the
     // proxy cuts: all well within what the `control` stream alone sends.
     const CUTS: [u64; 5] = [20_000, 50_000, 90_000, 130_000, 170_000];
-    let a = Node::start(config(backend));
-    let b = Node::start(config(backend));
-    let proxy = Proxy::new(b.local_addr());
-    proxy.cut_at(&CUTS);
-    a.add_peer(b.node(), proxy.addr()).expect("a new peer");
+    let (a, b, proxy) = pair_through_proxy(backend, &CUTS);
     let (receiver, rx) = b.receiver(Seen::of);
     let to = receiver.pid();
 
@@ -243,6 +240,49 @@ fn acknowledged_delivery_survives_cut_connections(backend: Backend) {
     );
 }
 
+/// On `control` (acknowledged), one process sends messages large enough to
+/// go in chunks while another sends small ones, and a proxy cuts the
+/// connection several times, mid-chunk: every message of both arrives
+/// whole, once, in its sender's order (the chunks of one message are not
+/// interleaved with other messages, so a reconnect resends all of them).
+fn chunked_messages_on_an_acknowledged_channel_survive_cuts(backend: Backend) {
+    const LARGE: u64 = 12;
+    const SMALL: u64 = 400;
+    const CUTS: [u64; 5] = [150_000, 600_000, 1_100_000, 1_600_000, 2_100_000];
+    let (a, b, proxy) = pair_through_proxy(backend, &CUTS);
+    let (receiver, rx) = b.receiver(Seen::of);
+    let max_frame = a.channels()[usize::from(ChannelId::CONTROL.0)].max_frame as usize;
+    let large_len = 2 * max_frame + 1000;
+    let large = a.sender(
+        receiver.pid(),
+        (0..LARGE)
+            .map(|seq| (ChannelId::CONTROL, Numbered::new(0, seq, large_len)))
+            .collect(),
+    );
+    let small = a.sender(
+        receiver.pid(),
+        (0..SMALL)
+            .map(|seq| (ChannelId::CONTROL, Numbered::new(1, seq, 16)))
+            .collect(),
+    );
+    let seen = collect(&rx, (LARGE + SMALL) as usize);
+    for sent in [large, small] {
+        sent.recv_timeout(ARRIVAL)
+            .expect("the sender finishes")
+            .expect("every send is taken");
+    }
+    assert_each_sender_in_order(
+        &seen,
+        2,
+        |sender| if sender == 0 { LARGE } else { SMALL },
+        |sender, _| if sender == 0 { large_len } else { 16 },
+    );
+    assert!(rx.recv_timeout(QUIET).is_err(), "no message arrives twice");
+    eventually("the proxy cut at every point", || {
+        proxy.cuts() == CUTS.len()
+    });
+}
+
 /// Messages for a pid that never existed and for a registered process
 /// that ended are counted as undeliverable; the connections they came on
 /// stay up and keep delivering.
@@ -309,6 +349,17 @@ fn a_message_for_no_process_is_counted_and_the_connection_stays(backend: Backend
 
 /// What a receiver saw, by channel.
 type ByChannel = BTreeMap<u16, Vec<Seen>>;
+
+/// Two nodes, A a peer of B through a proxy that cuts every connection
+/// when the bytes towards B reach each of `cuts`.
+fn pair_through_proxy(backend: Backend, cuts: &[u64]) -> (Node, Node, Proxy) {
+    let a = Node::start(config(backend));
+    let b = Node::start(config(backend));
+    let proxy = Proxy::new(b.local_addr());
+    proxy.cut_at(cuts);
+    a.add_peer(b.node(), proxy.addr()).expect("a new peer");
+    (a, b, proxy)
+}
 
 /// Two nodes, the first a peer of the second.
 fn pair(backend: Backend) -> (Node, Node) {
