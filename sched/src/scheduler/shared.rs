@@ -68,8 +68,8 @@ impl Simulated {
     pub(crate) fn record(&self, now: crate::time::Instant, pid: crate::Pid) {
         let mut hash = self.hash.load(Ordering::Relaxed);
         for word in [now.as_nanos(), pid.to_bits()] {
-            // FNV-1a over the two words, a byte at a time would be slower
-            // and no better for telling runs apart.
+            // FNV-1a's step (xor, multiply by its prime), a whole word at
+            // a time rather than a byte: as good for telling runs apart.
             hash = (hash ^ word).wrapping_mul(0x0000_0100_0000_01b3);
         }
         self.hash.store(hash, Ordering::Relaxed);
