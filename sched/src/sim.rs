@@ -10,7 +10,9 @@
 //!
 //! [`Simulation::run_for`] alternates two steps: run every node until none
 //! has anything to do (each turn of a node is one turn of the real shard
-//! loop), then jump the clock to the earliest timer of any node. Nothing
+//! loop), then jump the clock to the earliest timer of any node, or the
+//! earliest event its driver announces ([`Driver::next_event`]: the
+//! transport's simulated network delivers bytes that way). Nothing
 //! waits on the wall clock, so a minute of timers runs in as long as the
 //! handlers take, and nothing is left to chance: the order in which nodes
 //! turn, the clock, and every random choice come from the simulation. Code
@@ -298,6 +300,7 @@ impl Simulation {
         {
             let _inside = waker::enter(shard.clone());
             driver.enter();
+            driver.resume();
         }
         Ok(SimNode {
             handle,
@@ -364,11 +367,13 @@ impl SimNode {
     /// ```
     pub fn enter<R>(&mut self, f: impl FnOnce(&Handle) -> R) -> R {
         let _inside = waker::enter(self.shard.clone());
+        self.driver.resume();
         f(&self.handle)
     }
 
     /// Whether a turn now would run anything: runnable processes, packets
-    /// from outside, or a timer due at the current virtual time.
+    /// from outside, or a timer or a delivery due at the current virtual
+    /// time.
     fn is_due(&self) -> bool {
         self.shard.has_work()
             || self
@@ -379,12 +384,16 @@ impl SimNode {
     /// One turn of the shard's loop.
     fn turn(&mut self) {
         let _inside = waker::enter(self.shard.clone());
+        self.driver.resume();
         self.shard.turn(self.driver.as_mut());
     }
 
-    /// When the node's next timer is due.
+    /// When the node's next timer or driver event (a simulated network's
+    /// delivery) is due.
     fn next_deadline(&self) -> Option<Instant> {
-        self.shard.next_deadline()
+        let timer = self.shard.next_deadline();
+        let event = self.driver.next_event();
+        timer.into_iter().chain(event).min()
     }
 }
 

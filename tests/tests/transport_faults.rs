@@ -173,7 +173,7 @@ fn expect_exactly_once_in_order(
 /// Two nodes, A a peer of B, faults drawn from a fixed seed.
 fn pair(backend: Backend) -> (Node, Node) {
     let seeded = |seed| TransportConfig {
-        fault_seed: Some(seed),
+        seed: Some(seed),
         ..config(backend)
     };
     let a = Node::start(seeded(1));

@@ -29,10 +29,10 @@ use crate::fault::Verdict;
 use crate::frame::{
     self, FrameError, FrameHeader, FrameKind, FIRST_CHUNK, HEADER_LEN, LAST_CHUNK, PAYLOAD_ALIGN,
 };
-use crate::handshake::{self, Dialer, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
+use crate::handshake::{self, Dialer, Established, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
 use crate::inbound::{Block, EndpointCache, Feedback};
 use crate::lane::Lane;
-use crate::sys::{Listener, Reactor, Stream};
+use crate::sys::{Bound, Listener, Reactor, Socket, Stream};
 use crate::{ConnectionError, Inner, Peer};
 
 /// Size of a reader's receive block, unless the channel's frames need more.
@@ -48,7 +48,7 @@ const FILL_SLICE: usize = 256 * 1024;
 /// Accepts connections and gives each to a reader process on this shard.
 /// Every shard runs one, on its own descriptor of the same listening
 /// socket, so connections spread over the shards as they arrive.
-pub(crate) async fn listen(cx: Context<()>, inner: Arc<Inner>, listener: std::net::TcpListener) {
+pub(crate) async fn listen(cx: Context<()>, inner: Arc<Inner>, listener: Bound) {
     let Some(reactor) = Reactor::current() else {
         tracing::error!("transport listener on a shard without an I/O reactor");
         return;
@@ -99,9 +99,9 @@ pub(crate) async fn dial(
             continue;
         }
         match connect(&cx, &inner, &peer, channel, lane_index).await {
-            Ok((stream, delivered)) => {
+            Ok((stream, established)) => {
                 backoff = inner.config.reconnect_min;
-                lane.connected(delivered);
+                lane.connected(established.incarnation, established.delivered);
                 inner.counters.connections.increment();
                 let error = write_lane(&lane, &stream, &partitioned).await;
                 take_back_unsent(&lane, &stream).await;
@@ -117,15 +117,16 @@ pub(crate) async fn dial(
     }
 }
 
-/// Connects and handshakes as the dialer; returns the stream and how far
-/// the peer delivered this lane.
+/// Connects and handshakes as the dialer; returns the stream and what the
+/// handshake told of the peer (its incarnation, how far it delivered this
+/// lane).
 async fn connect(
     cx: &Context<()>,
     inner: &Arc<Inner>,
     peer: &Peer,
     channel: u16,
     lane: u16,
-) -> Result<(Stream, u64), ConnectionError> {
+) -> Result<(Stream, Established), ConnectionError> {
     let reactor = Reactor::current().ok_or(ConnectionError::NoReactor)?;
     let stream = reactor.connect(peer.addr).map_err(ConnectionError::io)?;
     let handshake = async {
@@ -138,7 +139,7 @@ async fn connect(
             peer.node,
             channel,
             lane,
-            handshake::nonce(),
+            inner.entropy.nonce(),
             &mut out,
         );
         send_all(&stream, &mut out).await?;
@@ -150,13 +151,13 @@ async fn connect(
             // Send the answer, a refusal included, before acting on the step.
             let sent = send_all(&stream, &mut out).await;
             if let Some(established) = step? {
-                return Ok(established.delivered);
+                return Ok(established);
             }
             sent?;
         }
     };
-    let delivered = within(cx, inner.config.handshake_timeout, handshake).await?;
-    Ok((stream, delivered))
+    let established = within(cx, inner.config.handshake_timeout, handshake).await?;
+    Ok((stream, established))
 }
 
 /// Writes the lane's batches and applies the credit and acknowledgements
@@ -243,7 +244,7 @@ async fn take_back_unsent(lane: &Lane, stream: &Stream) {
 
 /// Serves one accepted connection: the listener's handshake, then frames
 /// until it closes.
-async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: std::net::TcpStream, addr: SocketAddr) {
+async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: Socket, addr: SocketAddr) {
     let Some(reactor) = Reactor::current() else {
         tracing::error!("transport reader on a shard without an I/O reactor");
         return;
@@ -278,7 +279,7 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: std::net::TcpStream, 
 
 /// The listener's side of the handshake.
 async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader), ConnectionError> {
-    let mut listener = handshake::Listener::new(inner.identity.clone(), handshake::nonce());
+    let mut listener = handshake::Listener::new(inner.identity.clone(), inner.entropy.nonce());
     let mut buffer = FrameBuffer::new(4096);
     let mut out = Vec::new();
     loop {

@@ -7,7 +7,7 @@
 //!                                          checks protocol, digest
 //!   <------------  Challenge { protocol, name, node, nonce_l,
 //!                              mac_l = HMAC(cookie, "listener" | nonce_d | nonce_l),
-//!                              delivered }
+//!                              delivered, incarnation }
 //! checks mac_l
 //!   Proof { mac_d = HMAC(cookie, "dialer" | nonce_l | nonce_d) }  --->
 //!                                          checks mac_d
@@ -24,12 +24,17 @@
 //!
 //! `delivered` (in the challenge) is how far the listener has delivered
 //! this dialer's acknowledged lane, so that after a reconnect the dialer
-//! resends only what was lost. `incarnation` (in the hello) tells a
-//! restarted dialer from a reconnecting one: a new incarnation starts its
-//! sequence numbers afresh.
+//! resends only what was lost. `incarnation` tells a restarted node from a
+//! reconnecting one, both ways: a listener meeting a new incarnation of a
+//! dialer expects its sequence numbers from 1 again (hello), and a dialer
+//! meeting a new incarnation of a listener numbers from 1 again
+//! (challenge).
 
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 
+use foundation_sched::sim::SimRng;
+use foundation_sched::time::Instant;
 use foundation_sched::{NodeId, Pid};
 use hmac::{Hmac, Mac};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -38,7 +43,7 @@ use sha2::Sha256;
 use crate::frame::{self, Frame, FrameError, FrameHeader, FrameKind};
 
 /// The handshake protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The largest handshake frame payload accepted.
 pub(crate) const MAX_HANDSHAKE_PAYLOAD: u32 = 4096;
@@ -170,6 +175,8 @@ pub enum Message {
         mac: [u8; 32],
         /// How far it delivered this lane.
         delivered: u64,
+        /// Its transport's incarnation.
+        incarnation: u64,
     },
     /// The dialer's answer to the listener's challenge.
     Proof {
@@ -235,6 +242,8 @@ pub(crate) struct Established {
     pub(crate) peer: NodeId,
     /// Highest sequence number the listener delivered on this lane.
     pub(crate) delivered: u64,
+    /// The listener's incarnation.
+    pub(crate) incarnation: u64,
 }
 
 /// A listener's view of an established connection.
@@ -300,6 +309,7 @@ impl Dialer {
                 nonce,
                 mac,
                 delivered,
+                incarnation,
             } if self.established.is_none() => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(HandshakeError::Protocol {
@@ -333,6 +343,7 @@ impl Dialer {
                     peer_name: name,
                     peer: NodeId(node),
                     delivered,
+                    incarnation,
                 });
                 Ok(None)
             }
@@ -417,6 +428,7 @@ impl Listener {
                         nonce: self.nonce,
                         mac: mac.finalize().into_bytes().into(),
                         delivered: delivered(&accepted),
+                        incarnation: self.identity.incarnation,
                     },
                     out,
                 );
@@ -445,11 +457,61 @@ impl Listener {
     }
 }
 
-/// A fresh random nonce.
+/// A fresh random nonce from the OS.
 pub(crate) fn nonce() -> [u8; 32] {
     let mut nonce = [0; 32];
     getrandom::getrandom(&mut nonce).expect("the OS random source");
     nonce
+}
+
+/// Where a transport's random numbers come from: the OS, or streams of a
+/// seed ([`crate::TransportConfig::seed`]) so that a simulation replays.
+pub(crate) struct Entropy {
+    seeded: Option<(u64, Mutex<SimRng>)>,
+}
+
+/// Streams of a transport's seed.
+const NONCE_STREAM: u64 = 1;
+const INCARNATION_STREAM: u64 = 2;
+const FAULT_STREAM: u64 = 3;
+
+impl Entropy {
+    pub(crate) fn new(seed: Option<u64>) -> Entropy {
+        Entropy {
+            seeded: seed.map(|seed| (seed, Mutex::new(SimRng::new(seed, NONCE_STREAM)))),
+        }
+    }
+
+    /// A handshake nonce.
+    pub(crate) fn nonce(&self) -> [u8; 32] {
+        let Some((_, rng)) = &self.seeded else {
+            return nonce();
+        };
+        let mut rng = rng.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut nonce = [0; 32];
+        for word in nonce.chunks_mut(8) {
+            word.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        nonce
+    }
+
+    /// The incarnation of a transport started at `now`: a seeded node that
+    /// restarts (at a later virtual time) is a new incarnation to its
+    /// peers, as a restarted process with fresh OS randomness is.
+    pub(crate) fn incarnation(&self, now: Instant) -> u64 {
+        match &self.seeded {
+            Some((seed, _)) => SimRng::new(seed ^ now.as_nanos(), INCARNATION_STREAM).next_u64(),
+            None => u64::from_le_bytes(nonce()[..8].try_into().expect("8 bytes")),
+        }
+    }
+
+    /// The seed of the fault rules' draws.
+    pub(crate) fn fault_seed(&self) -> u64 {
+        match &self.seeded {
+            Some((seed, _)) => SimRng::new(*seed, FAULT_STREAM).next_u64(),
+            None => u64::from_le_bytes(nonce()[..8].try_into().expect("8 bytes")),
+        }
+    }
 }
 
 fn write(message: &Message, out: &mut Vec<u8>) {

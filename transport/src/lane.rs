@@ -63,6 +63,8 @@ struct State {
     consumed: u64,
     connected: bool,
     closed: bool,
+    /// The incarnation of the peer's transport last connected to.
+    peer_incarnation: Option<u64>,
     /// The connection process, waiting for frames.
     writer: Option<Waker>,
     /// Senders waiting for credit.
@@ -106,6 +108,7 @@ impl Lane {
                 consumed: 0,
                 connected: false,
                 closed: false,
+                peer_incarnation: None,
                 writer: None,
                 blocked: Vec::new(),
                 spare: Vec::new(),
@@ -298,9 +301,30 @@ impl Lane {
         }
     }
 
-    /// A connection was established; the receiver had delivered up to
-    /// `delivered`. Everything unacknowledged after it goes out first.
-    pub(crate) fn connected(&self, delivered: u64) {
+    /// A connection was established to incarnation `peer_incarnation` of
+    /// the peer's transport, which had delivered up to `delivered`.
+    /// Everything unacknowledged after it goes out first.
+    ///
+    /// A peer that restarted (a new incarnation) has lost whatever its
+    /// previous incarnation had not acknowledged, with the processes it
+    /// was for, and numbers this lane from 1 again: the unacknowledged
+    /// frames are dropped and the waiting ones numbered afresh.
+    pub(crate) fn connected(&self, peer_incarnation: u64, delivered: u64) {
+        let mut state = self.state();
+        let restarted = state
+            .peer_incarnation
+            .is_some_and(|known| known != peer_incarnation);
+        state.peer_incarnation = Some(peer_incarnation);
+        if restarted && self.acknowledged {
+            while let Some((_, mut lost)) = state.unacked.pop_front() {
+                lost.clear();
+                state.spare.push(lost);
+            }
+            let mut next = 1;
+            number_frames(&mut state.pending, &mut next);
+            state.next_sequence = next;
+        }
+        drop(state);
         self.acknowledged(delivered);
         let mut state = self.state();
         let mut resend: Vec<u8> = Vec::new();
@@ -418,7 +442,7 @@ mod tests {
     #[test]
     fn a_chunked_message_holds_the_lane_until_it_is_done() {
         let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
-        lane.connected(0);
+        lane.connected(1, 0);
         let (a, b) = (
             Pid::new(NodeId(1), ShardId(0), 1, 1),
             Pid::new(NodeId(1), ShardId(0), 2, 1),
@@ -460,5 +484,62 @@ mod tests {
                 (b, FrameKind::Message, 4),
             ]
         );
+    }
+
+    /// Sequence numbers of the frames waiting on `lane`.
+    fn pending_sequences(lane: &Lane) -> Vec<u64> {
+        let state = lane.state();
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while let Some(len) = frame_len_at(&state.pending, at) {
+            let header = FrameHeader::parse(&state.pending[at..], u32::MAX).unwrap();
+            seen.push(header.sequence);
+            at += len;
+        }
+        seen
+    }
+
+    /// A reconnect to the same incarnation resends what it did not
+    /// acknowledge, with its numbers; a restarted peer gets none of what
+    /// its previous incarnation lost, and the rest numbered from 1.
+    #[test]
+    fn a_restarted_peer_is_numbered_afresh() {
+        let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
+        let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+        let mut message = Vec::new();
+        frame::encode(header(source, FrameKind::Message, 0), &7_u64, &mut message).unwrap();
+        lane.connected(1, 0);
+        // Frame 1 written alone, then frames 2 and 3; the peer
+        // acknowledges 1.
+        for frames in [1, 2] {
+            for _ in 0..frames {
+                lane.push(&message, false, None).unwrap();
+            }
+            let batch = std::mem::take(&mut lane.state().pending);
+            lane.written(batch);
+        }
+        lane.acknowledged(1);
+        lane.disconnected();
+        lane.push(&message, false, None).unwrap();
+
+        lane.connected(1, 1);
+        assert_eq!(
+            pending_sequences(&lane),
+            [2, 3, 4],
+            "resent, then the new one"
+        );
+        let batch = std::mem::take(&mut lane.state().pending);
+        lane.written(batch);
+        lane.disconnected();
+        lane.push(&message, false, None).unwrap();
+
+        lane.connected(2, 0);
+        assert_eq!(
+            pending_sequences(&lane),
+            [1],
+            "only what was never written, renumbered"
+        );
+        lane.push(&message, false, None).unwrap();
+        assert_eq!(pending_sequences(&lane), [1, 2]);
     }
 }

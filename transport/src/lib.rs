@@ -91,7 +91,7 @@ mod sys;
 pub use channel::{ChannelId, ChannelSpec, ConfigError, Delivery, WhenDisconnected};
 pub use handshake::{Cookie, HandshakeError, PROTOCOL_VERSION};
 pub use inbound::Remote;
-pub use sys::{Backend, BackendError, IoOptions, BACKEND_ENV};
+pub use sys::{sim, Backend, BackendError, IoOptions, BACKEND_ENV};
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -111,9 +111,10 @@ use foundation_sched::{
 
 use crate::fault::Faults;
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
-use crate::handshake::{Accepted, Identity};
+use crate::handshake::{Accepted, Entropy, Identity};
 use crate::inbound::{Block, EndpointCache, Endpoints};
 use crate::lane::{Lane, Push};
+use crate::sys::{Bound, Reactor};
 
 /// How a node's transport is set up.
 #[derive(Clone, Debug)]
@@ -138,10 +139,12 @@ pub struct TransportConfig {
     pub reconnect_max: Duration,
     /// Time a handshake may take (default 5 s).
     pub handshake_timeout: Duration,
-    /// The seed of the random stream fault rules draw from ([`fault`]);
-    /// `None` (the default) for a random one. A simulation sets it so its
-    /// faults replay.
-    pub fault_seed: Option<u64>,
+    /// Seeds the transport's random choices: what fault rules draw
+    /// ([`fault`]), handshake nonces and the node's incarnation. `None`
+    /// (the default) takes them from the OS. A simulation sets it so that
+    /// its runs replay; a real cluster should not, or its handshake
+    /// challenges would repeat.
+    pub seed: Option<u64>,
 }
 
 impl TransportConfig {
@@ -157,7 +160,7 @@ impl TransportConfig {
             reconnect_min: Duration::from_millis(20),
             reconnect_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
-            fault_seed: None,
+            seed: None,
         }
     }
 
@@ -392,6 +395,18 @@ pub(crate) struct Inner {
     recent_errors: Mutex<VecDeque<ConnectionError>>,
     closed: AtomicBool,
     faults: Faults,
+    entropy: Entropy,
+}
+
+/// The error for a backend that needs the other way of starting: a real
+/// one inside a simulation, or the simulated one outside.
+fn not_simulated(backend: Backend) -> StartError {
+    let error = io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the simulated network is reached only through Transport::start_simulated, \
+         on a node whose driver is a simulated network's host",
+    );
+    StartError::Backend(BackendError::Unavailable { backend, error })
 }
 
 /// Errors kept for [`Transport::recent_errors`].
@@ -415,32 +430,76 @@ impl Transport {
             }
             None => Backend::select(&config.io).map_err(StartError::Backend)?,
         };
+        let drivers = backend
+            .driver_factory(config.io.clone())
+            .ok_or_else(|| not_simulated(backend))?;
         let listener = std::net::TcpListener::bind(config.listen).map_err(StartError::Listen)?;
         listener.set_nonblocking(true).map_err(StartError::Listen)?;
         let local_addr = listener.local_addr().map_err(StartError::Listen)?;
         let runtime = builder
-            .driver(backend.driver_factory(config.io.clone()))
+            .driver(drivers)
             .build()
             .map_err(StartError::Runtime)?;
-        let mut incarnation = [0; 8];
-        getrandom::getrandom(&mut incarnation).expect("the OS random source");
-        let fault_seed = config.fault_seed.unwrap_or_else(|| {
-            let mut seed = [0; 8];
-            getrandom::getrandom(&mut seed).expect("the OS random source");
-            u64::from_le_bytes(seed)
-        });
+        // Every shard accepts on its own descriptor of the one socket.
+        let listeners = (0..runtime.shard_count())
+            .map(|_| listener.try_clone().map(Bound::Tcp))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(StartError::Listen)?;
+        let transport =
+            Transport::launch(runtime.handle(), config, backend, local_addr, listeners)?;
+        Ok((runtime, transport))
+    }
+
+    /// Starts a transport on a node of a [`Simulation`] whose driver is a
+    /// host of a simulated network ([`sim::Network::driver`]), listening
+    /// on `config.listen` of that host (a loopback or unspecified address
+    /// stands for the host's own). Call it inside the node: in
+    /// [`SimNode::enter`] or in the boot of a restartable node, which then
+    /// starts its transport again at every restart. Set `config.seed` for
+    /// runs that replay.
+    ///
+    /// [`Simulation`]: foundation_sched::sim::Simulation
+    /// [`SimNode::enter`]: foundation_sched::sim::SimNode::enter
+    pub fn start_simulated(
+        handle: &Handle,
+        config: TransportConfig,
+    ) -> Result<Transport, StartError> {
+        config.check().map_err(StartError::Config)?;
+        let reactor = Reactor::current();
+        let Some(Reactor::Sim(host)) = reactor.as_deref() else {
+            return Err(not_simulated(Backend::Simulated));
+        };
+        let listener = host.bind(config.listen).map_err(StartError::Listen)?;
+        let local_addr = listener.local_addr();
+        let listeners = vec![Bound::Sim(listener)];
+        Transport::launch(handle, config, Backend::Simulated, local_addr, listeners)
+    }
+
+    /// Starts the transport of the runtime `handle` belongs to: one
+    /// listener process per shard, on `listeners` (one per shard, in shard
+    /// order).
+    fn launch(
+        handle: &Handle,
+        config: TransportConfig,
+        backend: Backend,
+        local_addr: SocketAddr,
+        listeners: Vec<Bound>,
+    ) -> Result<Transport, StartError> {
+        let entropy = Entropy::new(config.seed);
         let identity = Identity {
             name: config.name.clone(),
-            node: runtime.node(),
-            incarnation: u64::from_le_bytes(incarnation),
+            node: handle.node(),
+            incarnation: entropy.incarnation(handle.now()),
             cookie: config.cookie.clone(),
             channels: channel::digest(&config.channels),
             lanes: config.channels.iter().map(|c| c.parallelism).collect(),
         };
         let inner = Arc::new(Inner {
             id: route::transport_id(),
-            handle: runtime.handle().clone(),
+            handle: handle.clone(),
             channels: config.channels.clone(),
+            faults: Faults::new(entropy.fault_seed()),
+            entropy,
             config,
             identity,
             backend,
@@ -451,19 +510,17 @@ impl Transport {
             counters: Counters::default(),
             recent_errors: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
-            faults: Faults::new(fault_seed),
         });
-        for shard in 0..runtime.shard_count() {
-            let listener = listener.try_clone().map_err(StartError::Listen)?;
+        for (shard, listener) in listeners.into_iter().enumerate() {
             let accept = inner.clone();
             let options = SpawnOptions::new().placement(Placement::Shard(ShardId(shard as u8)));
-            runtime
+            handle
                 .spawn_with(options, move |cx: Context<()>| {
                     connection::listen(cx, accept, listener)
                 })
                 .map_err(|error| StartError::Listen(io::Error::other(error.to_string())))?;
         }
-        Ok((runtime, Transport { inner }))
+        Ok(Transport { inner })
     }
 
     /// The address this node listens on.

@@ -48,6 +48,8 @@ fn subject(backend: Backend) -> &'static str {
     match backend {
         Backend::IoUring => FOUNDATION,
         Backend::Epoll => "foundation-epoll",
+        // Not measured here: the `sim` case is the simulated network's.
+        _ => "foundation-simulated",
     }
 }
 

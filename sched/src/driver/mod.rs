@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::pid::ShardId;
+use crate::time::Instant;
 
 /// What a shard parks in when it is idle. One driver per shard, used only
 /// on that shard's thread.
@@ -27,6 +28,19 @@ pub trait Driver: Send + 'static {
     /// that processes reach through thread-local state (an I/O reactor)
     /// installs it here.
     fn enter(&mut self) {}
+
+    /// Called in a simulation before each of the node's turns, and when
+    /// the simulation runs code inside the node: simulated nodes share one
+    /// thread, so a driver reached through thread-local state installs it
+    /// again here. Never called on a real shard.
+    fn resume(&mut self) {}
+
+    /// When this driver next has work of its own on the virtual clock: a
+    /// simulated network's next delivery to this node. A simulation jumps
+    /// its clock no further than this. Real drivers have none.
+    fn next_event(&self) -> Option<Instant> {
+        None
+    }
 
     /// Processes work the driver has ready without waiting (I/O
     /// completions, and submissions queued since the last call), waking

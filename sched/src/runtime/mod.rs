@@ -633,6 +633,12 @@ impl Handle {
         self.shared.node
     }
 
+    /// The runtime's clock now: the wall clock's monotonic time, or a
+    /// simulation's virtual time.
+    pub fn now(&self) -> crate::time::Instant {
+        self.shared.clock.now()
+    }
+
     /// Number of shards.
     pub fn shard_count(&self) -> usize {
         self.shared.shards.len()

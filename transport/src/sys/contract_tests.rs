@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use foundation_sched::{oneshot, Context, Placement, Runtime, ShardId, SpawnOptions};
 
-use super::{Backend, IoOptions, Listener, Reactor, Stream};
+use super::{Backend, Bound, IoOptions, Listener, Reactor, Stream};
 
 /// How long one case may take on one backend.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -531,7 +531,7 @@ fn on_every_backend(name: &str, options: IoOptions, case: fn(Backend, &Runtime))
             let runtime = Runtime::builder()
                 .shards(2)
                 .idle_spin(Duration::ZERO)
-                .driver(backend.driver_factory(options))
+                .driver(backend.driver_factory(options).expect("a real backend"))
                 .build()
                 .expect("the runtime builds");
             case(backend, &runtime);
@@ -560,6 +560,7 @@ fn reactor(backend: Backend) -> Rc<Reactor> {
     let running = match *reactor {
         Reactor::Uring(_) => Backend::IoUring,
         Reactor::Epoll(_) => Backend::Epoll,
+        Reactor::Sim(_) => Backend::Simulated,
     };
     assert_eq!(running, backend, "the shard runs the backend under test");
     reactor
@@ -597,7 +598,7 @@ fn listen(backend: Backend) -> io::Result<(Listener, SocketAddr)> {
     let listener = std::net::TcpListener::bind(localhost())?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    Ok((reactor(backend).listener(listener)?, addr))
+    Ok((reactor(backend).listener(Bound::Tcp(listener))?, addr))
 }
 
 /// The next connection, adopted by this shard.

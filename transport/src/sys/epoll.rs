@@ -75,7 +75,7 @@ impl Driver for EpollDriver {
     fn poll(&mut self) -> bool {
         super::with_reactor(|reactor| match reactor {
             AnyReactor::Epoll(reactor) => reactor.turn(Some(Duration::ZERO)),
-            AnyReactor::Uring(_) => false,
+            _ => false,
         })
         .unwrap_or(false)
     }
@@ -83,7 +83,7 @@ impl Driver for EpollDriver {
     fn park(&mut self, timeout: Option<Duration>) {
         super::with_reactor(|reactor| match reactor {
             AnyReactor::Epoll(reactor) => reactor.turn(timeout),
-            AnyReactor::Uring(_) => false,
+            _ => false,
         });
     }
 
@@ -234,7 +234,7 @@ enum Direction {
 fn this(reactor: &AnyReactor) -> &Reactor {
     match reactor {
         AnyReactor::Epoll(reactor) => reactor,
-        AnyReactor::Uring(_) => unreachable!("an epoll socket on an io_uring shard"),
+        _ => unreachable!("an epoll socket on a shard of another backend"),
     }
 }
 

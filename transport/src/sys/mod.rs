@@ -11,10 +11,10 @@
 //!
 //! Every backend provides exactly this, with the same semantics:
 //!
-//! - **[`Reactor::listener`]** takes a bound, listening socket; **[`Listener::poll_accept`]**
-//!   yields accepted sockets (non-blocking, `TCP_NODELAY` set), which the
-//!   process that will own them adopts on its own shard
-//!   ([`Reactor::adopt`]).
+//! - **[`Reactor::listener`]** takes a bound, listening socket ([`Bound`]);
+//!   **[`Listener::poll_accept`]** yields accepted sockets (for TCP
+//!   non-blocking, `TCP_NODELAY` set), which the process that will own
+//!   them adopts on its own shard ([`Reactor::adopt`]).
 //! - **[`Reactor::connect`]** starts a non-blocking connect;
 //!   **[`Stream::poll_connected`]** completes when it is established or
 //!   failed.
@@ -40,7 +40,9 @@
 //!   provided-buffer ring, batched submission, `SEND_ZC` above a tunable size,
 //!   SQPOLL as an option;
 //! - [`epoll`]: `mio`, readiness-based, the fallback where io_uring cannot
-//!   be set up.
+//!   be set up;
+//! - [`sim`]: a simulated network on a simulation's virtual clock, for
+//!   whole clusters on one thread (`Transport::start_simulated`).
 //!
 //! [`Backend::select`] chooses one at start-up: `FOUNDATION_BACKEND`
 //! (`io_uring` or `epoll`) forces it; otherwise io_uring is probed and, if
@@ -50,6 +52,7 @@
 #[cfg(test)]
 mod contract_tests;
 pub(crate) mod epoll;
+pub mod sim;
 pub(crate) mod uring;
 
 use std::cell::RefCell;
@@ -67,11 +70,17 @@ pub const BACKEND_ENV: &str = "FOUNDATION_BACKEND";
 
 /// An I/O backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Backend {
     /// Linux io_uring.
     IoUring,
     /// epoll, through `mio`.
     Epoll,
+    /// The simulated network of a simulation ([`sim::Network`]): never
+    /// chosen or probed, only reached through
+    /// `Transport::start_simulated` on a node whose driver is a simulated
+    /// host.
+    Simulated,
 }
 
 /// Why a backend could not be chosen.
@@ -117,6 +126,7 @@ impl Backend {
         match self {
             Backend::IoUring => "io_uring",
             Backend::Epoll => "epoll",
+            Backend::Simulated => "simulated",
         }
     }
 
@@ -151,24 +161,32 @@ impl Backend {
         match self {
             Backend::IoUring => uring::probe(options),
             Backend::Epoll => epoll::probe(),
+            Backend::Simulated => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the simulated network exists only inside a simulation",
+            )),
         }
     }
 
     /// A factory of shard drivers for this backend, for
-    /// [`foundation_sched::Builder::driver`].
-    pub fn driver_factory(self, options: IoOptions) -> DriverFactory {
-        Arc::new(move |_shard| -> Box<dyn Driver> {
-            match self {
-                Backend::IoUring => match uring::UringDriver::new(&options) {
+    /// [`foundation_sched::Builder::driver`]; `None` for
+    /// [`Backend::Simulated`], whose drivers are a network's hosts
+    /// ([`sim::Network::driver`]).
+    pub(crate) fn driver_factory(self, options: IoOptions) -> Option<DriverFactory> {
+        let epoll = || Box::new(epoll::EpollDriver::new().expect("epoll set-up"));
+        match self {
+            Backend::IoUring => Some(Arc::new(move |_shard| -> Box<dyn Driver> {
+                match uring::UringDriver::new(&options) {
                     Ok(driver) => Box::new(driver),
                     Err(error) => {
                         tracing::warn!("io_uring ring set-up failed ({error}); shard uses epoll");
-                        Box::new(epoll::EpollDriver::new().expect("epoll set-up"))
+                        epoll()
                     }
-                },
-                Backend::Epoll => Box::new(epoll::EpollDriver::new().expect("epoll set-up")),
-            }
-        })
+                }
+            })),
+            Backend::Epoll => Some(Arc::new(move |_shard| -> Box<dyn Driver> { epoll() })),
+            Backend::Simulated => None,
+        }
     }
 }
 
@@ -210,6 +228,21 @@ thread_local! {
 pub(crate) enum Reactor {
     Uring(uring::Reactor),
     Epoll(epoll::Reactor),
+    Sim(sim::Reactor),
+}
+
+/// A bound, listening socket, before a shard's reactor drives it.
+pub(crate) enum Bound {
+    /// A TCP socket, non-blocking; each shard drives its own clone.
+    Tcp(std::net::TcpListener),
+    /// An address on a simulated network.
+    Sim(sim::Listener),
+}
+
+/// An accepted connection on its way to the process that will own it.
+pub(crate) enum Socket {
+    Tcp(std::net::TcpStream),
+    Sim(sim::Stream),
 }
 
 impl Reactor {
@@ -219,57 +252,82 @@ impl Reactor {
         CURRENT.with(|current| current.borrow().clone())
     }
 
-    /// Drives `listener` (bound, listening and non-blocking) from this
-    /// reactor.
-    pub(crate) fn listener(
-        self: &Rc<Reactor>,
-        listener: std::net::TcpListener,
-    ) -> io::Result<Listener> {
-        match &**self {
-            Reactor::Uring(_) => uring::Listener::new(self.clone(), listener).map(Listener::Uring),
-            Reactor::Epoll(_) => epoll::Listener::new(self.clone(), listener).map(Listener::Epoll),
+    /// Drives `listener` from this reactor.
+    pub(crate) fn listener(self: &Rc<Reactor>, listener: Bound) -> io::Result<Listener> {
+        match (&**self, listener) {
+            (Reactor::Uring(_), Bound::Tcp(listener)) => {
+                uring::Listener::new(self.clone(), listener).map(Listener::Uring)
+            }
+            (Reactor::Epoll(_), Bound::Tcp(listener)) => {
+                epoll::Listener::new(self.clone(), listener).map(Listener::Epoll)
+            }
+            (Reactor::Sim(_), Bound::Sim(listener)) => Ok(Listener::Sim(listener)),
+            _ => Err(other_backend()),
         }
     }
 
     /// Starts connecting to `addr`; see [`Stream::poll_connected`].
     pub(crate) fn connect(self: &Rc<Reactor>, addr: SocketAddr) -> io::Result<Stream> {
+        if let Reactor::Sim(reactor) = &**self {
+            return reactor.connect(addr).map(Stream::Sim);
+        }
         let stream = mio::net::TcpStream::connect(addr)?;
         let stream = std::net::TcpStream::from(stream);
         stream.set_nodelay(true)?;
-        self.adopt(stream)
+        self.adopt(Socket::Tcp(stream))
     }
 
-    /// Makes a connected (or connecting) non-blocking socket a [`Stream`]
-    /// of this reactor.
-    pub(crate) fn adopt(self: &Rc<Reactor>, stream: std::net::TcpStream) -> io::Result<Stream> {
-        match &**self {
-            Reactor::Uring(_) => uring::Stream::new(self.clone(), stream).map(Stream::Uring),
-            Reactor::Epoll(_) => epoll::Stream::new(self.clone(), stream).map(Stream::Epoll),
+    /// Makes a connected (or connecting, for TCP non-blocking) socket a
+    /// [`Stream`] of this reactor.
+    pub(crate) fn adopt(self: &Rc<Reactor>, socket: Socket) -> io::Result<Stream> {
+        match (&**self, socket) {
+            (Reactor::Uring(_), Socket::Tcp(stream)) => {
+                uring::Stream::new(self.clone(), stream).map(Stream::Uring)
+            }
+            (Reactor::Epoll(_), Socket::Tcp(stream)) => {
+                epoll::Stream::new(self.clone(), stream).map(Stream::Epoll)
+            }
+            (Reactor::Sim(_), Socket::Sim(stream)) => Ok(Stream::Sim(stream)),
+            _ => Err(other_backend()),
         }
     }
+}
+
+/// A socket of one backend handed to another's reactor.
+fn other_backend() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a socket of another I/O backend",
+    )
 }
 
 /// A listening socket.
 pub(crate) enum Listener {
     Uring(uring::Listener),
     Epoll(epoll::Listener),
+    Sim(sim::Listener),
 }
 
 impl Listener {
-    /// The next accepted connection, non-blocking with `TCP_NODELAY` set,
-    /// not yet bound to a reactor: the process that will own it adopts it
-    /// on its own shard with [`Reactor::adopt`].
+    /// The next accepted connection, not yet bound to a reactor (for TCP
+    /// non-blocking with `TCP_NODELAY` set): the process that will own it
+    /// adopts it on its own shard with [`Reactor::adopt`].
     pub(crate) fn poll_accept(
         &self,
         cx: &mut Context<'_>,
-    ) -> Poll<io::Result<(std::net::TcpStream, SocketAddr)>> {
+    ) -> Poll<io::Result<(Socket, SocketAddr)>> {
         let (stream, addr) = std::task::ready!(match self {
             Listener::Uring(listener) => listener.poll_accept(cx),
             Listener::Epoll(listener) => listener.poll_accept(cx),
+            Listener::Sim(listener) => {
+                return listener
+                    .poll_accept(cx)
+                    .map_ok(|(stream, addr)| (Socket::Sim(stream), addr));
+            }
         })?;
         stream.set_nonblocking(true)?;
         stream.set_nodelay(true)?;
-        Poll::Ready(Ok((stream, addr)))
+        Poll::Ready(Ok((Socket::Tcp(stream), addr)))
     }
 }
 
@@ -277,6 +335,7 @@ impl Listener {
 pub(crate) enum Stream {
     Uring(uring::Stream),
     Epoll(epoll::Stream),
+    Sim(sim::Stream),
 }
 
 impl Stream {
@@ -287,6 +346,7 @@ impl Stream {
         match self {
             Stream::Uring(stream) => stream.poll_connected(cx),
             Stream::Epoll(stream) => stream.poll_connected(cx),
+            Stream::Sim(stream) => stream.poll_connected(cx),
         }
     }
 
@@ -301,6 +361,7 @@ impl Stream {
         match self {
             Stream::Uring(stream) => stream.poll_recv(cx, dst),
             Stream::Epoll(stream) => stream.poll_recv(cx, dst),
+            Stream::Sim(stream) => stream.poll_recv(cx, dst),
         }
     }
 
@@ -310,6 +371,7 @@ impl Stream {
         match self {
             Stream::Uring(stream) => stream.start_send(buf),
             Stream::Epoll(stream) => stream.start_send(buf),
+            Stream::Sim(stream) => stream.start_send(buf),
         }
     }
 
@@ -318,6 +380,7 @@ impl Stream {
         match self {
             Stream::Uring(stream) => stream.sending(),
             Stream::Epoll(stream) => stream.sending(),
+            Stream::Sim(stream) => stream.sending(),
         }
     }
 
@@ -327,6 +390,7 @@ impl Stream {
         match self {
             Stream::Uring(stream) => stream.poll_sent(cx),
             Stream::Epoll(stream) => stream.poll_sent(cx),
+            Stream::Sim(stream) => stream.poll_sent(cx),
         }
     }
 
@@ -337,7 +401,7 @@ impl Stream {
     pub(crate) fn sends_zero_copy(&self) -> bool {
         match self {
             Stream::Uring(stream) => stream.sends_zero_copy(),
-            Stream::Epoll(_) => false,
+            Stream::Epoll(_) | Stream::Sim(_) => false,
         }
     }
 
@@ -348,6 +412,7 @@ impl Stream {
         let result = match self {
             Stream::Uring(stream) => stream.shutdown(),
             Stream::Epoll(stream) => stream.shutdown(),
+            Stream::Sim(stream) => stream.shutdown(),
         };
         // Not connected (any more) is as shut down as it gets.
         drop(result);

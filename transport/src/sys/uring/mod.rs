@@ -184,7 +184,7 @@ impl Driver for UringDriver {
     fn poll(&mut self) -> bool {
         super::with_reactor(|reactor| match reactor {
             AnyReactor::Uring(reactor) => reactor.turn(Wait::No),
-            AnyReactor::Epoll(_) => false,
+            _ => false,
         })
         .unwrap_or(false)
     }
@@ -192,7 +192,7 @@ impl Driver for UringDriver {
     fn park(&mut self, timeout: Option<Duration>) {
         super::with_reactor(|reactor| match reactor {
             AnyReactor::Uring(reactor) => reactor.turn(Wait::For(timeout)),
-            AnyReactor::Epoll(_) => false,
+            _ => false,
         });
     }
 
@@ -279,7 +279,7 @@ impl Reactor {
 fn this(reactor: &AnyReactor) -> &Reactor {
     match reactor {
         AnyReactor::Uring(reactor) => reactor,
-        AnyReactor::Epoll(_) => unreachable!("an io_uring socket on an epoll shard"),
+        _ => unreachable!("an io_uring socket on a shard of another backend"),
     }
 }
 
