@@ -8,11 +8,15 @@
 //! that it runs one shard on the simulation's thread instead of a pinned
 //! thread per core, never spins or parks, and reads the virtual clock.
 //!
-//! [`Simulation::run_for`] alternates two steps: run every node until none
-//! has anything to do (each turn of a node is one turn of the real shard
-//! loop), then jump the clock to the earliest timer of any node, or the
-//! earliest event its driver announces ([`Driver::next_event`]: the
-//! transport's simulated network delivers bytes that way). Nothing
+//! [`Simulation::run_for`] alternates two steps: run the nodes that have
+//! something to do now until none has (each turn of a node is one turn of
+//! the real shard loop), then jump the clock to the earliest thing any
+//! node has due. An agenda says which nodes those are: after each of its
+//! turns a node announces its next timer (or that it has more to do now),
+//! and code that schedules work for *another* node — the transport's
+//! simulated network, delivering bytes — sets that node's [`Alarm`]. A
+//! step visits only the nodes on the agenda, so a cluster of thousands of
+//! mostly idle nodes costs what happens in it. Nothing
 //! waits on the wall clock, so a minute of timers runs in as long as the
 //! handlers take, and nothing is left to chance: the order in which nodes
 //! turn, the clock, and every random choice come from the simulation. Code
@@ -45,9 +49,12 @@
 //! assert_eq!(sim.now().as_nanos(), 7_200_000_000_000);
 //! ```
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use crate::driver::Driver;
 use crate::pid::NodeId;
@@ -67,6 +74,8 @@ pub struct Simulation {
     clock: Arc<VirtualClock>,
     simulated: Arc<Simulated>,
     nodes: Vec<Slot>,
+    /// Node index by id, for the agenda's entries.
+    index: FxHashMap<NodeId, usize>,
 }
 
 /// A node's place in the simulation: the node while it is up, and how to
@@ -92,6 +101,7 @@ impl Simulation {
             clock: Arc::new(VirtualClock::new()),
             simulated: Arc::new(Simulated::default()),
             nodes: Vec::new(),
+            index: FxHashMap::default(),
         }
     }
 
@@ -123,12 +133,11 @@ impl Simulation {
     pub fn add_node(&mut self, builder: Builder) -> Result<usize, BuildError> {
         let id = self.next_id()?;
         let node = self.build(builder, id, None)?;
-        self.nodes.push(Slot {
+        Ok(self.push(Slot {
             id: node.handle.node(),
             node: Some(node),
             start: None,
-        });
-        Ok(self.nodes.len() - 1)
+        }))
     }
 
     /// Adds a node that can crash and restart: `builder` makes its runtime
@@ -143,15 +152,14 @@ impl Simulation {
         let id = self.next_id()?;
         let mut node = self.build(builder(), id, None)?;
         node.enter(&boot);
-        self.nodes.push(Slot {
+        Ok(self.push(Slot {
             id: node.handle.node(),
             node: Some(node),
             start: Some(Start {
                 builder: Box::new(builder),
                 boot: Box::new(boot),
             }),
-        });
-        Ok(self.nodes.len() - 1)
+        }))
     }
 
     /// Crashes node `index`: every process on it ends at once and nothing
@@ -202,23 +210,22 @@ impl Simulation {
         self.nodes.len()
     }
 
-    /// Runs the cluster until `duration` of virtual time has passed: every
-    /// node until all are idle, then the clock to the next timer, and
-    /// again. Returns the number of turns taken. Virtual time stands still
-    /// while any process is runnable, so a process that never waits (it
-    /// only yields) keeps this from returning, as it would keep a real
-    /// shard busy.
+    /// Runs the cluster until `duration` of virtual time has passed: the
+    /// nodes with something to do until none has, then the clock to the
+    /// next thing due, and again. Returns the number of turns taken.
+    /// Virtual time stands still while any process is runnable, so a
+    /// process that never waits (it only yields) keeps this from
+    /// returning, as it would keep a real shard busy.
     pub fn run_for(&mut self, duration: Duration) -> u64 {
         let end = self.now() + duration;
         let mut turns = 0;
         loop {
             turns += self.run_until_idle();
-            let next = self.up().filter_map(SimNode::next_deadline).min();
-            match next {
+            match self.simulated.next_wake() {
                 Some(next) if next <= end => self.clock.advance_to(next.max(self.now())),
                 _ => {
                     self.clock.advance_to(end);
-                    // Timers due exactly at `end` fire too.
+                    // What is due exactly at `end` runs too.
                     turns += self.run_until_idle();
                     return turns;
                 }
@@ -226,25 +233,38 @@ impl Simulation {
         }
     }
 
-    /// Runs every node until none has work left at the current virtual
-    /// time (timers due now count as work). Returns the turns taken.
+    /// Runs the nodes until none has work left at the current virtual
+    /// time (timers and deliveries due now count as work). Returns the
+    /// turns taken.
     pub fn run_until_idle(&mut self) -> u64 {
+        let now = self.now();
         let mut turns = 0;
+        // The nodes due now, each once, in the order the agenda gives.
+        let mut ready = VecDeque::new();
+        let mut queued = vec![false; self.nodes.len()];
         loop {
-            let mut busy = false;
-            for node in self.nodes.iter_mut().filter_map(|slot| slot.node.as_mut()) {
-                for _ in 0..TURNS_PER_VISIT {
-                    if !node.is_due() {
-                        break;
+            while let Some(id) = self.simulated.take_due(now) {
+                if let Some(&index) = self.index.get(&id) {
+                    if !std::mem::replace(&mut queued[index], true) {
+                        ready.push_back(index);
                     }
-                    node.turn();
-                    turns += 1;
-                    busy = true;
                 }
             }
-            if !busy {
+            let Some(index) = ready.pop_front() else {
                 return turns;
+            };
+            queued[index] = false;
+            let Some(node) = self.nodes[index].node.as_mut() else {
+                continue; // Crashed since it was put on the agenda.
+            };
+            for _ in 0..TURNS_PER_VISIT {
+                if !node.is_due() {
+                    break;
+                }
+                node.turn();
+                turns += 1;
             }
+            node.announce();
         }
     }
 
@@ -267,6 +287,14 @@ impl Simulation {
         match bug {
             Bug::LoseDown { nth } => self.simulated.lose_down(nth),
         }
+    }
+
+    /// Adds `slot`; returns its index.
+    fn push(&mut self, slot: Slot) -> usize {
+        let index = self.nodes.len();
+        self.index.insert(slot.id, index);
+        self.nodes.push(slot);
+        index
     }
 
     /// The next free default node id: one more than the nodes so far.
@@ -302,17 +330,15 @@ impl Simulation {
             driver.enter();
             driver.resume();
         }
-        Ok(SimNode {
+        let node = SimNode {
             handle,
             shard,
             driver,
             clock: self.clock.clone(),
-        })
-    }
-
-    /// The nodes that are up.
-    fn up(&self) -> impl Iterator<Item = &SimNode> {
-        self.nodes.iter().filter_map(|slot| slot.node.as_ref())
+            simulated: self.simulated.clone(),
+        };
+        node.announce();
+        Ok(node)
     }
 }
 
@@ -335,6 +361,7 @@ pub struct SimNode {
     shard: Rc<Shard>,
     driver: Box<dyn Driver>,
     clock: Arc<VirtualClock>,
+    simulated: Arc<Simulated>,
 }
 
 impl SimNode {
@@ -366,9 +393,14 @@ impl SimNode {
     /// assert_eq!(pid.pid().node(), sim.node(node).handle().node());
     /// ```
     pub fn enter<R>(&mut self, f: impl FnOnce(&Handle) -> R) -> R {
-        let _inside = waker::enter(self.shard.clone());
-        self.driver.resume();
-        f(&self.handle)
+        let result = {
+            let _inside = waker::enter(self.shard.clone());
+            self.driver.resume();
+            f(&self.handle)
+        };
+        // `f` may have spawned, sent or set timers.
+        self.announce();
+        result
     }
 
     /// Whether a turn now would run anything: runnable processes, packets
@@ -395,6 +427,19 @@ impl SimNode {
         let event = self.driver.next_event();
         timer.into_iter().chain(event).min()
     }
+
+    /// Puts this node on the agenda for when it next has something to
+    /// do: now, if it has; else its next deadline, if any.
+    fn announce(&self) {
+        let now = self.clock.now();
+        let when = match self.shard.has_work() {
+            true => Some(now),
+            false => self.next_deadline(),
+        };
+        if let Some(when) = when {
+            self.simulated.wake_at(self.handle.node(), when.max(now));
+        }
+    }
 }
 
 impl Drop for SimNode {
@@ -402,6 +447,39 @@ impl Drop for SimNode {
         let _inside = waker::enter(self.shard.clone());
         self.handle.begin_shutdown();
         self.shard.stop_all();
+    }
+}
+
+/// How code running in one node of a simulation tells it that the node
+/// will have something due at some virtual time, scheduled from outside
+/// the node: the simulated network announces a delivery to a host through
+/// that host's alarm. (A node's own timers and work need none: the
+/// simulation looks at them after each of its turns.)
+#[derive(Clone, Debug)]
+pub struct Alarm {
+    simulated: Arc<Simulated>,
+    node: NodeId,
+}
+
+impl Alarm {
+    /// The alarm of the simulated node whose code runs on this thread
+    /// (inside a turn, [`SimNode::enter`] or a driver's
+    /// [`Driver::enter`]); `None` outside a simulation.
+    pub fn current() -> Option<Alarm> {
+        waker::with_current_shard(|shard| {
+            let simulated = shard.shared.simulated.clone()?;
+            Some(Alarm {
+                simulated,
+                node: shard.shared.node,
+            })
+        })
+        .flatten()
+    }
+
+    /// The node will have something due at `when`: the simulation visits
+    /// it then (or at once, if `when` has passed).
+    pub fn at(&self, when: Instant) {
+        self.simulated.wake_at(self.node, when);
     }
 }
 

@@ -2,7 +2,8 @@
 //! the scheduler that is `Sync`.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -39,8 +40,15 @@ pub(crate) struct Shared {
 ///
 /// The trace folds every process poll, as (virtual time, pid), in order,
 /// into one hash: two runs from one seed must fold to the same hash.
+///
+/// The agenda says which node has something due when: a node's own timers
+/// and work, announced after each of its turns, and what others schedule
+/// for it (a simulated network's deliveries, through an
+/// [`Alarm`](crate::sim::Alarm)). The simulation visits only the nodes it
+/// names, so a step costs what happens in it, not the cluster's size.
 #[derive(Debug, Default)]
 pub(crate) struct Simulated {
+    agenda: Mutex<Agenda>,
     hash: AtomicU64,
     events: AtomicU64,
     /// `Down`s delivered so far.
@@ -80,9 +88,44 @@ impl Simulated {
         self.hash.load(Ordering::Relaxed)
     }
 
+    /// Puts node `node` on the agenda at `when`; entries at one instant
+    /// come up in the order they were made.
+    pub(crate) fn wake_at(&self, node: NodeId, when: crate::time::Instant) {
+        let mut agenda = self.agenda();
+        let order = agenda.made;
+        agenda.made += 1;
+        agenda.due.push(Reverse((when, order, node)));
+    }
+
+    /// The earliest instant on the agenda.
+    pub(crate) fn next_wake(&self) -> Option<crate::time::Instant> {
+        self.agenda().due.peek().map(|Reverse((when, ..))| *when)
+    }
+
+    /// Takes the next node on the agenda due by `now`.
+    pub(crate) fn take_due(&self, now: crate::time::Instant) -> Option<NodeId> {
+        let mut agenda = self.agenda();
+        match agenda.due.peek() {
+            Some(Reverse((when, ..))) if *when <= now => {}
+            _ => return None,
+        }
+        agenda.due.pop().map(|Reverse((.., node))| node)
+    }
+
+    fn agenda(&self) -> std::sync::MutexGuard<'_, Agenda> {
+        self.agenda.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn events(&self) -> u64 {
         self.events.load(Ordering::Relaxed)
     }
+}
+
+/// The simulation's agenda: (when, order made, node), earliest first.
+#[derive(Debug, Default)]
+struct Agenda {
+    due: BinaryHeap<Reverse<(crate::time::Instant, u64, NodeId)>>,
+    made: u64,
 }
 
 /// What other threads see of one shard.

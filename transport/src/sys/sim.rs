@@ -27,9 +27,11 @@
 //! ([`crate::fault`]), which apply unchanged on top.
 //!
 //! Every delivery is an event on the receiving host's queue, handled by
-//! its driver inside that node's turn, and [`Driver::next_event`] tells the
-//! simulation when the next one is due: no waker is ever woken from
-//! another node's turn, and time jumps straight to the next arrival. All
+//! its driver inside that node's turn; the sender sets the receiving
+//! node's [`Alarm`] for when it is due, so the simulation visits that node
+//! then, and its driver's [`Driver::next_event`] says it has it: no waker
+//! is ever woken from another node's turn, and time jumps straight to the
+//! next arrival. All
 //! randomness comes from one stream of the simulation's seed, drawn in the
 //! (deterministic) order of the sends, so a run replays exactly.
 //!
@@ -46,7 +48,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use foundation_sched::driver::{Driver, DriverFactory, Unpark};
-use foundation_sched::sim::{SimRng, Simulation};
+use foundation_sched::sim::{Alarm, SimRng, Simulation};
 use foundation_sched::time::{Clock, Instant, VirtualClock};
 use rustc_hash::{FxHashMap, FxHashSet};
 
@@ -230,6 +232,8 @@ struct HostState {
     arrivals: BinaryHeap<Reverse<Arrival>>,
     /// Live drivers of this host: 0 while its node is down.
     drivers: usize,
+    /// Tells the simulation when an arrival here is due.
+    alarm: Option<Alarm>,
     /// Ports bound by listeners or held by connections.
     ports: FxHashSet<u16>,
     next_port: u16,
@@ -366,6 +370,7 @@ impl Net {
         self.hosts.entry(ip).or_insert_with(|| HostState {
             arrivals: BinaryHeap::new(),
             drivers: 0,
+            alarm: None,
             ports: FxHashSet::default(),
             next_port: EPHEMERAL_PORTS,
         })
@@ -402,14 +407,33 @@ impl Net {
     }
 
     /// Queues `arrival` at its host, or with the orphans while the host is
-    /// down.
+    /// down, and sets the alarm of the node that will handle it.
     fn arrive(&mut self, arrival: Arrival) {
+        let at = arrival.at;
         let host = self.host(arrival.to);
         if host.drivers == 0 {
-            self.orphans.push(Reverse(arrival));
+            self.orphan(arrival);
         } else {
             host.arrivals.push(Reverse(arrival));
+            if let Some(alarm) = &host.alarm {
+                alarm.at(at);
+            }
         }
+    }
+
+    /// Keeps `arrival`, for a host that is down, for the first live host
+    /// (by address) to handle when it is due.
+    fn orphan(&mut self, arrival: Arrival) {
+        let keeper = self
+            .hosts
+            .iter()
+            .filter(|(_, host)| host.drivers > 0)
+            .min_by_key(|(ip, _)| **ip)
+            .and_then(|(_, host)| host.alarm.as_ref());
+        if let Some(alarm) = keeper {
+            alarm.at(arrival.at);
+        }
+        self.orphans.push(Reverse(arrival));
     }
 
     /// When the next arrival for `ip`'s driver is due: its own, or an
@@ -586,6 +610,10 @@ struct SimDriver {
 }
 
 impl Driver for SimDriver {
+    fn enter(&mut self) {
+        self.host.network.lock().host(self.host.ip).alarm = Alarm::current();
+    }
+
     fn resume(&mut self) {
         super::enter(AnyReactor::Sim(Reactor {
             host: self.host.clone(),
@@ -624,8 +652,11 @@ impl Drop for SimDriver {
         let host = net.host(self.host.ip);
         host.drivers -= 1;
         if host.drivers == 0 {
+            host.alarm = None;
             let arrivals = std::mem::take(&mut host.arrivals);
-            net.orphans.extend(arrivals);
+            for Reverse(arrival) in arrivals {
+                net.orphan(arrival);
+            }
         }
     }
 }
