@@ -31,6 +31,7 @@
 //! (challenge).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use foundation_sched::sim::SimRng;
@@ -499,8 +500,14 @@ impl Entropy {
     /// restarts (at a later virtual time) is a new incarnation to its
     /// peers, as a restarted process with fresh OS randomness is.
     pub(crate) fn incarnation(&self, now: Instant) -> u64 {
+        // Two starts at one instant (a crash and a restart at once) differ
+        // by their place in this process's count of starts.
+        static STARTS: AtomicU64 = AtomicU64::new(0);
+        let start = STARTS.fetch_add(1, Ordering::Relaxed);
         match &self.seeded {
-            Some((seed, _)) => SimRng::new(seed ^ now.as_nanos(), INCARNATION_STREAM).next_u64(),
+            Some((seed, _)) => {
+                SimRng::new(seed ^ now.as_nanos(), INCARNATION_STREAM ^ (start << 8)).next_u64()
+            }
             None => u64::from_le_bytes(nonce()[..8].try_into().expect("8 bytes")),
         }
     }

@@ -19,8 +19,9 @@
 //!   timeout late;
 //! - **partitions** ([`Network::partition`], one way or
 //!   [`Network::partition_both`]): a send into a partition fails its
-//!   connection, and a connect into one never completes (the dialer's own
-//!   timeout ends it), as SYNs lost on a cut cable would.
+//!   connection, a connect started across one never completes (the
+//!   dialer's own timeout ends it), and nothing else crosses it either
+//!   (FINs, resets, connect answers), as on a cut cable.
 //!
 //! Message-level faults — dropping, doubling or delaying particular
 //! messages of a channel — are the transport's fault rules
@@ -355,6 +356,15 @@ impl End {
     }
 }
 
+impl End {
+    /// Hands over the waiting task's waker, if a socket owns this end.
+    fn wake(&mut self, wakers: &mut Vec<Waker>) {
+        if self.open {
+            wakers.extend(self.waker.take());
+        }
+    }
+}
+
 impl Connection {
     fn end(&mut self, side: Side) -> &mut End {
         &mut self.ends[side as usize]
@@ -424,16 +434,19 @@ impl Net {
     /// Keeps `arrival`, for a host that is down, for the first live host
     /// (by address) to handle when it is due.
     fn orphan(&mut self, arrival: Arrival) {
-        let keeper = self
-            .hosts
-            .iter()
-            .filter(|(_, host)| host.drivers > 0)
-            .min_by_key(|(ip, _)| **ip)
-            .and_then(|(_, host)| host.alarm.as_ref());
-        if let Some(alarm) = keeper {
+        if let Some(alarm) = self.keeper() {
             alarm.at(arrival.at);
         }
         self.orphans.push(Reverse(arrival));
+    }
+
+    /// The alarm of the live host that looks after the orphans.
+    fn keeper(&self) -> Option<&Alarm> {
+        self.hosts
+            .iter()
+            .filter(|(_, host)| host.drivers > 0)
+            .min_by_key(|(ip, _)| **ip)
+            .and_then(|(_, host)| host.alarm.as_ref())
     }
 
     /// When the next arrival for `ip`'s driver is due: its own, or an
@@ -468,7 +481,7 @@ impl Net {
     }
 
     /// Sends `event` from `side` of `connection` to its other end, after
-    /// what that side sent before.
+    /// what that side sent before; lost if the way there is cut.
     fn send_from(&mut self, connection: u64, side: Side, event: Event) {
         let Some(conn) = self.connections.get_mut(&connection) else {
             return;
@@ -476,6 +489,9 @@ impl Net {
         let from = conn.end(side).addr.ip();
         let to = conn.end(side.other()).addr.ip();
         let sent_until = conn.end(side).sent_until;
+        if self.is_cut(from, to) {
+            return;
+        }
         let at = self.arrival(from, to).max(sent_until);
         if let Some(conn) = self.connections.get_mut(&connection) {
             conn.end(side).sent_until = at;
@@ -522,6 +538,13 @@ impl Net {
                     }
                 }
             } else {
+                // Whoever handled orphans looks after the next one too.
+                if let Some(Reverse(next)) = self.orphans.peek() {
+                    let at = next.at;
+                    if let Some(alarm) = &self.host(ip).alarm {
+                        alarm.at(at);
+                    }
+                }
                 return any;
             }
             any = true;
@@ -563,7 +586,7 @@ impl Net {
                             Ok(())
                         });
                     }
-                    wakers.extend(end.waker.take());
+                    end.wake(wakers);
                 }
                 self.forget_if_closed(connection);
             }
@@ -578,7 +601,7 @@ impl Net {
                 let end = conn.end(to);
                 if end.open && !end.reset {
                     end.inbox.extend(&bytes);
-                    wakers.extend(end.waker.take());
+                    end.wake(wakers);
                 } else if !end.open {
                     // Bytes for a closed socket: its kernel resets.
                     self.send_from(
@@ -597,7 +620,7 @@ impl Net {
                     let end = conn.end(to);
                     end.fin = true;
                     end.reset |= reset;
-                    wakers.extend(end.waker.take());
+                    end.wake(wakers);
                 }
             }
         }
@@ -657,6 +680,11 @@ impl Drop for SimDriver {
             for Reverse(arrival) in arrivals {
                 net.orphan(arrival);
             }
+            // This host may have kept the orphans: hand them on.
+            let next = net.orphans.peek().map(|Reverse(next)| next.at);
+            if let (Some(at), Some(keeper)) = (next, net.keeper()) {
+                keeper.at(at);
+            }
         }
     }
 }
@@ -712,9 +740,14 @@ impl Reactor {
                 ends: [End::new(SocketAddr::new(ip, port)), acceptor],
             },
         );
-        // A SYN lost on a cut link is sent again and again: the connect
-        // hangs until the dialer gives up.
-        if !(net.is_cut(ip, to.ip()) || net.is_cut(to.ip(), ip)) {
+        // A SYN into a cut is lost (this model does not send it again):
+        // the connect hangs until the dialer gives up, and its next try
+        // after the heal goes through. Nobody is at the other end.
+        if net.is_cut(ip, to.ip()) || net.is_cut(to.ip(), ip) {
+            if let Some(conn) = net.connections.get_mut(&connection) {
+                conn.end(Side::Acceptor).open = false;
+            }
+        } else {
             net.send_from(connection, Side::Dialer, Event::Syn { connection, to });
         }
         drop(net);
@@ -926,6 +959,7 @@ impl Drop for Stream {
         };
         let end = conn.end(self.side);
         end.open = false;
+        end.waker = None;
         let tell = !(end.shut || end.reset);
         if tell {
             let fin = Event::Fin {
