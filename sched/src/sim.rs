@@ -328,7 +328,6 @@ impl Simulation {
         {
             let _inside = waker::enter(shard.clone());
             driver.enter();
-            driver.resume();
         }
         let node = SimNode {
             handle,
@@ -396,7 +395,9 @@ impl SimNode {
         let result = {
             let _inside = waker::enter(self.shard.clone());
             self.driver.resume();
-            f(&self.handle)
+            let result = f(&self.handle);
+            self.driver.suspend();
+            result
         };
         // `f` may have spawned, sent or set timers.
         self.announce();
@@ -418,6 +419,7 @@ impl SimNode {
         let _inside = waker::enter(self.shard.clone());
         self.driver.resume();
         self.shard.turn(self.driver.as_mut());
+        self.driver.suspend();
     }
 
     /// When the node's next timer or driver event (a simulated network's

@@ -18,7 +18,9 @@ use foundation::sim::{SimRng, Simulation};
 use foundation::time::Instant;
 use foundation::transport::fault::{Fault, FaultRule};
 use foundation::transport::sim::{Link, Network};
-use foundation::transport::{ChannelId, ChannelSpec, Cookie, Remote, Transport, TransportConfig};
+use foundation::transport::{
+    ChannelId, ChannelSpec, Cookie, Remote, StartError, Transport, TransportConfig,
+};
 use foundation::{Addr, Context, Envelope, Handle, NodeId, Pid, Runtime};
 
 /// Seeds the randomized tests try unless `FOUNDATION_SIM_SEEDS` says more.
@@ -272,6 +274,11 @@ fn acknowledged_run(seed: u64) -> u64 {
         a.transport().stats().connections > lanes,
         "seed {seed}: connections were cut and made again"
     );
+    assert_eq!(
+        network.open_connections() as u64,
+        2 * lanes,
+        "seed {seed}: one connection per lane each way, none left over from the cuts"
+    );
     sim.trace()
 }
 
@@ -364,4 +371,32 @@ fn sim_network_a_crashed_node_restarts_and_its_peer_reconnects() {
         0,
         "no connection outlives its nodes: {network:?}"
     );
+}
+
+#[test]
+fn sim_network_a_transport_starts_only_inside_a_node_on_a_network_host() {
+    let mut sim = Simulation::new(14);
+    let network = Network::new(&sim);
+    let on_host = sim
+        .add_node(Runtime::builder().driver(network.driver(ip(1))))
+        .expect("a node");
+    let plain = sim.add_node(Runtime::builder()).expect("a node");
+    let config = || TransportConfig::new("node", Cookie::new("sim"));
+    let outside = Transport::start_simulated(&sim.node(on_host).handle().clone(), config());
+    assert!(
+        matches!(outside, Err(StartError::Backend(_))),
+        "outside the node: {outside:?}"
+    );
+    let no_host = sim
+        .node(plain)
+        .enter(|handle| Transport::start_simulated(handle, config()));
+    assert!(
+        matches!(no_host, Err(StartError::Backend(_))),
+        "a node that is no network host: {no_host:?}"
+    );
+    let started = sim
+        .node(on_host)
+        .enter(|handle| Transport::start_simulated(handle, config()))
+        .expect("inside a node on a host");
+    assert_eq!(started.local_addr().ip(), ip(1), "listens on its host");
 }

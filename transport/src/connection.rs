@@ -378,6 +378,9 @@ impl Reader {
         // and nothing more is read.
         let mut held: Option<Pin<Box<Sleep<'_, ()>>>> = None;
         poll_fn(|task| loop {
+            if !self.lane.owned_by(self.generation, task.waker()) {
+                return Poll::Ready(ConnectionError::Superseded);
+            }
             let mut progress = false;
             // Credit and acknowledgements back to the sender.
             if stream.sending() {

@@ -102,7 +102,7 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use foundation_sched::{
@@ -782,7 +782,7 @@ impl Transport {
     /// shutting the runtime down ends them all.
     pub fn stop(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let peers: Vec<_> = self
+        let mut peers: Vec<_> = self
             .inner
             .peers
             .write()
@@ -790,6 +790,9 @@ impl Transport {
             .drain()
             .map(|(_, peer)| peer)
             .collect();
+        // In node order: the map's own order differs from run to run,
+        // and a simulation must replay.
+        peers.sort_by_key(|peer| peer.node);
         for peer in peers {
             peer.removed.store(true, Ordering::Release);
             peer.lanes.iter().flatten().for_each(|lane| lane.close());
@@ -1118,6 +1121,10 @@ pub(crate) struct InboundState {
     incarnation: u64,
     delivered: u64,
     generation: u64,
+    /// The reader of the connection that owns the lane, woken when a newer
+    /// one takes it over: its connection may be half-open (its peer gone
+    /// silent behind a partition), and nothing else would end it.
+    reader: Option<Waker>,
 }
 
 impl InboundLane {
@@ -1134,11 +1141,29 @@ impl InboundLane {
         self.lock().delivered
     }
 
-    /// A new connection takes the lane over: older readers stop delivering.
+    /// A new connection takes the lane over: older readers stop delivering,
+    /// and the current one is woken to end its connection.
     fn claim(&self) -> (u64, u64) {
         let mut state = self.lock();
         state.generation += 1;
-        (state.generation, state.delivered)
+        let superseded = state.reader.take();
+        let claimed = (state.generation, state.delivered);
+        drop(state);
+        if let Some(reader) = superseded {
+            reader.wake();
+        }
+        claimed
+    }
+
+    /// Whether connection `generation` still owns the lane; if it does,
+    /// `waker` is woken when it no longer does.
+    fn owned_by(&self, generation: u64, waker: &Waker) -> bool {
+        let mut state = self.lock();
+        let owned = state.generation == generation;
+        if owned && !state.reader.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            state.reader = Some(waker.clone());
+        }
+        owned
     }
 
     fn lock(&self) -> MutexGuard<'_, InboundState> {

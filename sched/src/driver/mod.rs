@@ -35,6 +35,11 @@ pub trait Driver: Send + 'static {
     /// again here. Never called on a real shard.
     fn resume(&mut self) {}
 
+    /// The counterpart of [`Driver::resume`], after the node's turn or
+    /// the code run inside it: a driver uninstalls what `resume`
+    /// installed, so that code outside the node cannot reach it.
+    fn suspend(&mut self) {}
+
     /// When this driver next has work of its own on the virtual clock: a
     /// simulated network's next delivery to this node. A simulation jumps
     /// its clock no further than this. Real drivers have none.

@@ -424,6 +424,12 @@ fn enter(reactor: Reactor) {
     CURRENT.with(|current| *current.borrow_mut() = Some(Rc::new(reactor)));
 }
 
+/// Uninstalls this thread's reactor: a simulated node's driver between its
+/// turns.
+fn leave() {
+    CURRENT.with(|current| current.borrow_mut().take());
+}
+
 /// Runs `f` on this thread's reactor, if it has one: a driver's `poll` and
 /// `park`.
 fn with_reactor<R>(f: impl FnOnce(&Reactor) -> R) -> Option<R> {

@@ -643,6 +643,10 @@ impl Driver for SimDriver {
         }));
     }
 
+    fn suspend(&mut self) {
+        super::leave();
+    }
+
     fn poll(&mut self) -> bool {
         let mut wakers = Vec::new();
         let any = self
