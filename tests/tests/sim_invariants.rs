@@ -12,9 +12,9 @@
 //! `FOUNDATION_SIM_SEEDS=N` runs N, and `FOUNDATION_SIM_SEED=S` exactly
 //! seed S. A failure names its seed and the command that replays it.
 //!
-//! These nodes do not talk to each other yet: the simulated network comes
-//! with the transport's simulated backend. Membership and acknowledged
-//! delivery join the invariants then.
+//! These nodes do not talk to each other; `sim_network` runs clusters that
+//! do, over the simulated network. Membership joins the invariants with
+//! the distribution issue.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::sim::crashing_workers;
+use common::sim::{crashing_workers, seeds};
 use foundation::sim::{Bug, SimRng, Simulation};
 use foundation::{Context, Envelope, ExitReason, MonitorRef, Pid, Runtime};
 
@@ -39,7 +39,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 #[test]
 fn sim_invariants_hold_under_random_chaos() {
-    for seed in seeds() {
+    for seed in seeds(DEFAULT_SEEDS) {
         if let Err(failure) = run_scenario(seed, None) {
             panic!(
                 "{failure}\nreplay: FOUNDATION_SIM_SEED={seed} cargo test -p foundation-tests \
@@ -57,19 +57,6 @@ fn sim_invariants_find_a_lost_down() {
         .find_map(|seed| run_scenario(seed, Some(Bug::LoseDown { nth: 3 + seed % 7 })).err());
     let failure = found.expect("a lost Down goes unnoticed by every seed");
     assert!(failure.contains("got 0 Down(s)"), "{failure}");
-}
-
-/// The seeds to run: `FOUNDATION_SIM_SEED`, or `0..FOUNDATION_SIM_SEEDS`.
-fn seeds() -> Vec<u64> {
-    let number = |name: &str| {
-        std::env::var(name)
-            .ok()
-            .and_then(|value| value.parse().ok())
-    };
-    match number("FOUNDATION_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..number("FOUNDATION_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
-    }
 }
 
 /// What one node's harness saw.

@@ -12,7 +12,7 @@ use std::time::Duration;
 use foundation::sim::{SimRng, Simulation};
 mod common;
 
-use common::sim::crashing_workers;
+use common::sim::{crashing_workers, seeds};
 use foundation::{Context, Envelope, Runtime};
 
 /// Seeds the replay check tries unless `FOUNDATION_SIM_SEEDS` says more.
@@ -83,12 +83,9 @@ fn sim_timers_on_many_nodes_fire_in_virtual_time_order() {
 
 #[test]
 fn sim_the_same_seed_replays_the_same_trace() {
-    let seeds = std::env::var("FOUNDATION_SIM_SEEDS")
-        .ok()
-        .and_then(|seeds| seeds.parse().ok())
-        .unwrap_or(DEFAULT_SEEDS);
+    let seeds = seeds(DEFAULT_SEEDS);
     let mut traces = Vec::new();
-    for seed in 0..seeds {
+    for &seed in &seeds {
         let first = crash_storm(seed);
         let again = crash_storm(seed);
         assert_eq!(
@@ -104,11 +101,7 @@ fn sim_the_same_seed_replays_the_same_trace() {
     }
     traces.sort_unstable();
     traces.dedup();
-    assert_eq!(
-        traces.len() as u64,
-        seeds,
-        "different seeds run differently"
-    );
+    assert_eq!(traces.len(), seeds.len(), "different seeds run differently");
 }
 
 #[test]

@@ -30,3 +30,17 @@ pub(crate) fn crashing_workers(
     }
     spec
 }
+
+/// The seeds a randomized suite runs: `FOUNDATION_SIM_SEED` alone, or
+/// `0..FOUNDATION_SIM_SEEDS` (default `default`).
+pub(crate) fn seeds(default: u64) -> Vec<u64> {
+    let number = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+    };
+    match number("FOUNDATION_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (0..number("FOUNDATION_SIM_SEEDS").unwrap_or(default)).collect(),
+    }
+}
