@@ -121,6 +121,14 @@ fn send_numbered(
         .expect("spawn the sender");
 }
 
+/// Connections from one node to another: one per lane of each channel.
+fn lanes() -> u64 {
+    ChannelSpec::defaults()
+        .iter()
+        .map(|channel| u64::from(channel.parallelism))
+        .sum()
+}
+
 /// The sequence numbers `log` saw, in arrival order, each checked intact.
 fn seqs(log: &Log) -> Vec<u64> {
     let log = log.lock().unwrap();
@@ -253,10 +261,7 @@ fn acknowledged_run(seed: u64) -> u64 {
         b.transport().faults().injected() > 0,
         "seed {seed}: the fault rule dropped something"
     );
-    let lanes: u64 = ChannelSpec::defaults()
-        .iter()
-        .map(|channel| u64::from(channel.parallelism))
-        .sum();
+    let lanes = lanes();
     assert!(
         a.transport().stats().connections > lanes,
         "seed {seed}: connections were cut and made again"
@@ -505,10 +510,7 @@ fn cluster_chaos(seed: u64) -> Result<(), String> {
             }
         }
     }
-    let lanes: u64 = ChannelSpec::defaults()
-        .iter()
-        .map(|channel| u64::from(channel.parallelism))
-        .sum();
+    let lanes = lanes();
     let expected = u64::from(CLUSTER) * u64::from(CLUSTER - 1) * lanes;
     let open = network.open_connections() as u64;
     if open != expected {
