@@ -62,6 +62,10 @@ pub(crate) struct Shard {
     waiting_for_room: RefCell<Vec<Pid>>,
     /// Reductions left in the current poll.
     budget: Cell<u32>,
+    /// Reductions charged through `coop` in the current poll, added to the
+    /// process's count when the poll ends (not per charge: a process that
+    /// sends small messages charges once per send).
+    charged: Cell<u64>,
     next_monitor: Cell<u64>,
     polls: Cell<u64>,
     /// Processes that ended after shutdown began, whatever ended them (the
@@ -116,6 +120,7 @@ impl Shard {
             running_overflowed: Cell::new(false),
             waiting_for_room: RefCell::new(Vec::new()),
             budget: Cell::new(0),
+            charged: Cell::new(0),
             next_monitor: Cell::new(0),
             polls: Cell::new(0),
             ended_in_shutdown: Cell::new(0),
@@ -229,6 +234,7 @@ impl Shard {
         self.running_exiting.set(false);
         self.running_overflowed.set(false);
         self.budget.set(self.shared.reductions);
+        self.charged.set(0);
         let polls = self.polls.get() + 1;
         let watch = self.shared_self();
         watch.polling.store(pid.to_bits(), Ordering::Relaxed);
@@ -255,6 +261,7 @@ impl Shard {
             .get_mut(pid.slot(), pid.generation())
             .expect("a process stays in its slot while it runs");
         process.running = false;
+        process.cell.add_reductions(self.charged.take());
         match finished {
             None => {
                 process.future = Some(future);
@@ -374,16 +381,12 @@ impl Shard {
     /// [`crate::coop`]); whether the budget is used up. `false` when no
     /// process is running.
     pub(crate) fn charge_running(&self, reductions: u32) -> bool {
-        let Some(slot) = self.running.get() else {
+        if self.running.get().is_none() {
             return false;
-        };
+        }
         let budget = self.budget.get().saturating_sub(reductions);
         self.budget.set(budget);
-        if let Ok(mut table) = self.table.try_borrow_mut() {
-            if let Some(process) = table.get_slot_mut(slot) {
-                process.cell.add_reductions(u64::from(reductions));
-            }
-        }
+        self.charged.set(self.charged.get() + u64::from(reductions));
         budget == 0
     }
 
