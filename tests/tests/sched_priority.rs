@@ -95,3 +95,39 @@ fn a_process_can_change_its_priority() {
     assert_eq!(before, Priority::Normal);
     assert_eq!(after, Some(Priority::High));
 }
+
+/// A `Low` process's poll gets an eighth of the reduction budget, so a
+/// bulk transfer yields its shard in shorter stretches; `Normal` and
+/// `High` get all of it.
+#[test]
+fn a_low_priority_poll_has_an_eighth_of_the_budget() {
+    const REDUCTIONS: u32 = 800;
+    let runtime = Runtime::builder()
+        .shards(1)
+        .reductions(REDUCTIONS)
+        .build()
+        .unwrap();
+    let charges_per_poll = |priority: Priority| {
+        runtime
+            .block_on(move |cx: Context<()>| async move {
+                let (report, charges) = foundation::oneshot::channel();
+                let options = SpawnOptions::new().priority(priority);
+                cx.spawn_with(options, move |_: Context<()>| async move {
+                    // One reduction at a time, until the poll's budget is
+                    // used up.
+                    let mut charged = 1;
+                    while !foundation::coop::charge(1) {
+                        charged += 1;
+                    }
+                    report.send(charged);
+                })
+                .await
+                .unwrap();
+                charges.await.unwrap()
+            })
+            .unwrap()
+    };
+    assert_eq!(charges_per_poll(Priority::Normal), REDUCTIONS);
+    assert_eq!(charges_per_poll(Priority::High), REDUCTIONS);
+    assert_eq!(charges_per_poll(Priority::Low), REDUCTIONS / 8);
+}

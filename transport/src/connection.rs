@@ -101,6 +101,7 @@ pub(crate) async fn dial(
         match connect(&cx, &inner, &peer, channel, lane_index).await {
             Ok((stream, established)) => {
                 backoff = inner.config.reconnect_min;
+                stream.set_send_slice(inner.channels[usize::from(channel)].send_slice as usize);
                 lane.connected(established.incarnation, established.delivered);
                 inner.counters.connections.increment();
                 let error = write_lane(&lane, &stream, &partitioned).await;

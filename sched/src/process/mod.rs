@@ -188,7 +188,10 @@ pub struct SpawnOptions {
 /// `High` — and starves the rest of its shard while it stays runnable.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Priority {
-    /// After `Normal` processes (background and bulk work).
+    /// After `Normal` processes (background and bulk work), with an
+    /// eighth of the reduction budget per poll: a long-running `Low`
+    /// process yields its shard eight times as often, so the urgent work
+    /// that becomes ready meanwhile waits less.
     Low,
     /// The default.
     #[default]

@@ -207,7 +207,7 @@ impl Shard {
     }
 
     fn poll_slot(&self, slot: u32) {
-        let (pid, mut future) = {
+        let (pid, mut future, priority) = {
             let mut table = self.table.borrow_mut();
             let Some(process) = table.get_slot_mut(slot) else {
                 return;
@@ -226,14 +226,15 @@ impl Shard {
                 return;
             };
             process.running = true;
-            (process.pid, future)
+            (process.pid, future, process.priority)
         };
 
         self.running.set(Some(slot));
         self.running_woken.set(false);
         self.running_exiting.set(false);
         self.running_overflowed.set(false);
-        self.budget.set(self.shared.reductions);
+        self.budget
+            .set(budget_for(self.shared.reductions, priority));
         self.charged.set(0);
         let polls = self.polls.get() + 1;
         let watch = self.shared_self();
@@ -764,6 +765,18 @@ impl Deliver for Shard {
             drop(table);
             self.enqueue(to.slot(), priority);
         }
+    }
+}
+
+/// The reduction budget of one poll of a process at `priority`: `Low`
+/// processes (bulk transfers) get an eighth, so that one of their polls,
+/// which cannot be interrupted, holds up a `High` process that becomes
+/// ready meanwhile an eighth as long; they are polled as often as before,
+/// just in shorter slices.
+fn budget_for(reductions: u32, priority: Priority) -> u32 {
+    match priority {
+        Priority::Low => (reductions / 8).max(1),
+        Priority::Normal | Priority::High => reductions,
     }
 }
 

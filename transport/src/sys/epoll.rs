@@ -285,6 +285,8 @@ pub(crate) struct Stream {
     send: RefCell<Option<(Vec<u8>, usize)>>,
     /// How the connect ended, once it has (`SO_ERROR` reads only once).
     connected: Cell<Option<Result<(), i32>>>,
+    /// Most bytes written per poll ([`Stream::set_send_slice`]).
+    send_slice: Cell<usize>,
 }
 
 impl Stream {
@@ -297,6 +299,7 @@ impl Stream {
             token,
             send: RefCell::new(None),
             connected: Cell::new(None),
+            send_slice: Cell::new(SEND_SLICE),
         })
     }
 
@@ -341,6 +344,10 @@ impl Stream {
         debug_assert!(previous.is_none(), "one send in flight per stream");
     }
 
+    pub(crate) fn set_send_slice(&self, bytes: usize) {
+        self.send_slice.set(bytes.clamp(1, SEND_SLICE));
+    }
+
     pub(crate) fn sending(&self) -> bool {
         self.send.borrow().is_some()
     }
@@ -360,10 +367,11 @@ impl Stream {
                 if *written == buf.len() {
                     break Ok(true);
                 }
-                if this_call >= SEND_SLICE {
+                let slice = self.send_slice.get();
+                if this_call >= slice {
                     break Ok(false);
                 }
-                let end = buf.len().min(*written + SEND_SLICE);
+                let end = buf.len().min(*written + slice);
                 match self.stream.borrow_mut().write(&buf[*written..end]) {
                     Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {

@@ -375,6 +375,19 @@ impl Stream {
         }
     }
 
+    /// Sends go out at most `bytes` at a time (one system call or request
+    /// each, default and most 256 KiB), with the shard's other work in
+    /// between: smaller slices for low-priority bulk traffic let a
+    /// high-priority connection's send or receive in sooner.
+    pub(crate) fn set_send_slice(&self, bytes: usize) {
+        match self {
+            Stream::Uring(stream) => stream.set_send_slice(bytes),
+            Stream::Epoll(stream) => stream.set_send_slice(bytes),
+            // The simulated network takes a send whole, at once.
+            Stream::Sim(_) => {}
+        }
+    }
+
     /// Whether a send is in flight.
     pub(crate) fn sending(&self) -> bool {
         match self {

@@ -417,6 +417,13 @@ impl Stream {
             .start_send(self.key, buf);
     }
 
+    pub(crate) fn set_send_slice(&self, bytes: usize) {
+        let mut state = this(&self.reactor).state.borrow_mut();
+        if let Some(source) = state.sources.get_mut(self.key) {
+            source.send_slice = bytes.clamp(1, MAX_SEND);
+        }
+    }
+
     pub(crate) fn sending(&self) -> bool {
         let state = this(&self.reactor).state.borrow();
         state
@@ -944,7 +951,11 @@ impl State {
 
     /// Submits (the rest of) the send `user_data` of source `key`.
     fn submit_send(&mut self, user_data: u64, key: u32) {
-        let Some(fd) = self.sources.get(key).map(|source| source.socket.fd()) else {
+        let Some((fd, slice)) = self
+            .sources
+            .get(key)
+            .map(|source| (source.socket.fd(), source.send_slice))
+        else {
             return;
         };
         let Some(Op {
@@ -955,7 +966,7 @@ impl State {
             return;
         };
         let rest = &send.buf[send.written.min(send.buf.len())..];
-        let len = rest.len().min(MAX_SEND) as u32;
+        let len = rest.len().min(slice) as u32;
         let flags = libc::MSG_NOSIGNAL | libc::MSG_WAITALL;
         let entry = if send.zc {
             opcode::SendZc::new(Fd(fd), rest.as_ptr(), len)
@@ -1429,6 +1440,8 @@ struct Source {
     /// Zero-copy sends on this socket were copied by the kernel (or
     /// refused): it sends with plain `SEND` only.
     copies: bool,
+    /// Most bytes one send request carries ([`Stream::set_send_slice`]).
+    send_slice: usize,
 }
 
 impl Source {
@@ -1443,6 +1456,7 @@ impl Source {
             chunks: VecDeque::new(),
             end: None,
             starved: false,
+            send_slice: MAX_SEND,
             paused: false,
             reader: None,
             send_op: None,
