@@ -101,7 +101,9 @@ pub(crate) async fn dial(
         match connect(&cx, &inner, &peer, channel, lane_index).await {
             Ok((stream, established)) => {
                 backoff = inner.config.reconnect_min;
-                stream.set_send_slice(inner.channels[usize::from(channel)].send_slice as usize);
+                let spec = &inner.channels[usize::from(channel)];
+                stream.set_send_slice(spec.send_slice as usize);
+                stream.set_background_sends(spec.background_sends);
                 lane.connected(established.incarnation, established.delivered);
                 inner.counters.connections.increment();
                 let error = write_lane(&lane, &stream, &partitioned).await;

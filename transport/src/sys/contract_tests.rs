@@ -148,18 +148,40 @@ fn eight_mebibytes_arrive_exactly_with_a_polling_submission_thread() {
     on_every_backend("8 MiB, SQPOLL", options, big_transfer_case);
 }
 
+#[test]
+fn eight_mebibytes_arrive_exactly_in_small_background_slices() {
+    on_every_backend(
+        "8 MiB, background",
+        IoOptions::default(),
+        |backend, runtime| {
+            let background = |stream: &Stream| {
+                stream.set_background_sends(true);
+                stream.set_send_slice(16 * 1024);
+            };
+            transfer(backend, runtime, background);
+        },
+    );
+}
+
 /// Each end sends 8 MiB in one buffer while it receives the other's 8 MiB,
 /// reading in odd-sized pieces, then both check every byte.
 fn big_transfer_case(backend: Backend, runtime: &Runtime) {
+    transfer(backend, runtime, |_| {});
+}
+
+/// [`big_transfer_case`], with both streams set up by `setup` first.
+fn transfer(backend: Backend, runtime: &Runtime, setup: fn(&Stream)) {
     runtime
         .block_on(move |cx: Context<()>| async move {
             let (listener, addr) = listen(backend)?;
             let client = spawn_on(&cx, other_shard(&cx), move || async move {
                 let stream = connect(backend, addr).await?;
+                setup(&stream);
                 exchange(&stream, 1, 2).await
             })
             .await;
             let (stream, _) = accept(backend, &listener).await?;
+            setup(&stream);
             exchange(&stream, 2, 1).await?;
             client.await.expect("the client reports")
         })

@@ -388,6 +388,17 @@ impl Stream {
         }
     }
 
+    /// Sends run on the kernel's worker threads instead of the shard's
+    /// (io_uring's `IOSQE_ASYNC`): the copy into the socket — over
+    /// loopback, the receiving side's work too — leaves the shard free for
+    /// more urgent traffic, for a hand-off per send. epoll and the
+    /// simulated network write on the shard's thread regardless.
+    pub(crate) fn set_background_sends(&self, background: bool) {
+        if let Stream::Uring(stream) = self {
+            stream.set_background_sends(background);
+        }
+    }
+
     /// Whether a send is in flight.
     pub(crate) fn sending(&self) -> bool {
         match self {

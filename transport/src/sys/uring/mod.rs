@@ -424,6 +424,13 @@ impl Stream {
         }
     }
 
+    pub(crate) fn set_background_sends(&self, background: bool) {
+        let mut state = this(&self.reactor).state.borrow_mut();
+        if let Some(source) = state.sources.get_mut(self.key) {
+            source.background = background;
+        }
+    }
+
     pub(crate) fn sending(&self) -> bool {
         let state = this(&self.reactor).state.borrow();
         state
@@ -951,10 +958,10 @@ impl State {
 
     /// Submits (the rest of) the send `user_data` of source `key`.
     fn submit_send(&mut self, user_data: u64, key: u32) {
-        let Some((fd, slice)) = self
+        let Some((fd, slice, background)) = self
             .sources
             .get(key)
-            .map(|source| (source.socket.fd(), source.send_slice))
+            .map(|source| (source.socket.fd(), source.send_slice, source.background))
         else {
             return;
         };
@@ -979,6 +986,10 @@ impl State {
                 .build()
         };
         send.result_pending = true;
+        let entry = match background {
+            true => entry.flags(squeue::Flags::ASYNC),
+            false => entry,
+        };
         let entry = entry.user_data(user_data);
         // SAFETY: the bytes belong to the `Vec` owned by this operation in
         // the reactor's table. Its heap block does not move when the table
@@ -1442,6 +1453,9 @@ struct Source {
     copies: bool,
     /// Most bytes one send request carries ([`Stream::set_send_slice`]).
     send_slice: usize,
+    /// Sends run on the kernel's worker threads (`IOSQE_ASYNC`) rather
+    /// than inline in the submitting call ([`Stream::set_background_sends`]).
+    background: bool,
 }
 
 impl Source {
@@ -1457,6 +1471,7 @@ impl Source {
             end: None,
             starved: false,
             send_slice: MAX_SEND,
+            background: false,
             paused: false,
             reader: None,
             send_op: None,
