@@ -76,6 +76,10 @@ pub struct Simulation {
     nodes: Vec<Slot>,
     /// Node index by id, for the agenda's entries.
     index: FxHashMap<NodeId, usize>,
+    /// The nodes [`Simulation::run_until_idle`] has lined up to visit, and
+    /// which nodes those are (kept between calls: there is one per step).
+    ready: VecDeque<usize>,
+    queued: Vec<bool>,
 }
 
 /// A node's place in the simulation: the node while it is up, and how to
@@ -102,6 +106,8 @@ impl Simulation {
             simulated: Arc::new(Simulated::default()),
             nodes: Vec::new(),
             index: FxHashMap::default(),
+            ready: VecDeque::new(),
+            queued: Vec::new(),
         }
     }
 
@@ -240,20 +246,19 @@ impl Simulation {
         let now = self.now();
         let mut turns = 0;
         // The nodes due now, each once, in the order the agenda gives.
-        let mut ready = VecDeque::new();
-        let mut queued = vec![false; self.nodes.len()];
+        self.queued.resize(self.nodes.len(), false);
         loop {
             while let Some(id) = self.simulated.take_due(now) {
                 if let Some(&index) = self.index.get(&id) {
-                    if !std::mem::replace(&mut queued[index], true) {
-                        ready.push_back(index);
+                    if !std::mem::replace(&mut self.queued[index], true) {
+                        self.ready.push_back(index);
                     }
                 }
             }
-            let Some(index) = ready.pop_front() else {
+            let Some(index) = self.ready.pop_front() else {
                 return turns;
             };
-            queued[index] = false;
+            self.queued[index] = false;
             let Some(node) = self.nodes[index].node.as_mut() else {
                 continue; // Crashed since it was put on the agenda.
             };
