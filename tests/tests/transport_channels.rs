@@ -11,7 +11,9 @@ use std::sync::mpsc;
 use common::proxy::Proxy;
 use common::transport::{collect, config, on_each_backend, Node, Numbered, Seen, ARRIVAL};
 use common::{eventually, QUIET};
-use foundation::transport::{Backend, ChannelId, Remote, SendError};
+use foundation::transport::{
+    Backend, ChannelId, ConnectionError, HandshakeError, Remote, SendError,
+};
 use foundation::{Context, Pid, ShardId};
 
 on_each_backend!(
@@ -22,6 +24,8 @@ on_each_backend!(
     acknowledged_delivery_survives_cut_connections,
     chunked_messages_on_an_acknowledged_channel_survive_cuts,
     a_message_for_no_process_is_counted_and_the_connection_stays,
+    identify_names_the_node_at_an_address_and_makes_no_lane,
+    a_message_to_an_alias_reaches_its_process_until_it_ends,
 );
 
 /// One `String` from a process on one node to a process on another.
@@ -359,6 +363,65 @@ fn pair_through_proxy(backend: Backend, cuts: &[u64]) -> (Node, Node, Proxy) {
     proxy.cut_at(cuts);
     a.add_peer(b.node(), proxy.addr()).expect("a new peer");
     (a, b, proxy)
+}
+
+/// A node that knows only an address learns who listens there, as a node
+/// joining through a seed does; a node with another cookie is refused, and
+/// neither side is left with a lane, a peer or a counted error.
+fn identify_names_the_node_at_an_address_and_makes_no_lane(backend: Backend) {
+    let a = Node::start(config(backend));
+    let mut named = config(backend);
+    named.name = "the-seed".into();
+    let b = Node::start(named);
+    let at = b.local_addr();
+    let found = a.run(move |cx, transport| async move { transport.identify(&cx, at).await });
+    let found = found.expect("the seed answers");
+    assert_eq!((found.node, found.name.as_str()), (b.node(), "the-seed"));
+
+    let mut stranger = config(backend);
+    stranger.cookie = foundation::transport::Cookie::new("another cluster");
+    let c = Node::start(stranger);
+    let refused = c.run(move |cx, transport| async move { transport.identify(&cx, at).await });
+    assert_eq!(
+        refused,
+        Err(ConnectionError::Handshake(HandshakeError::Cookie))
+    );
+
+    assert_eq!(a.stats().connections, 0, "no lane was connected");
+    assert!(!a.is_connected(b.node(), ChannelId::CONTROL));
+    eventually("the seed counts the stranger's refusal", || {
+        b.stats().connection_errors == 1
+    });
+    assert_eq!(a.recent_errors(), Vec::new());
+}
+
+/// A process registered at an alias receives what peers send to the
+/// alias; once it ends, the alias leads nowhere and a message for it is
+/// counted as undeliverable.
+fn a_message_to_an_alias_reaches_its_process_until_it_ends(backend: Backend) {
+    let (a, b) = pair(backend);
+    let alias = Pid::new(b.node(), ShardId(u8::MAX), 1, 0);
+    let (tx, rx) = mpsc::channel();
+    let service = b
+        .runtime
+        .spawn(move |cx: Context<Remote<Numbered>>| async move {
+            let message = cx.recv().await.into_msg().map(|m| Seen::of(&m));
+            let _ = tx.send(message);
+        })
+        .expect("spawn");
+    b.register_as(alias, &service);
+    let sent = a.sender(alias, vec![(ChannelId::DATA, Numbered::new(0, 0, 8))]);
+    sent.recv_timeout(ARRIVAL).unwrap().unwrap();
+    let seen = rx.recv_timeout(ARRIVAL).unwrap().expect("a message");
+    assert_eq!((seen.seq, seen.intact), (0, true));
+    eventually("the process ends", || {
+        b.runtime.process_info(service.pid()).is_none()
+    });
+    let again = a.sender(alias, vec![(ChannelId::DATA, Numbered::new(0, 1, 8))]);
+    again.recv_timeout(ARRIVAL).unwrap().unwrap();
+    eventually("the message for the alias is counted", || {
+        b.stats().undeliverable == 1
+    });
 }
 
 /// Two nodes, the first a peer of the second.

@@ -29,7 +29,9 @@ use crate::fault::Verdict;
 use crate::frame::{
     self, FrameError, FrameHeader, FrameKind, FIRST_CHUNK, HEADER_LEN, LAST_CHUNK, PAYLOAD_ALIGN,
 };
-use crate::handshake::{self, Dialer, Established, HandshakeError, MAX_HANDSHAKE_PAYLOAD};
+use crate::handshake::{
+    self, Dialer, Established, HandshakeError, IDENTIFY_CHANNEL, MAX_HANDSHAKE_PAYLOAD,
+};
 use crate::inbound::{Block, EndpointCache, Feedback};
 use crate::lane::Lane;
 use crate::sys::{Bound, Listener, Reactor, Socket, Stream};
@@ -98,7 +100,7 @@ pub(crate) async fn dial(
             backoff = (backoff * 2).min(inner.config.reconnect_max);
             continue;
         }
-        match connect(&cx, &inner, &peer, channel, lane_index).await {
+        match connect(&cx, &inner, peer.addr, Some(peer.node), channel, lane_index).await {
             Ok((stream, established)) => {
                 backoff = inner.config.reconnect_min;
                 let spec = &inner.channels[usize::from(channel)];
@@ -120,18 +122,31 @@ pub(crate) async fn dial(
     }
 }
 
-/// Connects and handshakes as the dialer; returns the stream and what the
-/// handshake told of the peer (its incarnation, how far it delivered this
-/// lane).
-async fn connect(
-    cx: &Context<()>,
+/// Asks whoever listens at `addr` who it is: a whole handshake (the cookie
+/// proved both ways) on no lane, after which the connection closes.
+pub(crate) async fn identify<M: Send + 'static>(
+    cx: &Context<M>,
     inner: &Arc<Inner>,
-    peer: &Peer,
+    addr: SocketAddr,
+) -> Result<Established, ConnectionError> {
+    let (_stream, established) = connect(cx, inner, addr, None, IDENTIFY_CHANNEL, 0).await?;
+    Ok(established)
+}
+
+/// Connects to `addr` and handshakes as the dialer, expecting node
+/// `expected` (any node, if `None`); returns the stream and what the
+/// handshake told of the peer (its name and id, its incarnation, how far it
+/// delivered this lane).
+async fn connect<M: Send + 'static>(
+    cx: &Context<M>,
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    expected: Option<NodeId>,
     channel: u16,
     lane: u16,
 ) -> Result<(Stream, Established), ConnectionError> {
     let reactor = Reactor::current().ok_or(ConnectionError::NoReactor)?;
-    let stream = reactor.connect(peer.addr).map_err(ConnectionError::io)?;
+    let stream = reactor.connect(addr).map_err(ConnectionError::io)?;
     let handshake = async {
         poll_fn(|task| stream.poll_connected(task))
             .await
@@ -139,7 +154,7 @@ async fn connect(
         let mut out = Vec::new();
         let mut dialer = Dialer::start(
             inner.identity.clone(),
-            peer.node,
+            expected,
             channel,
             lane,
             inner.entropy.nonce(),
@@ -259,7 +274,9 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: Socket, addr: SocketA
     inner.counters.accepted.increment();
     let accepted = within(&cx, inner.config.handshake_timeout, accept(&inner, &stream)).await;
     let (peer, mut reader) = match accepted {
-        Ok(accepted) => accepted,
+        Ok(Some(accepted)) => accepted,
+        // A dialer that only asked who we are, and now knows.
+        Ok(None) => return,
         Err(error) => {
             if matches!(error, ConnectionError::Handshake(_)) {
                 inner.counters.refused.increment();
@@ -280,8 +297,12 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: Socket, addr: SocketA
     }
 }
 
-/// The listener's side of the handshake.
-async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader), ConnectionError> {
+/// The listener's side of the handshake: the dialer's node and the reader
+/// of its lane, or `None` for a dialer that only identified this node.
+async fn accept(
+    inner: &Arc<Inner>,
+    stream: &Stream,
+) -> Result<Option<(NodeId, Reader)>, ConnectionError> {
     let mut listener = handshake::Listener::new(inner.identity.clone(), inner.entropy.nonce());
     let mut buffer = FrameBuffer::new(4096);
     let mut out = Vec::new();
@@ -298,6 +319,9 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
             continue;
         };
         sent?;
+        if accepted.channel == IDENTIFY_CHANNEL {
+            return Ok(None);
+        }
         let lane = inner.inbound_lane(&accepted);
         let (generation, delivered) = lane.claim();
         let spec = &inner.channels[usize::from(accepted.channel)];
@@ -327,7 +351,7 @@ async fn accept(inner: &Arc<Inner>, stream: &Stream) -> Result<(NodeId, Reader),
         };
         // Bytes after the handshake already belong to the lane.
         reader.buffer.take_from(&mut buffer);
-        return Ok((accepted.peer, reader));
+        return Ok(Some((accepted.peer, reader)));
     }
 }
 
@@ -811,8 +835,8 @@ async fn send_all(stream: &Stream, out: &mut Vec<u8>) -> Result<(), ConnectionEr
 }
 
 /// Runs `future` for at most `timeout`.
-async fn within<T>(
-    cx: &Context<()>,
+async fn within<M: Send + 'static, T>(
+    cx: &Context<M>,
     timeout: Duration,
     future: impl Future<Output = Result<T, ConnectionError>>,
 ) -> Result<T, ConnectionError> {

@@ -56,7 +56,7 @@ pub fn handshake(data: &[u8]) {
     };
     let mut listener = Listener::new(identity("secret"), [7; 32]);
     let mut out = Vec::new();
-    let mut dialer = Dialer::start(identity("secret"), NodeId(1), 0, 0, [9; 32], &mut out);
+    let mut dialer = Dialer::start(identity("secret"), Some(NodeId(1)), 0, 0, [9; 32], &mut out);
     let mut rest = data;
     while let [a, b, tail @ ..] = rest {
         let len = usize::from(u16::from_le_bytes([*a, *b])).min(tail.len());

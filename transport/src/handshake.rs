@@ -46,6 +46,12 @@ use crate::frame::{self, Frame, FrameError, FrameHeader, FrameKind};
 /// The handshake protocol this build speaks.
 pub const PROTOCOL_VERSION: u16 = 2;
 
+/// The channel a hello names to ask only who the listener is
+/// ([`Transport::identify`](crate::Transport::identify)): the handshake runs
+/// in full, both sides proving the cookie, and the connection then closes.
+/// No lane is involved on either side.
+pub(crate) const IDENTIFY_CHANNEL: u16 = u16::MAX;
+
 /// The largest handshake frame payload accepted.
 pub(crate) const MAX_HANDSHAKE_PAYLOAD: u32 = 4096;
 
@@ -260,17 +266,18 @@ pub(crate) struct Accepted {
 /// The dialing side.
 pub(crate) struct Dialer {
     identity: Identity,
-    expected: NodeId,
+    /// The node meant to answer; `None` when identifying whoever does.
+    expected: Option<NodeId>,
     nonce: [u8; 32],
     established: Option<Established>,
 }
 
 impl Dialer {
-    /// Starts a handshake on `channel`'s `lane` towards `expected`, writing
-    /// the hello into `out`.
+    /// Starts a handshake on `channel`'s `lane` towards `expected` (any
+    /// node, if `None`), writing the hello into `out`.
     pub(crate) fn start(
         identity: Identity,
-        expected: NodeId,
+        expected: Option<NodeId>,
         channel: u16,
         lane: u16,
         nonce: [u8; 32],
@@ -318,9 +325,9 @@ impl Dialer {
                         theirs: protocol,
                     });
                 }
-                if NodeId(node) != self.expected {
+                if let Some(expected) = self.expected.filter(|&id| id != NodeId(node)) {
                     return Err(HandshakeError::UnexpectedNode {
-                        expected: self.expected,
+                        expected,
                         got: NodeId(node),
                     });
                 }
@@ -408,8 +415,9 @@ impl Listener {
                     refuse(Refusal::Channels, out);
                     return Err(HandshakeError::Channels);
                 }
+                let identifying = channel == IDENTIFY_CHANNEL && lane == 0;
                 let lanes = self.identity.lanes.get(usize::from(channel)).copied();
-                if lanes.is_none_or(|lanes| lane >= lanes) {
+                if !identifying && lanes.is_none_or(|lanes| lane >= lanes) {
                     refuse(Refusal::UnknownChannel, out);
                     return Err(HandshakeError::UnknownChannel(channel));
                 }
@@ -428,7 +436,7 @@ impl Listener {
                         node: self.identity.node.0,
                         nonce: self.nonce,
                         mac: mac.finalize().into_bytes().into(),
-                        delivered: delivered(&accepted),
+                        delivered: if identifying { 0 } else { delivered(&accepted) },
                         incarnation: self.identity.incarnation,
                     },
                     out,
@@ -578,7 +586,7 @@ mod tests {
         Result<Option<Established>, HandshakeError>,
         Result<Option<Accepted>, HandshakeError>,
     ) {
-        let expected = listener.node;
+        let expected = Some(listener.node);
         let mut hello = Vec::new();
         let mut d = Dialer::start(dialer, expected, 1, 1, nonce(), &mut hello);
         let mut l = Listener::new(listener, nonce());
@@ -616,7 +624,7 @@ mod tests {
         let mut hello = Vec::new();
         let mut d = Dialer::start(
             identity("a", 1, "one"),
-            NodeId(2),
+            Some(NodeId(2)),
             0,
             0,
             nonce(),
@@ -642,7 +650,14 @@ mod tests {
         // The dialer skips its own check (as an attacker would) and sends a
         // bad proof: the listener refuses and says why.
         let mut hello = Vec::new();
-        let _ = Dialer::start(identity("a", 1, "x"), NodeId(2), 0, 0, nonce(), &mut hello);
+        let _ = Dialer::start(
+            identity("a", 1, "x"),
+            Some(NodeId(2)),
+            0,
+            0,
+            nonce(),
+            &mut hello,
+        );
         let mut l = Listener::new(identity("b", 2, "y"), nonce());
         let mut answer = Vec::new();
         assert_eq!(l.on_frame(&wire(&hello), &mut answer, |_| 0), Ok(None));
@@ -677,9 +692,48 @@ mod tests {
     }
 
     #[test]
+    fn identifying_proves_the_cookie_and_touches_no_lane() {
+        let identify = |cookie: &str| {
+            let mut hello = Vec::new();
+            let mut d = Dialer::start(
+                identity("a", 1, "s"),
+                None,
+                IDENTIFY_CHANNEL,
+                0,
+                nonce(),
+                &mut hello,
+            );
+            let mut l = Listener::new(identity("b", 2, cookie), nonce());
+            let mut answer = Vec::new();
+            let no_lane = |_: &Accepted| -> u64 { panic!("identifying asked for a lane") };
+            assert_eq!(l.on_frame(&wire(&hello), &mut answer, no_lane), Ok(None));
+            let mut proof = Vec::new();
+            let established = d.on_frame(&wire(&answer), &mut proof)?;
+            assert_eq!(established, None);
+            let mut welcome = Vec::new();
+            let accepted = l.on_frame(&wire(&proof), &mut welcome, no_lane)?;
+            assert_eq!(accepted.map(|a| a.channel), Some(IDENTIFY_CHANNEL));
+            d.on_frame(&wire(&welcome), &mut Vec::new())
+        };
+        let established = identify("s").unwrap().unwrap();
+        assert_eq!(
+            (established.peer, established.peer_name.as_str()),
+            (NodeId(2), "b")
+        );
+        assert_eq!(identify("other"), Err(HandshakeError::Cookie));
+    }
+
+    #[test]
     fn the_wrong_node_is_detected_by_the_dialer() {
         let mut hello = Vec::new();
-        let mut d = Dialer::start(identity("a", 1, "s"), NodeId(9), 0, 0, nonce(), &mut hello);
+        let mut d = Dialer::start(
+            identity("a", 1, "s"),
+            Some(NodeId(9)),
+            0,
+            0,
+            nonce(),
+            &mut hello,
+        );
         let mut l = Listener::new(identity("b", 2, "s"), nonce());
         let mut answer = Vec::new();
         l.on_frame(&wire(&hello), &mut answer, |_| 0).unwrap();

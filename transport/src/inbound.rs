@@ -246,6 +246,9 @@ impl Feedback {
 /// Where frames for a local process go: validates the payload as the
 /// process's message type and delivers it.
 pub(crate) trait Endpoint: Send + Sync {
+    /// The process delivered to.
+    fn pid(&self) -> Pid;
+
     fn deliver(
         &self,
         handle: &Handle,
@@ -260,6 +263,10 @@ struct TypedEndpoint<T: Wire> {
 }
 
 impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
+    fn pid(&self) -> Pid {
+        self.addr.pid()
+    }
+
     fn deliver(
         &self,
         handle: &Handle,
@@ -302,17 +309,24 @@ pub(crate) struct Endpoints {
 }
 
 impl Endpoints {
-    pub(crate) fn insert<T: Wire + 'static>(&self, addr: &Addr<Remote<T>>) {
+    /// Delivers frames for `alias` to `addr`.
+    pub(crate) fn insert_as<T: Wire + 'static>(&self, alias: Pid, addr: &Addr<Remote<T>>) {
         let endpoint: Arc<dyn Endpoint> = Arc::new(TypedEndpoint { addr: *addr });
         let mut by_pid = self.by_pid.write().unwrap_or_else(PoisonError::into_inner);
-        by_pid.insert(addr.pid(), endpoint);
+        by_pid.insert(alias, endpoint);
         self.epoch.fetch_add(1, Ordering::Release);
     }
 
-    pub(crate) fn remove(&self, pid: Pid) {
+    /// Removes `alias` if it still leads to process `pid`.
+    pub(crate) fn remove_alias(&self, alias: Pid, pid: Pid) {
         let mut by_pid = self.by_pid.write().unwrap_or_else(PoisonError::into_inner);
-        by_pid.remove(&pid);
-        self.epoch.fetch_add(1, Ordering::Release);
+        if by_pid
+            .get(&alias)
+            .is_some_and(|endpoint| endpoint.pid() == pid)
+        {
+            by_pid.remove(&alias);
+            self.epoch.fetch_add(1, Ordering::Release);
+        }
     }
 
     pub(crate) fn get(&self, pid: Pid) -> Option<Arc<dyn Endpoint>> {

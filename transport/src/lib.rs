@@ -371,6 +371,15 @@ pub struct TransportStats {
     pub undeliverable: u64,
 }
 
+/// Who listens at an address, as [`Transport::identify`] found out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its node id.
+    pub node: NodeId,
+    /// Its node's name.
+    pub name: String,
+}
+
 /// A node's transport: its listener, its peers and their lanes.
 ///
 /// Cheap to clone; every clone is the same transport.
@@ -625,6 +634,44 @@ impl Transport {
         Ok(())
     }
 
+    /// Asks whoever listens at `addr` who it is, as a node joining through a
+    /// seed address must before it can make the seed a peer. The whole
+    /// handshake runs (a node with another cookie is refused with
+    /// [`HandshakeError::Cookie`]) on a connection of its own, which then
+    /// closes; no lane or peer is made. Call it from a process of this
+    /// transport's node.
+    ///
+    /// ```no_run
+    /// # use foundation_sched::Context;
+    /// # use foundation_transport::Transport;
+    /// # async fn join(cx: Context<()>, transport: Transport) {
+    /// let seed = "10.0.0.7:4370".parse().unwrap();
+    /// let found = transport.identify(&cx, seed).await.unwrap();
+    /// transport.add_peer(found.node, seed).unwrap();
+    /// # }
+    /// ```
+    pub async fn identify<M: Send + 'static>(
+        &self,
+        cx: &Context<M>,
+        addr: SocketAddr,
+    ) -> Result<PeerInfo, ConnectionError> {
+        if self.inner.is_closed() {
+            return Err(ConnectionError::Closed);
+        }
+        let established = connection::identify(cx, &self.inner, addr).await?;
+        let (me, peer) = (self.node(), established.peer);
+        let control = ChannelId::CONTROL;
+        if self.inner.faults.partitioned(me, peer, control)
+            || self.inner.faults.partitioned(peer, me, control)
+        {
+            return Err(ConnectionError::FaultInjected);
+        }
+        Ok(PeerInfo {
+            node: peer,
+            name: established.peer_name,
+        })
+    }
+
     /// Stops dialling `node` and closes its lanes; frames not yet written
     /// are dropped.
     pub fn remove_peer(&self, node: NodeId) -> bool {
@@ -656,14 +703,24 @@ impl Transport {
     /// pid are validated as `T` and delivered as [`Remote<T>`]. It stays
     /// registered until it exits.
     pub fn register<T: Wire + 'static>(&self, addr: &Addr<Remote<T>>) {
-        self.inner.endpoints.insert(addr);
+        self.register_as(addr.pid(), addr);
+    }
+
+    /// Makes the local process `addr` reachable from peers at `alias` as
+    /// well as at its own pid, as [`Transport::register`] does: a
+    /// well-known address on this node (a service every node runs, such as
+    /// its peer service) that peers can send to without learning the
+    /// process's pid first. The alias goes when the process exits, unless
+    /// another process took it over by then.
+    pub fn register_as<T: Wire + 'static>(&self, alias: Pid, addr: &Addr<Remote<T>>) {
+        self.inner.endpoints.insert_as(alias, addr);
         let inner = Arc::downgrade(&self.inner);
         let pid = addr.pid();
         self.inner.handle.on_exit(
             pid,
             Box::new(move |_reason| {
                 if let Some(inner) = inner.upgrade() {
-                    inner.endpoints.remove(pid);
+                    inner.endpoints.remove_alias(alias, pid);
                 }
             }),
         );
