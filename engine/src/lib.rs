@@ -47,7 +47,10 @@
 
 #![forbid(unsafe_code)]
 
+mod dist;
 pub mod ecosystem;
+pub mod membership;
+pub mod node;
 pub mod registry;
 pub mod server;
 pub mod supervision;

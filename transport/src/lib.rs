@@ -532,6 +532,11 @@ impl Transport {
         Ok(Transport { inner })
     }
 
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.identity.name
+    }
+
     /// The address this node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr

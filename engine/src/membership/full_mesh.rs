@@ -1,0 +1,496 @@
+//! The full-mesh peer service: the process that runs a node's [`Swim`]
+//! over its transport.
+//!
+//! Every member is a transport peer of every other: a member becomes a
+//! peer when SWIM first talks to it (a seed, or a member learned from
+//! gossip) and stops being one when it goes down. The service is two
+//! processes, linked: the service itself, whose mailbox takes local
+//! commands and its own timers, and an *inbox* registered at the node's
+//! well-known peer-service address, which hands what peers send to the
+//! service. Both run under the node's supervisor; a restarted service
+//! joins again under a later boot stamp, which the cluster takes as the
+//! same node started again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use foundation_sched::{oneshot, Addr, Context, Envelope, Handle, MonitorRef, NodeId, Pid};
+use foundation_transport::{ChannelId, Remote, SendError, Transport};
+use rkyv::{Archive, Deserialize, Serialize};
+
+use super::swim::{Output, Swim, SwimTimer, MAX_PACKET};
+use super::{FailureDetector, Member, MemberEvent, PeerService};
+use crate::dist::{well_known, Service};
+use crate::supervision::ChildSpec;
+
+/// What peer services send each other. Variants are only ever appended,
+/// so that a node can tell a newer peer's message it does not know from
+/// garbage (it fails validation either way, and closes that connection).
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) enum PeerMessage {
+    /// A SWIM packet (on `gossip`).
+    Swim(Vec<u8>),
+    /// The sender leaves the cluster (on `control`, acknowledged).
+    Leaving,
+}
+
+/// Why joining could not start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The failure detector's timings do not fit together.
+    Timings(String),
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::Timings(problem) => write!(f, "failure detector: {problem}"),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {}
+
+/// The default peer service: every node connected to every other, SWIM
+/// failure detection. Cheap to clone; every clone is the same service.
+///
+/// ```no_run
+/// use foundation::membership::{FailureDetector, FullMesh, PeerService};
+/// use foundation::supervision::{Strategy, SupervisorSpec};
+/// # fn run(runtime: foundation::Runtime, transport: foundation::transport::Transport) {
+/// let seeds = vec!["10.0.0.7:4370".parse().unwrap()];
+/// let mesh = FullMesh::new(runtime.handle(), transport, seeds, FailureDetector::default()).unwrap();
+/// SupervisorSpec::new(Strategy::OneForOne)
+///     .child(mesh.child_spec())
+///     .start(runtime.handle())
+///     .unwrap();
+/// // ... later
+/// for member in mesh.members() {
+///     println!("{member}");
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct FullMesh {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    handle: Handle,
+    transport: Transport,
+    me: Member,
+    seeds: Vec<SocketAddr>,
+    timings: FailureDetector,
+    /// Boot stamp of the first start; each restart of the service adds one.
+    boot: u64,
+    starts: AtomicU64,
+    /// Seeds SWIM's random draws.
+    seed: u64,
+    view: RwLock<BTreeMap<NodeId, Member>>,
+    subscribers: Mutex<Vec<Addr<MemberEvent>>>,
+    service: Mutex<Option<Addr<Command>>>,
+    left: AtomicBool,
+}
+
+/// The service's mailbox.
+enum Command {
+    /// A packet from a peer's service.
+    Packet(Vec<u8>),
+    /// A peer said it leaves.
+    Leaving(NodeId),
+    /// A SWIM timer came due.
+    Timer(SwimTimer),
+    /// Time to ask the seeds again (while no member is up).
+    Rejoin,
+    /// A seed answered who it is.
+    Found(Member),
+    /// Events from now on go to this process too.
+    Subscribe(Addr<MemberEvent>),
+    /// Leave the cluster, then answer.
+    Leave(oneshot::Sender<()>),
+}
+
+/// How often a node with no member up asks its seeds again.
+const REJOIN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a leaving node waits for its peers to acknowledge its word.
+const LEAVE_GRACE: Duration = Duration::from_secs(1);
+
+impl FullMesh {
+    /// The peer service of the node whose transport is `transport`,
+    /// joining through `seeds` (none for the first node of a cluster).
+    /// It runs once [`FullMesh::child_spec`] is started under a supervisor.
+    pub fn new(
+        handle: &Handle,
+        transport: Transport,
+        seeds: Vec<SocketAddr>,
+        timings: FailureDetector,
+    ) -> Result<FullMesh, JoinError> {
+        let (advertise, boot) = (transport.local_addr(), boot_stamp());
+        FullMesh::with_boot(handle, transport, advertise, seeds, timings, boot, boot)
+    }
+
+    /// As [`FullMesh::new`], with the address peers dial (`advertise`),
+    /// the boot stamp (larger for every start of the node; [`FullMesh::new`]
+    /// takes the calendar's microseconds) and the seed of SWIM's random
+    /// draws given — as a simulation gives them, to replay.
+    pub fn with_boot(
+        handle: &Handle,
+        transport: Transport,
+        advertise: SocketAddr,
+        seeds: Vec<SocketAddr>,
+        timings: FailureDetector,
+        boot: u64,
+        seed: u64,
+    ) -> Result<FullMesh, JoinError> {
+        timings.check().map_err(JoinError::Timings)?;
+        let me = Member {
+            node: transport.node(),
+            name: transport.name().to_owned(),
+            addr: advertise,
+        };
+        Ok(FullMesh {
+            shared: Arc::new(Shared {
+                handle: handle.clone(),
+                transport,
+                me,
+                seeds,
+                timings,
+                boot,
+                starts: AtomicU64::new(0),
+                seed,
+                view: RwLock::new(BTreeMap::new()),
+                subscribers: Mutex::new(Vec::new()),
+                service: Mutex::new(None),
+                left: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The service as a supervised child (`peer_service`), restarted if it
+    /// fails.
+    pub fn child_spec(&self) -> ChildSpec {
+        let shared = self.shared.clone();
+        ChildSpec::worker("peer_service", move |cx: Context<Command>| {
+            run(cx, shared.clone())
+        })
+    }
+
+    /// This node as the cluster knows it.
+    pub fn me(&self) -> &Member {
+        &self.shared.me
+    }
+
+    /// Leaves the cluster: tells every member, on the acknowledged
+    /// `control` channel, then lets SWIM spread the news. The answer comes
+    /// once the members acknowledged the word (or after a second); stop the
+    /// transport after it. A service that is not running answers at once.
+    pub fn leave(&self) -> oneshot::Receiver<()> {
+        let (reply, answer) = oneshot::channel();
+        self.shared.left.store(true, Ordering::Release);
+        match self.shared.service() {
+            Some(service) => self.shared.handle.send(&service, Command::Leave(reply)),
+            None => reply.send(()),
+        }
+        answer
+    }
+}
+
+impl PeerService for FullMesh {
+    fn members(&self) -> Vec<Member> {
+        let view = self
+            .shared
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        view.values().cloned().collect()
+    }
+
+    fn subscribe(&self, subscriber: Addr<MemberEvent>) {
+        // The service sends the members up now, then the changes; until it
+        // runs, the subscription waits in the shared list.
+        match self.shared.service() {
+            Some(service) => self
+                .shared
+                .handle
+                .send(&service, Command::Subscribe(subscriber)),
+            None => {
+                let mut subscribers = self.shared.subscribers();
+                subscribers.push(subscriber);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn service(&self) -> Option<Addr<Command>> {
+        *self.service.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn subscribers(&self) -> std::sync::MutexGuard<'_, Vec<Addr<MemberEvent>>> {
+        self.subscribers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A stamp that grows with every start of a node, across OS processes:
+/// microseconds of the calendar clock. Read once, at start-up, outside the
+/// protocol; SWIM takes a later stamp as a restart of the same node.
+#[allow(clippy::disallowed_methods)] // Start-up, not protocol: see above.
+pub(crate) fn boot_stamp() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |since| since.as_micros() as u64)
+}
+
+/// The service process.
+async fn run(cx: Context<Command>, shared: Arc<Shared>) {
+    let me = cx.addr();
+    let inbox = cx.spawn_link(move |inbox: Context<Remote<PeerMessage>>| async move {
+        while let Envelope::Msg(message) = inbox.recv().await {
+            let from = message.source().node();
+            let command = match &*message {
+                ArchivedPeerMessage::Swim(packet) => Command::Packet(packet.to_vec()),
+                ArchivedPeerMessage::Leaving => Command::Leaving(from),
+            };
+            inbox.send(&me, command);
+        }
+    });
+    shared
+        .transport
+        .register_as(well_known(shared.me.node, Service::PeerService), &inbox);
+    let start = shared.starts.fetch_add(1, Ordering::Relaxed);
+    let mut service = Mesh {
+        swim: Swim::new(
+            &shared.me,
+            shared.boot + start,
+            &shared.timings,
+            shared.seed.wrapping_add(start),
+        ),
+        peers: BTreeMap::new(),
+        subscribers: Vec::new(),
+        shared: shared.clone(),
+    };
+    // From now on subscriptions come by mail; those made before, or kept
+    // from the service's last run, are taken over.
+    *shared
+        .service
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = Some(cx.addr());
+    let waiting: Vec<_> = shared.subscribers().drain(..).collect();
+    for subscriber in waiting {
+        service.subscribe(&cx, subscriber);
+    }
+    // The first timers: SWIM's probe cycle starts with the first member.
+    if !shared.left.load(Ordering::Acquire) {
+        cx.send(&cx.addr(), Command::Rejoin);
+    }
+    loop {
+        match cx.recv().await {
+            Envelope::Msg(command) => service.handle(&cx, command).await,
+            Envelope::Down(down) => service.unsubscribe(down.monitor),
+            Envelope::Exit(_) => {}
+        }
+    }
+}
+
+/// The service's state while it runs.
+struct Mesh {
+    swim: Swim,
+    /// Transport peers made, and the address each was made with.
+    peers: BTreeMap<NodeId, SocketAddr>,
+    subscribers: Vec<(MonitorRef, Addr<MemberEvent>)>,
+    shared: Arc<Shared>,
+}
+
+impl Mesh {
+    async fn handle(&mut self, cx: &Context<Command>, command: Command) {
+        let left = self.shared.left.load(Ordering::Acquire);
+        let output = match command {
+            Command::Packet(packet) => {
+                let (output, taken) = self.swim.on_packet(&packet);
+                if let Err(error) = taken {
+                    tracing::debug!("peer service: packet refused: {}", error.0);
+                }
+                output
+            }
+            Command::Leaving(node) => self.swim.on_leaving(node),
+            Command::Timer(timer) => self.swim.on_timer(timer),
+            Command::Rejoin if left => return,
+            Command::Rejoin => {
+                if !self.swim.has_joined() || self.swim.members().next().is_none() {
+                    self.ask_seeds(cx);
+                }
+                cx.send_after(&cx.addr(), Command::Rejoin, REJOIN_INTERVAL);
+                return;
+            }
+            Command::Found(_) if left => return,
+            Command::Found(seed) => {
+                self.make_peer(&seed);
+                self.swim.announce(&seed)
+            }
+            Command::Subscribe(subscriber) => {
+                self.subscribe(cx, subscriber);
+                return;
+            }
+            Command::Leave(reply) => {
+                self.leave(cx).await;
+                reply.send(());
+                return;
+            }
+        };
+        self.apply(cx, output);
+    }
+
+    /// Asks each seed who it is; each that answers gets an announcement.
+    fn ask_seeds(&self, cx: &Context<Command>) {
+        for &addr in &self.shared.seeds {
+            let (transport, service, me) = (
+                self.shared.transport.clone(),
+                cx.addr(),
+                self.shared.me.node,
+            );
+            cx.spawn(move |cx: Context<()>| async move {
+                match transport.identify(&cx, addr).await {
+                    Ok(found) if found.node != me => {
+                        let member = Member {
+                            node: found.node,
+                            name: found.name,
+                            addr,
+                        };
+                        cx.send(&service, Command::Found(member));
+                    }
+                    Ok(_) => {} // A seed list may name this node itself.
+                    Err(error) => tracing::debug!("seed {addr}: {error}"),
+                }
+            });
+        }
+    }
+
+    /// Carries out what SWIM asked for.
+    fn apply(&mut self, cx: &Context<Command>, output: Output) {
+        let Output {
+            sends,
+            timers,
+            events,
+        } = output;
+        for (to, packet) in sends {
+            self.send_packet(cx.pid(), &to, packet);
+        }
+        for (after, timer) in timers {
+            cx.send_after(&cx.addr(), Command::Timer(timer), after);
+        }
+        for event in events {
+            self.publish(cx, event);
+        }
+    }
+
+    fn send_packet(&mut self, from: Pid, to: &Member, packet: Vec<u8>) {
+        debug_assert!(packet.len() <= MAX_PACKET);
+        self.make_peer(to);
+        let transport = &self.shared.transport;
+        let target = well_known(to.node, Service::PeerService);
+        // SWIM expects loss: a packet that finds no room is dropped.
+        match transport.try_send(from, target, ChannelId::GOSSIP, &PeerMessage::Swim(packet)) {
+            Ok(()) | Err(SendError::WouldBlock | SendError::NotConnected) => {}
+            Err(error) => tracing::debug!("peer service: to {to}: {error}"),
+        }
+    }
+
+    /// Makes `member` a transport peer at its address, if it is not one
+    /// there already.
+    fn make_peer(&mut self, member: &Member) {
+        let transport = &self.shared.transport;
+        match self.peers.get(&member.node) {
+            Some(addr) if *addr == member.addr => return,
+            Some(_) => {
+                transport.remove_peer(member.node);
+            }
+            None => {}
+        }
+        match transport.add_peer(member.node, member.addr) {
+            Ok(()) => {
+                self.peers.insert(member.node, member.addr);
+            }
+            Err(error) => tracing::debug!("peer service: peer {member}: {error}"),
+        }
+    }
+
+    /// Updates the shared view and tells the subscribers.
+    fn publish(&mut self, cx: &Context<Command>, event: MemberEvent) {
+        match &event {
+            MemberEvent::Up(member) => {
+                self.make_peer(member);
+                self.shared
+                    .view
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(member.node, member.clone());
+            }
+            MemberEvent::Down(member, _) => {
+                if self.peers.remove(&member.node).is_some() {
+                    self.shared.transport.remove_peer(member.node);
+                }
+                self.shared
+                    .view
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&member.node);
+            }
+            MemberEvent::Suspect(_) | MemberEvent::Trusted(_) => {}
+        }
+        tracing::debug!("{}: {event:?}", self.shared.me.name);
+        for (_, subscriber) in &self.subscribers {
+            cx.send(subscriber, event.clone());
+        }
+    }
+
+    fn subscribe(&mut self, cx: &Context<Command>, subscriber: Addr<MemberEvent>) {
+        for member in self.swim.members() {
+            cx.send(&subscriber, MemberEvent::Up(member.clone()));
+        }
+        let monitor = cx.monitor(subscriber.pid());
+        self.subscribers.push((monitor, subscriber));
+        // Kept for a restarted service.
+        self.shared.subscribers().push(subscriber);
+    }
+
+    fn unsubscribe(&mut self, monitor: MonitorRef) {
+        if let Some(at) = self.subscribers.iter().position(|(m, _)| *m == monitor) {
+            let (_, gone) = self.subscribers.swap_remove(at);
+            self.shared
+                .subscribers()
+                .retain(|kept| kept.pid() != gone.pid());
+        }
+    }
+
+    /// Says goodbye on `control` to every member up, waits (a bounded
+    /// time) for them to acknowledge, and leaves SWIM.
+    async fn leave(&mut self, cx: &Context<Command>) {
+        let transport = self.shared.transport.clone();
+        let members: Vec<_> = self.swim.members().cloned().collect();
+        for member in &members {
+            let target = well_known(member.node, Service::PeerService);
+            let said =
+                transport.try_send(cx.pid(), target, ChannelId::CONTROL, &PeerMessage::Leaving);
+            if let Err(error) = said {
+                tracing::debug!("peer service: leaving, to {member}: {error}");
+            }
+        }
+        let output = self.swim.leave();
+        self.apply(cx, output);
+        let deadline = cx.now() + LEAVE_GRACE;
+        while cx.now() < deadline
+            && members
+                .iter()
+                .any(|m| transport.held_bytes(m.node, ChannelId::CONTROL) > 0)
+        {
+            cx.sleep(Duration::from_millis(2)).await;
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! A node: a runtime, its transport and the engine's own services, started
+//! from one configuration and stopped in order.
+//!
+//! [`Node::start`] builds the runtime with the transport's I/O backend,
+//! binds the listen address, and starts the node's system supervisor,
+//! under which the engine's own processes run (the peer service today;
+//! the process factory and the name registry as they land). The peer
+//! service joins the cluster through the configured seeds.
+//! [`Node::stop`] leaves the cluster first, so peers see
+//! [`DownReason::Left`](crate::membership::DownReason::Left) rather than a
+//! failure, then stops the transport and the runtime.
+//!
+//! ```
+//! use foundation::membership::PeerService;
+//! use foundation::node::{Node, NodeConfig};
+//! use std::time::Duration;
+//!
+//! let first = Node::start(NodeConfig::new("alpha", "secret").shards(1)).unwrap();
+//! let second = Node::start(
+//!     NodeConfig::new("beta", "secret").shards(1).seed(first.addr()),
+//! )
+//! .unwrap();
+//! while second.membership().members().is_empty() {
+//!     std::thread::sleep(Duration::from_millis(10));
+//! }
+//! assert_eq!(second.membership().members()[0].name, "alpha");
+//! second.stop();
+//! first.stop();
+//! ```
+
+mod config;
+
+pub use config::{ChannelOptions, ConfigError, NodeConfig};
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use foundation_sched::{NodeId, Runtime, ShutdownReport};
+use foundation_transport::{Cookie, StartError, Transport, TransportConfig};
+
+use crate::membership::{boot_stamp, FullMesh, Member};
+use crate::supervision::{Strategy, SupervisorRef, SupervisorSpec};
+
+/// A running node.
+pub struct Node {
+    runtime: Runtime,
+    transport: Transport,
+    mesh: FullMesh,
+    supervisor: SupervisorRef,
+}
+
+/// Why a node could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is wrong.
+    Config(ConfigError),
+    /// The data directory could not be made.
+    DataDir(std::io::Error),
+    /// The runtime or the transport could not start.
+    Start(StartError),
+    /// The system supervisor could not be spawned.
+    Spawn(foundation_sched::SpawnError),
+}
+
+impl fmt::Display for NodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodeError::Config(error) => write!(f, "{error}"),
+            NodeError::DataDir(error) => write!(f, "data directory: {error}"),
+            NodeError::Start(error) => write!(f, "{error}"),
+            NodeError::Spawn(error) => write!(f, "system supervisor: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for NodeError {}
+
+impl Node {
+    /// Starts a node as `config` says and has it join its seeds.
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        config.check().map_err(NodeError::Config)?;
+        let secret = config.cookie_secret().map_err(NodeError::Config)?;
+        if let Some(dir) = &config.data_dir {
+            std::fs::create_dir_all(dir).map_err(NodeError::DataDir)?;
+        }
+        let mut builder = Runtime::builder().node(config.node_id());
+        if let Some(shards) = config.shards {
+            builder = builder.shards(shards);
+        }
+        let mut transport_config = TransportConfig::new(config.name.clone(), Cookie::new(secret));
+        transport_config.listen = config.listen;
+        transport_config.channels = config.channel_specs();
+        let (runtime, transport) =
+            Transport::start(builder, transport_config).map_err(NodeError::Start)?;
+        let advertise = config.advertise.unwrap_or(transport.local_addr());
+        let boot = boot_stamp();
+        let mesh = FullMesh::with_boot(
+            runtime.handle(),
+            transport.clone(),
+            advertise,
+            config.seeds.clone(),
+            config.failure_detector.clone(),
+            boot,
+            boot,
+        )
+        .map_err(|error| NodeError::Config(ConfigError::Invalid(error.to_string())))?;
+        let supervisor = SupervisorSpec::new(Strategy::OneForOne)
+            .child(mesh.child_spec())
+            .start(runtime.handle())
+            .map_err(NodeError::Spawn)?;
+        Ok(Node {
+            runtime,
+            transport,
+            mesh,
+            supervisor,
+        })
+    }
+
+    /// The node's id.
+    pub fn id(&self) -> NodeId {
+        self.transport.node()
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        self.transport.name()
+    }
+
+    /// The address peers dial.
+    pub fn addr(&self) -> SocketAddr {
+        self.mesh.me().addr
+    }
+
+    /// This node as the cluster knows it.
+    pub fn member(&self) -> &Member {
+        self.mesh.me()
+    }
+
+    /// The node's runtime: spawn processes on it.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The node's transport.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// The node's peer service.
+    pub fn membership(&self) -> &FullMesh {
+        &self.mesh
+    }
+
+    /// The pid of the node's system supervisor.
+    pub fn supervisor(&self) -> foundation_sched::Pid {
+        self.supervisor.pid()
+    }
+
+    /// Leaves the cluster (peers see a leave, not a failure), then stops
+    /// the transport and the runtime.
+    pub fn stop(self) -> ShutdownReport {
+        let _ = self.mesh.leave().blocking_recv();
+        self.transport.stop();
+        self.runtime.shutdown()
+    }
+
+    /// Stops without a word to the cluster, as a crash would: peers find
+    /// out through failure detection. For tests and benchmarks.
+    pub fn crash(self) -> ShutdownReport {
+        self.transport.stop();
+        self.runtime.shutdown()
+    }
+}
