@@ -11,8 +11,11 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{eventually, PATIENCE};
-use foundation::membership::{DownReason, Member, MemberEvent, PeerService};
+use foundation::membership::{
+    query_members, DownReason, Member, MemberEvent, PeerService, QueryError,
+};
 use foundation::node::{Node, NodeConfig};
+use foundation::transport::{ConnectionError, Cookie, HandshakeError};
 use foundation::{Context, Envelope, NodeId};
 
 /// A node of a test cluster: ids are given per test (tests run in
@@ -207,6 +210,35 @@ fn a_node_with_the_wrong_cookie_stays_out() {
     assert!(stranger.membership().members().is_empty());
     assert!(converged(&[&a, &b]));
     stranger.stop();
+    b.stop();
+    a.stop();
+}
+
+/// A client asks a node for its view, as `foundation-node members` does:
+/// the node itself first, then its members; a client with another cookie
+/// is refused. The client never shows up as a member.
+#[test]
+fn a_client_asks_a_node_for_its_members() {
+    let a = Node::start(config(141, &[])).unwrap();
+    let b = Node::start(config(142, &[a.addr()])).unwrap();
+    eventually("the membership converges", || converged(&[&a, &b]));
+    let asked = query_members(b.addr(), Cookie::new("membership-tests"), PATIENCE);
+    let members = asked.expect("an answer");
+    assert_eq!(ids(&members), vec![142, 141]);
+    assert_eq!(members[1].addr, a.addr());
+
+    let refused = query_members(b.addr(), Cookie::new("another cluster"), PATIENCE);
+    assert!(
+        matches!(
+            refused,
+            Err(QueryError::Unreachable(ConnectionError::Handshake(
+                HandshakeError::Cookie
+            )))
+        ),
+        "{refused:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(converged(&[&a, &b]), "the client never joined");
     b.stop();
     a.stop();
 }

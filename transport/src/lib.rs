@@ -1140,9 +1140,25 @@ impl Inner {
         if matches!(error, ConnectionError::Frame(_)) {
             self.counters.frame_errors.increment();
         }
-        match peer {
-            Some(peer) => tracing::warn!("connection with node {} ({addr}): {error}", peer.0),
-            None => tracing::warn!("connection from {addr}: {error}"),
+        // Bad input and refusals are news; a peer that went away, and the
+        // dialer's retries while it is gone, are the weather.
+        let routine = matches!(
+            error,
+            ConnectionError::Io(..)
+                | ConnectionError::PeerClosed
+                | ConnectionError::Superseded
+                | ConnectionError::Closed
+                | ConnectionError::FaultInjected
+        );
+        match (peer, routine) {
+            (Some(peer), false) => {
+                tracing::warn!("connection with node {} ({addr}): {error}", peer.0)
+            }
+            (None, false) => tracing::warn!("connection from {addr}: {error}"),
+            (Some(peer), true) => {
+                tracing::info!("connection with node {} ({addr}): {error}", peer.0)
+            }
+            (None, true) => tracing::info!("connection from {addr}: {error}"),
         }
         let mut recent = self.recent();
         if recent.len() == RECENT_ERRORS {

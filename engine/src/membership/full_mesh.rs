@@ -12,13 +12,17 @@
 //! same node started again.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use foundation_sched::{oneshot, Addr, Context, Envelope, Handle, MonitorRef, NodeId, Pid};
-use foundation_transport::{ChannelId, Remote, SendError, Transport};
+use foundation_sched::{
+    oneshot, Addr, Context, Envelope, Handle, MonitorRef, NodeId, Pid, Runtime,
+};
+use foundation_transport::{
+    ChannelId, ConnectionError, Cookie, Remote, SendError, StartError, Transport, TransportConfig,
+};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::swim::{Output, Swim, SwimTimer, MAX_PACKET};
@@ -35,6 +39,44 @@ pub(crate) enum PeerMessage {
     Swim(Vec<u8>),
     /// The sender leaves the cluster (on `control`, acknowledged).
     Leaving,
+    /// A client asks for the members up; the answer goes to the asking
+    /// process, whose node listens at `reply_to` (on `control`).
+    MembersQuery {
+        /// The client's listen address.
+        reply_to: String,
+    },
+    /// The answer to a [`PeerMessage::MembersQuery`]: the answering node
+    /// first, then the members it sees up, in node order.
+    Members(Vec<WireMember>),
+}
+
+/// A [`Member`] on the wire.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) struct WireMember {
+    pub(crate) node: u16,
+    pub(crate) name: String,
+    pub(crate) addr: String,
+}
+
+impl From<&Member> for WireMember {
+    fn from(member: &Member) -> WireMember {
+        WireMember {
+            node: member.node.0,
+            name: member.name.clone(),
+            addr: member.addr.to_string(),
+        }
+    }
+}
+
+impl ArchivedWireMember {
+    /// The member, if its address parses.
+    pub(crate) fn member(&self) -> Option<Member> {
+        Some(Member {
+            node: NodeId(self.node.to_native()),
+            name: self.name.as_str().to_owned(),
+            addr: self.addr.as_str().parse().ok()?,
+        })
+    }
 }
 
 /// Why joining could not start.
@@ -102,6 +144,8 @@ enum Command {
     Packet(Vec<u8>),
     /// A peer said it leaves.
     Leaving(NodeId),
+    /// A client asks for the members; answer `client` at `reply_to`.
+    Query { client: Pid, reply_to: SocketAddr },
     /// A SWIM timer came due.
     Timer(SwimTimer),
     /// Time to ask the seeds again (while no member is up).
@@ -257,6 +301,15 @@ async fn run(cx: Context<Command>, shared: Arc<Shared>) {
             let command = match &*message {
                 ArchivedPeerMessage::Swim(packet) => Command::Packet(packet.to_vec()),
                 ArchivedPeerMessage::Leaving => Command::Leaving(from),
+                ArchivedPeerMessage::MembersQuery { reply_to } => match reply_to.parse() {
+                    Ok(reply_to) => Command::Query {
+                        client: message.source(),
+                        reply_to,
+                    },
+                    Err(_) => continue,
+                },
+                // Answers are for clients; a service asks nothing.
+                ArchivedPeerMessage::Members(_) => continue,
             };
             inbox.send(&me, command);
         }
@@ -320,6 +373,10 @@ impl Mesh {
                 output
             }
             Command::Leaving(node) => self.swim.on_leaving(node),
+            Command::Query { client, reply_to } => {
+                self.answer(cx, client, reply_to);
+                return;
+            }
             Command::Timer(timer) => self.swim.on_timer(timer),
             Command::Rejoin if left => return,
             Command::Rejoin => {
@@ -370,6 +427,34 @@ impl Mesh {
                 }
             });
         }
+    }
+
+    /// Answers a client's query for the members. The client's node is no
+    /// member: it is made a peer for the answer and dropped again once the
+    /// answer is acknowledged (or after [`LEAVE_GRACE`]).
+    fn answer(&self, cx: &Context<Command>, client: Pid, reply_to: SocketAddr) {
+        let transport = self.shared.transport.clone();
+        let node = client.node();
+        if self.peers.contains_key(&node) || transport.add_peer(node, reply_to).is_err() {
+            tracing::debug!("peer service: no answer to node {} at {reply_to}", node.0);
+            return;
+        }
+        let members = std::iter::once(&self.shared.me)
+            .chain(self.swim.members())
+            .map(WireMember::from)
+            .collect();
+        let answer = PeerMessage::Members(members);
+        let from = cx.pid();
+        cx.spawn(move |cx: Context<()>| async move {
+            if transport
+                .send(from, client, ChannelId::CONTROL, &answer)
+                .await
+                .is_ok()
+            {
+                acknowledged(&cx, &transport, &[node]).await;
+            }
+            transport.remove_peer(node);
+        });
     }
 
     /// Carries out what SWIM asked for.
@@ -484,13 +569,118 @@ impl Mesh {
         }
         let output = self.swim.leave();
         self.apply(cx, output);
-        let deadline = cx.now() + LEAVE_GRACE;
-        while cx.now() < deadline
-            && members
-                .iter()
-                .any(|m| transport.held_bytes(m.node, ChannelId::CONTROL) > 0)
-        {
-            cx.sleep(Duration::from_millis(2)).await;
+        let nodes: Vec<_> = members.iter().map(|member| member.node).collect();
+        acknowledged(cx, &transport, &nodes).await;
+    }
+}
+
+/// Waits until `nodes` acknowledged everything sent to them on `control`,
+/// for at most [`LEAVE_GRACE`].
+async fn acknowledged<M: Send + 'static>(cx: &Context<M>, transport: &Transport, nodes: &[NodeId]) {
+    let deadline = cx.now() + LEAVE_GRACE;
+    while cx.now() < deadline
+        && nodes
+            .iter()
+            .any(|&node| transport.held_bytes(node, ChannelId::CONTROL) > 0)
+    {
+        cx.sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Why [`query_members`] found no answer.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The client's own node could not start (node id 0 is taken in this
+    /// process by another query, for one).
+    Start(StartError),
+    /// The node could not be reached, or refused us (another cookie).
+    Unreachable(ConnectionError),
+    /// The query could not be sent.
+    Send(SendError),
+    /// No answer in time.
+    TimedOut,
+}
+
+impl std::fmt::Display for QueryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueryError::Start(error) => write!(f, "cannot start the client: {error}"),
+            QueryError::Unreachable(error) => write!(f, "cannot reach the node: {error}"),
+            QueryError::Send(error) => write!(f, "cannot send the query: {error}"),
+            QueryError::TimedOut => f.write_str("no answer in time"),
         }
     }
+}
+
+impl std::error::Error for QueryError {}
+
+/// Asks the node listening at `at` for its view of the cluster, as a
+/// *client*: a node of its own (id 0, which no member has) that proves the
+/// cookie but never joins. Returns the answering node first, then the
+/// members it sees up. Blocks the calling thread for at most `timeout`
+/// past the connection.
+///
+/// This is what `foundation-node members` runs.
+pub fn query_members(
+    at: SocketAddr,
+    cookie: Cookie,
+    timeout: Duration,
+) -> Result<Vec<Member>, QueryError> {
+    let mut config = TransportConfig::new("client", cookie);
+    config.listen = SocketAddr::new(local_ip_towards(at), 0);
+    let builder = Runtime::builder().node(CLIENT).shards(1);
+    let (runtime, transport) = Transport::start(builder, config).map_err(QueryError::Start)?;
+    let asking = transport.clone();
+    let answer = runtime.block_on(move |cx: Context<Remote<PeerMessage>>| async move {
+        asking.register(&cx.addr());
+        let node = asking
+            .identify(&cx, at)
+            .await
+            .map_err(QueryError::Unreachable)?
+            .node;
+        let _ = asking.add_peer(node, at);
+        let reply_to = asking.local_addr().to_string();
+        let query = PeerMessage::MembersQuery { reply_to };
+        let to = well_known(node, Service::PeerService);
+        asking
+            .send(cx.pid(), to, ChannelId::CONTROL, &query)
+            .await
+            .map_err(QueryError::Send)?;
+        let deadline = cx.now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(cx.now());
+            let Some(envelope) = cx.recv_timeout(left).await else {
+                return Err(QueryError::TimedOut);
+            };
+            if let Envelope::Msg(message) = envelope {
+                if let ArchivedPeerMessage::Members(members) = &*message {
+                    return Ok(members.iter().filter_map(|m| m.member()).collect());
+                }
+            }
+        }
+    });
+    transport.stop();
+    runtime.shutdown();
+    answer.unwrap_or(Err(QueryError::TimedOut))
+}
+
+/// The node id of a client ([`query_members`]): never a member's.
+const CLIENT: NodeId = NodeId(0);
+
+/// The address of this host that traffic to `peer` leaves from: where a
+/// node at `peer` can dial us back. Found by connecting a UDP socket, which
+/// sends nothing.
+fn local_ip_towards(peer: SocketAddr) -> IpAddr {
+    let unspecified: IpAddr = if peer.is_ipv4() {
+        Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        Ipv6Addr::UNSPECIFIED.into()
+    };
+    std::net::UdpSocket::bind((unspecified, 0))
+        .and_then(|socket| {
+            socket.connect(peer)?;
+            socket.local_addr()
+        })
+        .map_or(unspecified, |local| local.ip())
 }

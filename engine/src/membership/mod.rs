@@ -39,7 +39,7 @@ use foundation_sched::{Addr, NodeId};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use full_mesh::boot_stamp;
-pub use full_mesh::{FullMesh, JoinError};
+pub use full_mesh::{query_members, FullMesh, JoinError, QueryError};
 
 /// A node of the cluster.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
