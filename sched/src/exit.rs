@@ -109,13 +109,20 @@ impl ProcessResult for Result<(), ExitReason> {
     }
 }
 
-/// Identifies one monitor, unique within its runtime.
+/// Identifies one monitor, unique within its cluster: it packs the node and
+/// shard that made it with that shard's count of monitors, so a process
+/// monitored from several nodes tells their monitors apart.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MonitorRef(pub(crate) u64);
 
 impl fmt::Debug for MonitorRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#Ref<{}.{}>", self.0 >> 56, self.0 & ((1 << 56) - 1))
+        let (node, shard, count) = (
+            self.0 >> 48,
+            (self.0 >> 40) & 0xff,
+            self.0 & ((1 << 40) - 1),
+        );
+        write!(f, "#Ref<{node}.{shard}.{count}>")
     }
 }
 

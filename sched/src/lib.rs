@@ -81,6 +81,7 @@ pub mod exit;
 pub mod oneshot;
 mod pid;
 mod process;
+pub mod remote;
 mod ring;
 mod runtime;
 mod scheduler;

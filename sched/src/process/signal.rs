@@ -13,30 +13,50 @@ use crate::pid::Pid;
 use crate::process::Process;
 use crate::scheduler::Shard;
 
-/// A signal between processes.
-#[derive(Debug)]
-pub(crate) enum Signal {
+/// A signal between processes: what links, monitors and exit signals are
+/// made of. Distribution carries these between nodes
+/// ([`remote`](crate::remote)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Signal {
     /// `from` linked to the receiver.
-    Link { from: Pid },
+    Link {
+        /// The linking process.
+        from: Pid,
+    },
     /// `from` removed its link to the receiver.
-    Unlink { from: Pid },
+    Unlink {
+        /// The unlinking process.
+        from: Pid,
+    },
     /// An exit signal from `from`.
     Exit {
+        /// The sender: the linked process that ended, or the process
+        /// that called `exit` or `kill`.
         from: Pid,
+        /// Why.
         reason: ExitReason,
+        /// How it was sent.
         kind: ExitKind,
     },
     /// `from` monitors the receiver under `monitor`.
-    Monitor { from: Pid, monitor: MonitorRef },
+    Monitor {
+        /// The watching process.
+        from: Pid,
+        /// The monitor.
+        monitor: MonitorRef,
+    },
     /// The monitor `monitor` on the receiver is gone.
-    Demonitor { monitor: MonitorRef },
+    Demonitor {
+        /// The monitor.
+        monitor: MonitorRef,
+    },
     /// A process the receiver monitors has ended.
     Down(Down),
 }
 
 /// How an exit signal was sent, which decides how it may be handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ExitKind {
+pub enum ExitKind {
     /// A linked process ended; ignored if the link is already gone.
     Link,
     /// Sent with `exit/2`.
@@ -127,12 +147,18 @@ impl Shard {
     /// A link or monitor aimed at a process that is gone answers with
     /// `NoProc`; other signals to it are dropped.
     pub(crate) fn answer_for_missing(&self, to: Pid, signal: Signal) {
+        self.answer_absent(to, signal, ExitReason::NoProc);
+    }
+
+    /// A link or monitor aimed at a process that cannot be reached answers
+    /// with `reason`; other signals to it are dropped.
+    pub(crate) fn answer_absent(&self, to: Pid, signal: Signal, reason: ExitReason) {
         match signal {
             Signal::Link { from } => self.send_signal(
                 from,
                 Signal::Exit {
                     from: to,
-                    reason: ExitReason::NoProc,
+                    reason,
                     kind: ExitKind::Link,
                 },
             ),
@@ -141,7 +167,7 @@ impl Shard {
                 Signal::Down(Down {
                     monitor,
                     pid: to,
-                    reason: ExitReason::NoProc,
+                    reason,
                 }),
             ),
             Signal::Unlink { .. }

@@ -50,7 +50,7 @@ use crate::ring::erased::ErasedMessage;
 use crate::ring::spsc;
 use crate::scheduler::shard::ShardParts;
 use crate::scheduler::shared::{ShardShared, Shared, Simulated};
-use crate::scheduler::{waker, Packet, Shard};
+use crate::scheduler::{waker, Packet, Shard, ShardWork};
 use crate::time::{Clock, SystemClock};
 
 /// Configures and starts a [`Runtime`].
@@ -365,6 +365,7 @@ impl Builder {
             stalls: Mutex::new(Vec::new()),
             extensions: Mutex::new(std::collections::HashMap::new()),
             simulated,
+            distribution: std::sync::OnceLock::new(),
         });
         if shared.simulated.is_none() {
             registry::bind(node, &shared);
@@ -791,6 +792,32 @@ impl Handle {
         let signal = Signal::Exit { from, reason, kind };
         self.shared
             .inject(to.shard(), Packet::Signal { to, signal });
+    }
+
+    /// Installs what carries signals to processes on other nodes (see
+    /// [`remote`](crate::remote)). Only the first call installs; later
+    /// ones return `false`.
+    pub fn set_distribution(&self, distribution: Arc<dyn crate::remote::Distribution>) -> bool {
+        self.shared.distribution.set(distribution).is_ok()
+    }
+
+    /// Hands in a signal that came from another node for the local process
+    /// `to`, as if its sender (on that node) had sent it here. A signal for
+    /// a process that does not exist is answered as locally: a `Link` with
+    /// a `NoProc` exit and a `Monitor` with a `NoProc` `Down`, which go back
+    /// through the distribution. A pid of another node is ignored.
+    pub fn deliver_signal(&self, to: Pid, signal: crate::remote::Signal) {
+        if to.node() != self.shared.node {
+            return;
+        }
+        if usize::from(to.shard().0) < self.shared.shards.len() {
+            self.shared
+                .inject(to.shard(), Packet::Signal { to, signal });
+        } else {
+            // No such shard, so no such process: any shard answers.
+            let answer: ShardWork = Box::new(move |shard| shard.answer_for_missing(to, signal));
+            self.shared.inject(ShardId(0), Packet::Run(answer));
+        }
     }
 
     /// A snapshot of process `pid`, or `None` if it does not exist.

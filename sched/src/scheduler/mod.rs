@@ -61,6 +61,6 @@ pub(crate) enum TimerAction {
 
 /// Makes a monitor reference unique in the runtime: the shard's id in the
 /// top byte, a per-shard counter below.
-pub(crate) fn monitor_ref(shard: u8, counter: u64) -> MonitorRef {
-    MonitorRef(((shard as u64) << 56) | (counter & ((1 << 56) - 1)))
+pub(crate) fn monitor_ref(node: crate::NodeId, shard: u8, counter: u64) -> MonitorRef {
+    MonitorRef(((node.0 as u64) << 48) | ((shard as u64) << 40) | (counter & ((1 << 40) - 1)))
 }

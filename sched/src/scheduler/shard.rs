@@ -482,7 +482,7 @@ impl Shard {
     pub(crate) fn new_monitor_ref(&self) -> MonitorRef {
         let counter = self.next_monitor.get();
         self.next_monitor.set(counter + 1);
-        monitor_ref(self.id.0, counter)
+        monitor_ref(self.node, self.id.0, counter)
     }
 
     // ---- messages, signals and packets ------------------------------
@@ -503,8 +503,11 @@ impl Shard {
     /// Sends `signal` to `to`, on this shard or another.
     pub(crate) fn send_signal(&self, to: Pid, signal: Signal) {
         if to.node() != self.node {
-            // Distribution will carry these; until then the pid is unknown.
-            self.shared.undelivered.fetch_add(1, Ordering::Relaxed);
+            match self.shared.distribution.get() {
+                Some(distribution) => distribution.signal(to, signal),
+                // No distribution: no other node can be reached.
+                None => self.answer_absent(to, signal, ExitReason::NoConnection),
+            }
         } else if to.shard() == self.id {
             self.handle_signal(to, signal);
         } else if usize::from(to.shard().0) >= self.shared.shards.len() {

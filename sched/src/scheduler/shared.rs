@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     /// What a simulated runtime shares with its simulation; `None` on the
     /// real side.
     pub(crate) simulated: Option<Arc<Simulated>>,
+    /// What carries signals to other nodes, once installed.
+    pub(crate) distribution: std::sync::OnceLock<Arc<dyn crate::remote::Distribution>>,
 }
 
 /// What the nodes of a simulation share with it: the trace of what ran
