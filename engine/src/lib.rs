@@ -47,7 +47,7 @@
 
 #![forbid(unsafe_code)]
 
-mod dist;
+pub mod dist;
 pub mod ecosystem;
 pub mod membership;
 pub mod node;

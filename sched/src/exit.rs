@@ -115,6 +115,18 @@ impl ProcessResult for Result<(), ExitReason> {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MonitorRef(pub(crate) u64);
 
+impl MonitorRef {
+    /// The packed representation, for the wire.
+    pub fn to_bits(self) -> u64 {
+        self.0
+    }
+
+    /// Rebuilds a monitor reference from [`MonitorRef::to_bits`].
+    pub fn from_bits(bits: u64) -> MonitorRef {
+        MonitorRef(bits)
+    }
+}
+
 impl fmt::Debug for MonitorRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (node, shard, count) = (

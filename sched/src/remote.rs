@@ -27,6 +27,7 @@ pub trait Distribution: Send + Sync + 'static {
     /// on the sending process's shard, in the order its signals were sent;
     /// it must not block. A signal that cannot be carried should be
     /// answered as an unreachable node's would be: a `Link` with an exit
-    /// and a `Monitor` with a `Down`, both with `NoConnection`.
+    /// and a `Monitor` with a `Down`, both with `NoConnection`
+    /// ([`Signal::answer_absent`]).
     fn signal(&self, to: Pid, signal: Signal);
 }

@@ -3,8 +3,9 @@
 //!
 //! [`Node::start`] builds the runtime with the transport's I/O backend,
 //! binds the listen address, and starts the node's system supervisor,
-//! under which the engine's own processes run (the peer service today;
-//! the process factory and the name registry as they land). The peer
+//! under which the engine's own processes run: the peer service, the signal
+//! service of [`dist`](crate::dist), and (as they land) the process factory
+//! and the name registry. The peer
 //! service joins the cluster through the configured seeds.
 //! [`Node::stop`] leaves the cluster first, so peers see
 //! [`DownReason::Left`](crate::membership::DownReason::Left) rather than a
@@ -34,10 +35,12 @@ pub use config::{ChannelOptions, ConfigError, NodeConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use foundation_sched::{NodeId, Runtime, ShutdownReport};
 use foundation_transport::{Cookie, StartError, Transport, TransportConfig};
 
+use crate::dist::Dist;
 use crate::membership::{boot_stamp, FullMesh, Member};
 use crate::supervision::{Strategy, SupervisorRef, SupervisorSpec};
 
@@ -46,6 +49,7 @@ pub struct Node {
     runtime: Runtime,
     transport: Transport,
     mesh: FullMesh,
+    dist: Dist,
     supervisor: SupervisorRef,
 }
 
@@ -105,14 +109,17 @@ impl Node {
             boot,
         )
         .map_err(|error| NodeError::Config(ConfigError::Invalid(error.to_string())))?;
+        let dist = Dist::new(runtime.handle(), transport.clone(), Arc::new(mesh.clone()));
         let supervisor = SupervisorSpec::new(Strategy::OneForOne)
             .child(mesh.child_spec())
+            .child(dist.child_spec())
             .start(runtime.handle())
             .map_err(NodeError::Spawn)?;
         Ok(Node {
             runtime,
             transport,
             mesh,
+            dist,
             supervisor,
         })
     }
@@ -150,6 +157,12 @@ impl Node {
     /// The node's peer service.
     pub fn membership(&self) -> &FullMesh {
         &self.mesh
+    }
+
+    /// The node's distribution: links, monitors and exit signals across
+    /// nodes.
+    pub fn dist(&self) -> &Dist {
+        &self.dist
     }
 
     /// The pid of the node's system supervisor.

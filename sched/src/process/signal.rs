@@ -54,6 +54,37 @@ pub enum Signal {
     Down(Down),
 }
 
+impl Signal {
+    /// What this signal, aimed at `to`, is answered with when `to` is not
+    /// there or cannot be reached (`reason`): a link with an exit signal,
+    /// a monitor with a `Down`, each for its sender, as `(sender, answer)`.
+    /// Other signals get no answer.
+    pub fn answer_absent(self, to: Pid, reason: ExitReason) -> Option<(Pid, Signal)> {
+        match self {
+            Signal::Link { from } => Some((
+                from,
+                Signal::Exit {
+                    from: to,
+                    reason,
+                    kind: ExitKind::Link,
+                },
+            )),
+            Signal::Monitor { from, monitor } => Some((
+                from,
+                Signal::Down(Down {
+                    monitor,
+                    pid: to,
+                    reason,
+                }),
+            )),
+            Signal::Unlink { .. }
+            | Signal::Exit { .. }
+            | Signal::Demonitor { .. }
+            | Signal::Down(_) => None,
+        }
+    }
+}
+
 /// How an exit signal was sent, which decides how it may be handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitKind {
@@ -153,27 +184,8 @@ impl Shard {
     /// A link or monitor aimed at a process that cannot be reached answers
     /// with `reason`; other signals to it are dropped.
     pub(crate) fn answer_absent(&self, to: Pid, signal: Signal, reason: ExitReason) {
-        match signal {
-            Signal::Link { from } => self.send_signal(
-                from,
-                Signal::Exit {
-                    from: to,
-                    reason,
-                    kind: ExitKind::Link,
-                },
-            ),
-            Signal::Monitor { from, monitor } => self.send_signal(
-                from,
-                Signal::Down(Down {
-                    monitor,
-                    pid: to,
-                    reason,
-                }),
-            ),
-            Signal::Unlink { .. }
-            | Signal::Exit { .. }
-            | Signal::Demonitor { .. }
-            | Signal::Down(_) => {}
+        if let Some((sender, answer)) = signal.answer_absent(to, reason) {
+            self.send_signal(sender, answer);
         }
     }
 

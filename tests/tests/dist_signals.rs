@@ -1,0 +1,214 @@
+//! Links, monitors and exit signals between processes of different nodes
+//! (nodes in this OS process, over the real transport): the real reason
+//! when the process ends, `noconnection` exactly once when its node goes
+//! down, `noproc` for a process that is not there, and nothing left behind.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{eventually, PATIENCE};
+use foundation::membership::PeerService;
+use foundation::node::{Node, NodeConfig};
+use foundation::{Addr, Context, Envelope, ExitReason, NodeId, Pid, ShardId};
+
+fn node(id: u16, seeds: &[SocketAddr]) -> Node {
+    let mut config = NodeConfig::new(format!("node-{id}"), "signal-tests")
+        .id(id)
+        .shards(1);
+    config.seeds = seeds.to_vec();
+    Node::start(config).expect("the node starts")
+}
+
+/// Nodes joined into one cluster through the first.
+fn cluster(ids: &[u16]) -> Vec<Node> {
+    let first = node(ids[0], &[]);
+    let seed = [first.addr()];
+    let mut nodes = vec![first];
+    nodes.extend(ids[1..].iter().map(|&id| node(id, &seed)));
+    eventually("the membership converges", || {
+        nodes
+            .iter()
+            .all(|node| node.membership().members().len() == ids.len() - 1)
+    });
+    nodes
+}
+
+/// A process on `node` that waits for a `String` and ends with it as an
+/// error reason ("normal" ends normally).
+fn worker(node: &Node) -> Addr<String> {
+    node.runtime()
+        .spawn(|cx: Context<String>| async move {
+            match cx.recv().await.into_msg().as_deref() {
+                Some("normal") | None => Ok(()),
+                Some(reason) => Err(ExitReason::error(reason)),
+            }
+        })
+        .expect("spawn a worker")
+}
+
+/// What a watcher saw: each `Down` and trapped `Exit`, as (pid, reason).
+#[derive(Debug, PartialEq, Eq)]
+enum Seen {
+    Down(Pid, ExitReason),
+    Exit(Pid, ExitReason),
+}
+
+/// A process on `node` that traps exits, monitors and links to each of
+/// `targets` as told, and reports what it sees to the test.
+fn watcher(node: &Node, monitors: Vec<Pid>, links: Vec<Pid>) -> mpsc::Receiver<Seen> {
+    let (tx, rx) = mpsc::channel();
+    let (ready_tx, ready) = mpsc::channel();
+    node.runtime()
+        .spawn(move |cx: Context<()>| async move {
+            cx.trap_exit(true);
+            for pid in monitors {
+                cx.monitor(pid);
+            }
+            for pid in links {
+                cx.link(pid);
+            }
+            ready_tx.send(()).unwrap();
+            loop {
+                let seen = match cx.recv().await {
+                    Envelope::Down(down) => Seen::Down(down.pid, down.reason),
+                    Envelope::Exit(exit) => Seen::Exit(exit.from, exit.reason),
+                    Envelope::Msg(()) => return,
+                };
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawn the watcher");
+    ready.recv_timeout(PATIENCE).unwrap();
+    rx
+}
+
+fn next(seen: &mpsc::Receiver<Seen>) -> Seen {
+    seen.recv_timeout(PATIENCE).expect("a signal arrives")
+}
+
+/// A remote monitor and a remote link see the process's own reason.
+#[test]
+fn a_remote_process_that_ends_is_seen_with_its_reason() {
+    let nodes = cluster(&[201, 202]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let (watched, linked) = (worker(b), worker(b));
+    let seen = watcher(a, vec![watched.pid()], vec![linked.pid()]);
+    // The link and monitor reached node 202 before the workers end: the
+    // signal service sends in order, on the acknowledged channel.
+    eventually("both relations are known at node 202", || {
+        b.dist().relations() == 2
+    });
+    b.runtime().send(&watched, "disk full".to_owned());
+    assert_eq!(
+        next(&seen),
+        Seen::Down(watched.pid(), ExitReason::error("disk full"))
+    );
+    b.runtime().send(&linked, "bad input".to_owned());
+    assert_eq!(
+        next(&seen),
+        Seen::Exit(linked.pid(), ExitReason::error("bad input"))
+    );
+    eventually("no relation is left", || {
+        a.dist().relations() == 0 && b.dist().relations() == 0
+    });
+    for node in nodes {
+        node.stop();
+    }
+}
+
+/// A local process linked to a remote one takes it down with it, as a
+/// link does; the remote watcher of the local process sees it end.
+#[test]
+fn a_link_across_nodes_works_both_ways() {
+    let nodes = cluster(&[211, 212]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let local = worker(a);
+    let seen_at_b = watcher(b, vec![local.pid()], vec![local.pid()]);
+    eventually("the relations are known at node 211", || {
+        a.dist().relations() == 2
+    });
+    a.runtime().send(&local, "crashed".to_owned());
+    let mut seen = vec![next(&seen_at_b), next(&seen_at_b)];
+    seen.sort_by_key(|s| matches!(s, Seen::Exit(..)));
+    assert_eq!(
+        seen,
+        vec![
+            Seen::Down(local.pid(), ExitReason::error("crashed")),
+            Seen::Exit(local.pid(), ExitReason::error("crashed")),
+        ]
+    );
+    for node in nodes {
+        node.stop();
+    }
+}
+
+/// When a node crashes, every link to and monitor of its processes from
+/// the other nodes fires `noconnection`, once each.
+#[test]
+fn a_crashed_node_fires_noconnection_once_per_link_and_monitor() {
+    let mut nodes = cluster(&[221, 222, 223]);
+    let doomed = nodes.pop().expect("three nodes");
+    let (first, second) = (worker(&doomed), worker(&doomed));
+    let targets = vec![first.pid(), second.pid()];
+    let seen_at_a = watcher(&nodes[0], targets.clone(), targets.clone());
+    let seen_at_b = watcher(&nodes[1], targets.clone(), vec![]);
+    eventually("every relation is known at the doomed node", || {
+        doomed.dist().relations() == 6
+    });
+    doomed.crash();
+    for (seen, expected) in [(&seen_at_a, 4), (&seen_at_b, 2)] {
+        let mut got: Vec<_> = (0..expected).map(|_| next(seen)).collect();
+        got.sort_by_key(|s| format!("{s:?}"));
+        let mut want: Vec<_> = targets
+            .iter()
+            .map(|&pid| Seen::Down(pid, ExitReason::NoConnection))
+            .chain(
+                targets
+                    .iter()
+                    .take(expected - 2)
+                    .map(|&pid| Seen::Exit(pid, ExitReason::NoConnection)),
+            )
+            .collect();
+        want.sort_by_key(|s| format!("{s:?}"));
+        assert_eq!(got, want);
+        assert!(
+            seen.recv_timeout(Duration::from_millis(500)).is_err(),
+            "each fires once"
+        );
+    }
+    for node in &nodes {
+        assert_eq!(node.dist().relations(), 0, "node {}", node.id().0);
+    }
+    for node in nodes {
+        node.stop();
+    }
+}
+
+/// A monitor of a process that does not exist on a member node is
+/// answered `noproc` by that node; of a process on a node outside the
+/// cluster, `noconnection` at once.
+#[test]
+fn a_monitor_of_nobody_is_answered() {
+    let nodes = cluster(&[231, 232]);
+    let nobody = Pid::new(NodeId(232), ShardId(0), 4242, 9);
+    let stranger = Pid::new(NodeId(239), ShardId(0), 1, 1);
+    let seen = watcher(&nodes[0], vec![nobody, stranger], vec![]);
+    let mut got = vec![next(&seen), next(&seen)];
+    got.sort_by_key(|s| format!("{s:?}"));
+    assert_eq!(
+        got,
+        vec![
+            Seen::Down(nobody, ExitReason::NoProc),
+            Seen::Down(stranger, ExitReason::NoConnection),
+        ]
+    );
+    eventually("no relation is left", || nodes[0].dist().relations() == 0);
+    for node in nodes {
+        node.stop();
+    }
+}
