@@ -16,7 +16,7 @@
 //! Every node runs a few services that peers must reach before they know
 //! any pid on the node: the peer service, the signal service, and (as they
 //! land) the process factory and the name registry. Each is registered with
-//! the transport at a [`well_known`] alias: a pid on shard 255, which no
+//! the transport at a *well-known* alias: a pid on shard 255, which no
 //! runtime has (a runtime has at most 255 shards, numbered from 0), so an
 //! alias never names a real process. Slot 0 of that shard is the runtime's
 //! own "outside" sender; the services take the slots after it.
