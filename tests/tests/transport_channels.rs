@@ -26,6 +26,7 @@ on_each_backend!(
     a_message_for_no_process_is_counted_and_the_connection_stays,
     identify_names_the_node_at_an_address_and_makes_no_lane,
     a_message_to_an_alias_reaches_its_process_until_it_ends,
+    a_message_for_this_node_is_delivered_without_a_connection,
 );
 
 /// One `String` from a process on one node to a process on another.
@@ -421,6 +422,36 @@ fn a_message_to_an_alias_reaches_its_process_until_it_ends(backend: Backend) {
     again.recv_timeout(ARRIVAL).unwrap().unwrap();
     eventually("the message for the alias is counted", || {
         b.stats().undeliverable == 1
+    });
+}
+
+/// A send to a process of the sender's own node arrives as a `Remote`, in
+/// order, with no connection made; one for no process is counted.
+fn a_message_for_this_node_is_delivered_without_a_connection(backend: Backend) {
+    let a = Node::start(config(backend));
+    let (receiver, rx) = a.receiver(Seen::of);
+    let to = receiver.pid();
+    let nobody = Pid::new(a.node(), ShardId(0), 77_777, 1);
+    let from = a.run(move |cx, transport| async move {
+        for seq in 0..3 {
+            let message = Numbered::new(0, seq, 32);
+            transport
+                .send(cx.pid(), to, ChannelId::DATA, &message)
+                .await?;
+        }
+        transport.try_send(cx.pid(), nobody, ChannelId::DATA, &Numbered::new(0, 9, 8))?;
+        Ok::<_, SendError>(cx.pid())
+    });
+    let from = from.expect("the sends are taken");
+    let seen = collect(&rx, 3);
+    assert!(seen.iter().all(|s| s.intact && s.source == from));
+    assert_eq!(
+        seen.iter().map(|s| s.seq).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(a.stats().connections, 0);
+    eventually("the message for nobody is counted", || {
+        a.stats().undeliverable == 1 && a.stats().delivered == 3
     });
 }
 

@@ -405,6 +405,9 @@ pub(crate) struct Inner {
     closed: AtomicBool,
     faults: Faults,
     entropy: Entropy,
+    /// What the blocks of messages delivered on this node (no connection,
+    /// no credit) report their consumption to.
+    here: Arc<inbound::Feedback>,
 }
 
 /// The error for a backend that needs the other way of starting: a real
@@ -519,6 +522,7 @@ impl Transport {
             counters: Counters::default(),
             recent_errors: Mutex::new(VecDeque::new()),
             closed: AtomicBool::new(false),
+            here: inbound::Feedback::new(u64::MAX, 0),
         });
         for (shard, listener) in listeners.into_iter().enumerate() {
             let accept = inner.clone();
@@ -735,6 +739,10 @@ impl Transport {
     /// on `channel`, without waiting: [`SendError::WouldBlock`] when the
     /// lane is out of credit, or busy with another process's message that
     /// is going out in chunks. Order is kept per (from, to, channel).
+    ///
+    /// A `to` on this node gets the message as a peer's would be delivered
+    /// (encoded, validated, a [`Remote`]) without a socket, so a process
+    /// reached by pid need not care where its senders run.
     pub fn try_send<T: Wire>(
         &self,
         from: Pid,
@@ -742,6 +750,9 @@ impl Transport {
         channel: ChannelId,
         message: &T,
     ) -> Result<(), SendError> {
+        if to.node() == self.node() {
+            return self.inner.deliver_here(from, to, channel, message);
+        }
         let encoded = self.inner.with_lane(from, to, channel, |lane| {
             self.inner
                 .with_encoded(from, to, channel, message, |scratch, header| {
@@ -768,6 +779,9 @@ impl Transport {
         channel: ChannelId,
         message: &T,
     ) -> Result<(), SendError> {
+        if to.node() == self.node() {
+            return self.inner.deliver_here(from, to, channel, message);
+        }
         let max_frame = self.inner.max_frame(channel);
         // Encode into the thread's scratch and try at once; only a send
         // that must wait copies its frame out.
@@ -1111,6 +1125,46 @@ impl Inner {
             .deliver(&self.handle, block, header, payload)
             .map_err(ConnectionError::Frame)?;
         Ok(true)
+    }
+
+    /// Delivers a message for a process of this node as a frame from a
+    /// peer would be: encoded, validated and handed over as a [`Remote`],
+    /// so that a process reached by pid need not know where its sender is.
+    /// No socket is involved and no credit is held; a message for no
+    /// registered process is counted as undeliverable.
+    fn deliver_here<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+    ) -> Result<(), SendError> {
+        if self.is_closed() {
+            return Err(SendError::Closed);
+        }
+        if usize::from(channel.0) >= self.channels.len() {
+            return Err(SendError::UnknownChannel(channel));
+        }
+        let (header, payload) =
+            self.with_encoded(from, to, channel, message, |scratch, header| {
+                let frame = &scratch.message;
+                let mut payload = rkyv::util::AlignedVec::with_capacity(header.length as usize);
+                payload.extend_from_slice(&frame[HEADER_LEN..HEADER_LEN + header.length as usize]);
+                Ok((header, payload))
+            })?;
+        coop::charge(coop::reductions_for(payload.len()));
+        let len = payload.len();
+        let block = Block::new(payload, 0, self.here.clone());
+        let delivered = self
+            .endpoints
+            .get(to)
+            .map(|endpoint| endpoint.deliver(&self.handle, &block, header, 0..len));
+        match delivered {
+            Some(Ok(())) => self.counters.delivered.increment(),
+            Some(Err(error)) => return Err(SendError::Encode(error)),
+            None => self.counters.undeliverable.increment(),
+        }
+        Ok(())
     }
 
     /// The receive state of a dialer's lane.
