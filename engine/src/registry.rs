@@ -93,6 +93,9 @@ pub enum RegistryError {
     NotRegistered(Name),
     /// The named process's messages are not of the type asked for.
     WrongType(Name),
+    /// The name was to be reachable from other nodes, and this node runs
+    /// no distribution.
+    NotDistributed(Name),
 }
 
 impl fmt::Display for RegistryError {
@@ -105,6 +108,12 @@ impl fmt::Display for RegistryError {
             RegistryError::NotRegistered(name) => write!(f, "no process is named {name}"),
             RegistryError::WrongType(name) => {
                 write!(f, "the process named {name} takes another message type")
+            }
+            RegistryError::NotDistributed(name) => {
+                write!(
+                    f,
+                    "{name} cannot be reached from other nodes: no distribution"
+                )
             }
         }
     }

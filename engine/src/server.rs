@@ -249,12 +249,7 @@ impl<S: Server> ServerRef<S> {
         let monitor = cx.monitor(self.pid());
         let (reply, answer) = oneshot::channel();
         cx.send(&self.addr, Request::Call(request, ReplyTo(reply)));
-        let down = cx.recv_match_timeout(is_down_of(monitor), timeout);
-        let outcome = CallOutcome {
-            answer: Some(answer),
-            down,
-        }
-        .await;
+        let outcome = await_answer(cx, answer, Some(monitor), timeout).await;
         if !matches!(outcome, Err(CallError::Exited(_))) {
             // Withdraw the monitor and drop its `Down` if it came anyway.
             cx.demonitor(monitor);
@@ -310,8 +305,21 @@ pub fn stop_after_reply<S: Server>(cx: &ServerContext<S>, reason: ExitReason) {
     cx.exit(cx.pid(), reason);
 }
 
-fn is_down_of<M>(monitor: MonitorRef) -> impl FnMut(&Envelope<M>) -> bool + Unpin {
-    move |envelope| matches!(envelope, Envelope::Down(down) if down.monitor == monitor)
+/// Waits for whichever comes first: `answer`, the `Down` of `monitor` (the
+/// server's, if the caller watches it), or the timeout. The caller
+/// withdraws the monitor.
+pub(crate) async fn await_answer<M: Send + 'static, R>(
+    cx: &Context<M>,
+    answer: oneshot::Receiver<R>,
+    monitor: Option<MonitorRef>,
+    timeout: Duration,
+) -> Result<R, CallError> {
+    let is_down = move |envelope: &Envelope<M>| matches!((envelope, monitor), (Envelope::Down(down), Some(m)) if down.monitor == m);
+    CallOutcome {
+        answer: Some(answer),
+        down: cx.recv_match_timeout(is_down, timeout),
+    }
+    .await
 }
 
 /// Waits for whichever comes first: the answer, the server's `Down`, or

@@ -308,6 +308,28 @@ pub fn encode<T: Wire>(
     Ok(header)
 }
 
+/// Serializes `value` on its own, without a frame: an archive carried as
+/// bytes inside another message (the reply to a remote call, the arguments
+/// of a remote spawn). Read it back with [`unarchive`].
+pub fn archive<T: Wire>(value: &T) -> Result<Vec<u8>, FrameError> {
+    let mut out = Vec::new();
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, &mut out)
+        .map_err(|error| FrameError::Encode(error.to_string()))?;
+    Ok(out)
+}
+
+/// Validates and deserializes an archive made by [`archive`], wherever its
+/// bytes lie: they are copied to an aligned buffer first.
+pub fn unarchive<T: Wire>(bytes: &[u8]) -> Result<T, FrameError>
+where
+    T::Archived: rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
+{
+    let mut aligned = rkyv::util::AlignedVec::<PAYLOAD_ALIGN>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, rancor::Error>(&aligned)
+        .map_err(|error| FrameError::InvalidPayload(error.to_string()))
+}
+
 /// Appends a frame whose payload is `payload` as it is (a chunk of a larger
 /// archive, which is validated once reassembled), padded like [`encode`]'s.
 pub fn encode_raw(
@@ -340,6 +362,18 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_archive_reads_back_from_unaligned_bytes_and_garbage_is_refused() {
+        let value = (7u64, String::from("seven"));
+        let mut bytes = vec![0u8];
+        bytes.extend(archive(&value).unwrap());
+        assert_eq!(unarchive::<(u64, String)>(&bytes[1..]), Ok(value));
+        assert!(matches!(
+            unarchive::<(u64, String)>(&[0xff; 5]),
+            Err(FrameError::InvalidPayload(_))
+        ));
+    }
     use foundation_sched::{NodeId, ShardId};
     use rkyv::util::AlignedVec;
     use rkyv::{Archive, Deserialize, Serialize};

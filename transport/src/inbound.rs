@@ -274,27 +274,64 @@ impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
         header: FrameHeader,
         payload: Range<usize>,
     ) -> Result<(), FrameError> {
-        rkyv::access::<T::Archived, rancor::Error>(&block.bytes[payload.clone()])
-            .map_err(|error| FrameError::InvalidPayload(error.to_string()))?;
-        // A block (a batch of frames, or a message reassembled from
-        // chunks within the channel's maximum message) is far below 4 GiB.
-        let (Ok(start), Ok(len)) = (u32::try_from(payload.start), u32::try_from(payload.len()))
-        else {
-            return Err(FrameError::Oversized {
-                length: u32::MAX,
-                max: u32::MAX,
-            });
-        };
-        let message = Remote {
-            block: block.clone(),
-            source: header.source,
-            trace_id: header.trace_id,
-            start,
-            len,
-            channel: header.channel,
-            message: PhantomData,
-        };
-        handle.send(&self.addr, message);
+        handle.send(&self.addr, remote(block, header, payload)?);
+        Ok(())
+    }
+}
+
+/// Validates the payload at `payload` of `block` as a `T` and makes it a
+/// [`Remote<T>`].
+fn remote<T: Wire>(
+    block: &Arc<Block>,
+    header: FrameHeader,
+    payload: Range<usize>,
+) -> Result<Remote<T>, FrameError> {
+    rkyv::access::<T::Archived, rancor::Error>(&block.bytes[payload.clone()])
+        .map_err(|error| FrameError::InvalidPayload(error.to_string()))?;
+    // A block (a batch of frames, or a message reassembled from chunks
+    // within the channel's maximum message) is far below 4 GiB.
+    let (Ok(start), Ok(len)) = (u32::try_from(payload.start), u32::try_from(payload.len())) else {
+        return Err(FrameError::Oversized {
+            length: u32::MAX,
+            max: u32::MAX,
+        });
+    };
+    Ok(Remote {
+        block: block.clone(),
+        source: header.source,
+        trace_id: header.trace_id,
+        start,
+        len,
+        channel: header.channel,
+        message: PhantomData,
+    })
+}
+
+/// Frames for an alias that a function takes on the receiving thread, as
+/// they are delivered ([`Transport::register_handler`](crate::Transport::register_handler)).
+pub(crate) struct HandlerEndpoint<T: Wire, F> {
+    pub(crate) alias: Pid,
+    pub(crate) handler: F,
+    pub(crate) message: PhantomData<fn(T)>,
+}
+
+impl<T, F> Endpoint for HandlerEndpoint<T, F>
+where
+    T: Wire + 'static,
+    F: Fn(Remote<T>) + Send + Sync + 'static,
+{
+    fn pid(&self) -> Pid {
+        self.alias
+    }
+
+    fn deliver(
+        &self,
+        _: &Handle,
+        block: &Arc<Block>,
+        header: FrameHeader,
+        payload: Range<usize>,
+    ) -> Result<(), FrameError> {
+        (self.handler)(remote(block, header, payload)?);
         Ok(())
     }
 }
@@ -311,7 +348,11 @@ pub(crate) struct Endpoints {
 impl Endpoints {
     /// Delivers frames for `alias` to `addr`.
     pub(crate) fn insert_as<T: Wire + 'static>(&self, alias: Pid, addr: &Addr<Remote<T>>) {
-        let endpoint: Arc<dyn Endpoint> = Arc::new(TypedEndpoint { addr: *addr });
+        self.insert(alias, Arc::new(TypedEndpoint { addr: *addr }));
+    }
+
+    /// Delivers frames for `alias` to `endpoint`.
+    pub(crate) fn insert(&self, alias: Pid, endpoint: Arc<dyn Endpoint>) {
         let mut by_pid = self.by_pid.write().unwrap_or_else(PoisonError::into_inner);
         by_pid.insert(alias, endpoint);
         self.epoch.fetch_add(1, Ordering::Release);

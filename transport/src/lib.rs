@@ -735,6 +735,30 @@ impl Transport {
         );
     }
 
+    /// Hands every message for `alias` to `handler`, on the thread that
+    /// receives it, as it is delivered: before any message delivered after
+    /// it from the same connection reaches its process. For a node's own
+    /// services whose input must keep its place among other deliveries
+    /// (the signals of distribution); the handler must be quick and must
+    /// not wait. It stays until [`Transport::unregister`].
+    pub fn register_handler<T, F>(&self, alias: Pid, handler: F)
+    where
+        T: Wire + 'static,
+        F: Fn(Remote<T>) + Send + Sync + 'static,
+    {
+        let endpoint = inbound::HandlerEndpoint {
+            alias,
+            handler,
+            message: std::marker::PhantomData,
+        };
+        self.inner.endpoints.insert(alias, Arc::new(endpoint));
+    }
+
+    /// Removes what [`Transport::register_handler`] registered at `alias`.
+    pub fn unregister(&self, alias: Pid) {
+        self.inner.endpoints.remove_alias(alias, alias);
+    }
+
     /// Sends `message` from local process `from` to `to` on another node,
     /// on `channel`, without waiting: [`SendError::WouldBlock`] when the
     /// lane is out of credit, or busy with another process's message that

@@ -1,5 +1,5 @@
-//! Distribution: processes on one node linking to, monitoring, and talking
-//! to processes on another.
+//! Distribution: processes on one node linking to, monitoring, calling and
+//! spawning processes on another.
 //!
 //! A [`Pid`] names its node, so the runtime's own calls work across nodes
 //! once a node runs [`Dist`]: `cx.link(pid)`, `cx.monitor(pid)`,
@@ -35,17 +35,26 @@
 //! # }
 //! ```
 
+mod calls;
+mod factory;
 mod signals;
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use foundation_sched::remote::{Distribution, Signal};
 use foundation_sched::{Addr, Context, Envelope, ExitReason, Handle, NodeId, Pid, ShardId};
+use foundation_transport::frame::Wire;
 use foundation_transport::{ChannelId, Remote, SendError, Transport};
+use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::membership::{MemberEvent, PeerService};
+use crate::registry::{self, Name, RegistryError};
 use crate::supervision::ChildSpec;
-use signals::{ArchivedWireSignal, Relations, WireSignal};
+use calls::Pending;
+use signals::{Relations, WireSignal};
+
+pub use calls::{call, reply, Call, CallError};
+pub use factory::{spawn, Factory, SpawnError};
 
 /// A service every node runs at a fixed address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,8 +62,8 @@ use signals::{ArchivedWireSignal, Relations, WireSignal};
 pub(crate) enum Service {
     /// The peer service: membership and failure detection.
     PeerService = 1,
-    /// The signal service: links, monitors and exit signals.
-    Signals = 2,
+    /// The distribution service: signals, replies and spawn requests.
+    Dist = 2,
 }
 
 /// Where `service` of `node` is reached.
@@ -62,8 +71,43 @@ pub(crate) fn well_known(node: NodeId, service: Service) -> Pid {
     Pid::new(node, ShardId(u8::MAX), service as u32, 0)
 }
 
-/// A node's distribution: carries its processes' signals to other nodes
-/// and theirs to it. Cheap to clone.
+/// Where the process registered as `name` on `node` is reached: an alias
+/// on shard 255 whose slot (top bit set, above every service's) and
+/// generation hold 39 bits of the name's hash.
+fn named(node: NodeId, name: &str) -> Pid {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let slot = (1 << 23) | (hash as u32 & 0x7f_ffff);
+    Pid::new(node, ShardId(u8::MAX), slot, (hash >> 23) as u16)
+}
+
+/// What distribution services send each other: every variant goes to the
+/// receiving node's [`Service::Dist`]. Variants are only appended.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+pub(crate) enum DistMessage {
+    /// A signal for a process of the receiving node.
+    Signal(WireSignal),
+    /// The answer to a call or spawn the receiving node made.
+    Reply {
+        /// The call's id at the caller's node.
+        id: u64,
+        /// The answer, an archive of its own.
+        body: Vec<u8>,
+    },
+    /// Spawn a process of a registered kind; answered with a `Reply`.
+    Spawn {
+        /// The call's id at the caller's node.
+        id: u64,
+        /// The kind's registered name.
+        kind: String,
+        /// The arguments, an archive of the kind's argument type.
+        args: Vec<u8>,
+    },
+}
+
+/// A node's distribution: carries its processes' signals, calls and spawn
+/// requests to other nodes, and theirs to it. Cheap to clone.
 #[derive(Clone)]
 pub struct Dist {
     shared: Arc<Shared>,
@@ -73,47 +117,101 @@ struct Shared {
     handle: Handle,
     transport: Transport,
     relations: Mutex<Relations>,
-    /// The signal service, while it runs.
+    pending: Pending,
+    factory: Factory,
+    /// The distribution service, while it runs.
     service: Mutex<Option<Addr<Command>>>,
 }
 
-/// The signal service's mailbox.
+/// The distribution service's mailbox.
 enum Command {
-    /// A local process's signal for a process on another node.
+    /// A local process's signal for a process on another node, whose lane
+    /// was out of credit.
     Send(Pid, Signal),
-    /// A signal from another node for a local process.
-    Deliver(Pid, Signal),
+    /// A spawn request from another node.
+    Spawn(Remote<DistMessage>),
     /// Membership declared `node` down.
     NodeDown(NodeId),
 }
 
+/// Where a runtime keeps its node's [`Dist`], for the functions of this
+/// module to find from a process.
+#[derive(Default)]
+struct Installed(OnceLock<Dist>);
+
+/// Why a distribution call found no distribution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotDistributed;
+
+impl std::fmt::Display for NotDistributed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("this node runs no distribution")
+    }
+}
+
+impl std::error::Error for NotDistributed {}
+
 impl Dist {
     /// The distribution of the node whose runtime `handle` belongs to, over
     /// `transport`, ending relations with nodes that `peers` declares
-    /// down. Installs itself as the runtime's
-    /// [`Distribution`]; it carries signals once [`Dist::child_spec`] runs
-    /// under a supervisor (until then, and while the service restarts, a
-    /// link or monitor to another node is answered with `noconnection`).
+    /// down. Installs itself as the runtime's [`Distribution`] and as the
+    /// distribution this module's functions use on that runtime (the first
+    /// `Dist` made for a runtime stays). It carries signals, calls and
+    /// spawns once [`Dist::child_spec`] runs under a supervisor; until then,
+    /// and while the service restarts, a link or monitor to another node
+    /// is answered with `noconnection`.
     pub fn new(handle: &Handle, transport: Transport, peers: Arc<dyn PeerService>) -> Dist {
         let dist = Dist {
             shared: Arc::new(Shared {
                 handle: handle.clone(),
                 transport,
                 relations: Mutex::new(Relations::default()),
+                pending: Pending::default(),
+                factory: Factory::default(),
                 service: Mutex::new(None),
             }),
         };
         handle.set_distribution(Arc::new(Carrier(dist.shared.clone())));
+        let receiving = Arc::downgrade(&dist.shared);
+        let alias = well_known(handle.node(), Service::Dist);
+        dist.shared
+            .transport
+            .register_handler(alias, move |message| {
+                if let Some(shared) = receiving.upgrade() {
+                    receive(&shared, message);
+                }
+            });
+        let _ = handle.extension::<Installed>().0.set(dist.clone());
         dist.shared.watch(peers);
         dist
     }
 
-    /// The signal service as a supervised child (`signal_service`).
+    /// The distribution of the node `cx` runs on.
+    pub fn of<M: Send + 'static>(cx: &Context<M>) -> Result<Dist, NotDistributed> {
+        cx.runtime()
+            .extension::<Installed>()
+            .0
+            .get()
+            .cloned()
+            .ok_or(NotDistributed)
+    }
+
+    /// The distribution service as a supervised child (`dist_service`).
     pub fn child_spec(&self) -> ChildSpec {
         let shared = self.shared.clone();
-        ChildSpec::worker("signal_service", move |cx: Context<Command>| {
+        ChildSpec::worker("dist_service", move |cx: Context<Command>| {
             serve(cx, shared.clone())
         })
+    }
+
+    /// The node's process factory: what other nodes may spawn here.
+    pub fn factory(&self) -> &Factory {
+        &self.shared.factory
+    }
+
+    /// The node's transport.
+    pub fn transport(&self) -> &Transport {
+        &self.shared.transport
     }
 
     /// How many links and monitors join this node's processes to other
@@ -121,18 +219,91 @@ impl Dist {
     pub fn relations(&self) -> usize {
         self.shared.relations().len()
     }
+
+    /// How many calls and spawns wait for an answer from another node.
+    pub fn pending(&self) -> usize {
+        self.shared.pending.len()
+    }
+}
+
+/// Sends `message` to process `to`, on any node (this one included), on
+/// the `data` channel; `to` receives a [`Remote<T>`]. Waits while the
+/// channel is out of credit. Order is kept per (sender, receiver).
+pub async fn send<M: Send + 'static, T: Wire>(
+    cx: &Context<M>,
+    to: Pid,
+    message: &T,
+) -> Result<(), SendError> {
+    send_on(cx, to, ChannelId::DATA, message).await
+}
+
+/// Sends like [`send`], on `channel`.
+pub async fn send_on<M: Send + 'static, T: Wire>(
+    cx: &Context<M>,
+    to: Pid,
+    channel: ChannelId,
+    message: &T,
+) -> Result<(), SendError> {
+    let dist = Dist::of(cx).map_err(|_| SendError::Closed)?;
+    dist.shared
+        .transport
+        .send(cx.pid(), to, channel, message)
+        .await
+}
+
+/// Registers `addr` as `name` on this node ([`registry::register`]) and
+/// makes it reachable by that name from other nodes ([`send_named`]). The
+/// name goes when the process ends.
+pub fn register<M: Send + 'static, T: Wire + 'static>(
+    cx: &Context<M>,
+    name: &str,
+    addr: &Addr<Remote<T>>,
+) -> Result<(), RegistryError> {
+    let dist = Dist::of(cx).map_err(|_| RegistryError::NotDistributed(Name::local(name)))?;
+    registry::register(cx, Name::local(name), addr)?;
+    let alias = named(cx.runtime().node(), name);
+    dist.shared.transport.register_as(alias, addr);
+    Ok(())
+}
+
+/// Sends `message` to the process registered as `name` on `node` (this
+/// one included), on the `data` channel. As Erlang's `{Name, Node} ! Msg`,
+/// a message for a name nobody holds is dropped (and counted by the
+/// receiving node's transport).
+pub async fn send_named<M: Send + 'static, T: Wire>(
+    cx: &Context<M>,
+    node: NodeId,
+    name: &str,
+    message: &T,
+) -> Result<(), SendError> {
+    send(cx, named(node, name), message).await
 }
 
 /// What the runtime calls with signals for other nodes.
 struct Carrier(Arc<Shared>);
 
 impl Distribution for Carrier {
+    /// Puts the signal straight on the `control` lane to its node, from
+    /// the sending process's shard: so it goes out in order with what that
+    /// process sends on `control` next (a call's request after the monitor
+    /// that watches its server). Only a lane out of credit hands the signal
+    /// to the distribution service, which waits for room.
     fn signal(&self, to: Pid, signal: Signal) {
         let shared = &self.0;
         shared.relations().sent(to, &signal);
-        match shared.service() {
-            Some(service) => shared.handle.send(&service, Command::Send(to, signal)),
-            None => shared.unreachable(to, signal),
+        let me = well_known(shared.handle.node(), Service::Dist);
+        let target = well_known(to.node(), Service::Dist);
+        let wire = DistMessage::Signal(WireSignal::new(to, &signal));
+        match shared
+            .transport
+            .try_send(me, target, ChannelId::CONTROL, &wire)
+        {
+            Ok(()) => {}
+            Err(SendError::WouldBlock) => match shared.service() {
+                Some(service) => shared.handle.send(&service, Command::Send(to, signal)),
+                None => shared.unreachable(to, signal),
+            },
+            Err(_) => shared.unreachable(to, signal),
         }
     }
 }
@@ -149,7 +320,7 @@ impl Shared {
     }
 
     /// Subscribes to `peers`' events through a process that turns downs
-    /// into commands for the signal service.
+    /// into commands for the distribution service.
     fn watch(self: &Arc<Self>, peers: Arc<dyn PeerService>) {
         let shared = self.clone();
         let watcher = self
@@ -178,33 +349,46 @@ impl Shared {
         }
     }
 
-    /// Ends every relation with `node`'s processes.
+    /// Ends every relation with `node`'s processes, and fails the calls
+    /// and spawns waiting for it.
     fn node_down(&self, node: NodeId) {
         let ends = self.relations().node_down(node);
         for (local, signal) in ends {
             self.handle.deliver_signal(local, signal);
         }
+        self.pending.node_down(node);
     }
 }
 
-/// The signal service: sends local processes' signals in order, hands in
-/// those from other nodes, and ends relations with nodes that go down.
-async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
-    let me = cx.addr();
-    let node = shared.handle.node();
-    let inbox = cx.spawn_link(move |inbox: Context<Remote<WireSignal>>| async move {
-        while let Envelope::Msg(message) = inbox.recv().await {
-            let from = message.source().node();
-            let archived: &ArchivedWireSignal = &message;
-            match archived.decode(from, node) {
-                Ok((to, signal)) => inbox.send(&me, Command::Deliver(to, signal)),
-                Err(error) => tracing::warn!("signal from node {}: {error:?}", from.0),
+/// Takes what other nodes' distribution services send this node, on the
+/// thread that receives it, in arrival order: signals are handed in and
+/// answers complete their calls there, so that a reply, or a `Down`, keeps
+/// its place among the messages the same connection delivers. Spawn
+/// requests go to the distribution service, which may wait.
+fn receive(shared: &Shared, message: Remote<DistMessage>) {
+    let from = message.source().node();
+    match &*message {
+        ArchivedDistMessage::Signal(signal) => match signal.decode(from, shared.handle.node()) {
+            Ok((to, signal)) => {
+                shared.relations().received(to, &signal);
+                shared.handle.deliver_signal(to, signal);
             }
+            Err(error) => tracing::warn!("signal from node {}: {error:?}", from.0),
+        },
+        ArchivedDistMessage::Reply { id, body } => {
+            shared.pending.answer(from, id.to_native(), body)
         }
-    });
-    shared
-        .transport
-        .register_as(well_known(node, Service::Signals), &inbox);
+        ArchivedDistMessage::Spawn { .. } => match shared.service() {
+            Some(service) => shared.handle.send(&service, Command::Spawn(message)),
+            None => tracing::debug!("spawn request from node {} while restarting", from.0),
+        },
+    }
+}
+
+/// The distribution service: sends the signals that found their lane out
+/// of credit, ends relations with nodes that go down, and answers spawn
+/// requests.
+async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
     *shared
         .service
         .lock()
@@ -212,26 +396,34 @@ async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
     while let Envelope::Msg(command) = cx.recv().await {
         match command {
             Command::Send(to, signal) => {
-                let target = well_known(to.node(), Service::Signals);
-                let wire = WireSignal::new(to, &signal);
+                let target = well_known(to.node(), Service::Dist);
+                let wire = DistMessage::Signal(WireSignal::new(to, &signal));
                 let sent = shared
                     .transport
                     .send(cx.pid(), target, ChannelId::CONTROL, &wire)
                     .await;
-                match sent {
-                    Ok(()) => {}
-                    Err(SendError::UnknownPeer(_) | SendError::Closed) => {
-                        shared.unreachable(to, signal)
-                    }
-                    Err(error) => {
-                        tracing::warn!("signal for {to}: {error}");
-                        shared.unreachable(to, signal);
-                    }
+                if let Err(error) = sent {
+                    tracing::debug!("signal for {to}: {error}");
+                    shared.unreachable(to, signal);
                 }
             }
-            Command::Deliver(to, signal) => {
-                shared.relations().received(to, &signal);
-                shared.handle.deliver_signal(to, signal);
+            Command::Spawn(request) => {
+                let ArchivedDistMessage::Spawn { id, kind, args } = &*request else {
+                    continue;
+                };
+                let reply = DistMessage::Reply {
+                    id: id.to_native(),
+                    body: shared.factory.spawn(&shared.handle, kind, args),
+                };
+                let from = request.source().node();
+                let to = well_known(from, Service::Dist);
+                let sent = shared
+                    .transport
+                    .send(cx.pid(), to, ChannelId::CONTROL, &reply)
+                    .await;
+                if let Err(error) = sent {
+                    tracing::debug!("spawn answer for node {}: {error}", from.0);
+                }
             }
             Command::NodeDown(node) => shared.node_down(node),
         }

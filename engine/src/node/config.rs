@@ -81,6 +81,10 @@ pub struct NodeConfig {
     /// Options of the default channels, by name, and extra channels.
     #[serde(default)]
     pub channels: BTreeMap<String, ChannelOptions>,
+    /// The process kinds other nodes may spawn here; absent, every kind
+    /// registered with the node's [`Factory`](crate::dist::Factory).
+    #[serde(default)]
+    pub spawn_allow: Option<Vec<String>>,
 }
 
 /// Options of one channel; what is left out keeps its default
@@ -154,6 +158,7 @@ impl NodeConfig {
             shards: None,
             failure_detector: FailureDetector::default(),
             channels: BTreeMap::new(),
+            spawn_allow: None,
         }
     }
 
@@ -209,6 +214,12 @@ impl NodeConfig {
     /// Sets the SWIM timings.
     pub fn failure_detector(mut self, timings: FailureDetector) -> NodeConfig {
         self.failure_detector = timings;
+        self
+    }
+
+    /// Sets the spawn allow-list.
+    pub fn spawn_allow(mut self, kinds: impl IntoIterator<Item = impl Into<String>>) -> NodeConfig {
+        self.spawn_allow = Some(kinds.into_iter().map(Into::into).collect());
         self
     }
 

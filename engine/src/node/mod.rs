@@ -110,6 +110,9 @@ impl Node {
         )
         .map_err(|error| NodeError::Config(ConfigError::Invalid(error.to_string())))?;
         let dist = Dist::new(runtime.handle(), transport.clone(), Arc::new(mesh.clone()));
+        if let Some(kinds) = &config.spawn_allow {
+            dist.factory().allow_only(kinds.iter().cloned());
+        }
         let supervisor = SupervisorSpec::new(Strategy::OneForOne)
             .child(mesh.child_spec())
             .child(dist.child_spec())

@@ -802,7 +802,9 @@ impl Handle {
     }
 
     /// Hands in a signal that came from another node for the local process
-    /// `to`, as if its sender (on that node) had sent it here. A signal for
+    /// `to`, as if its sender (on that node) had sent it here. Called on a
+    /// shard thread, it is ordered with the messages that thread sends
+    /// after it, as [`Handle::send`] orders messages. A signal for
     /// a process that does not exist is answered as locally: a `Link` with
     /// a `NoProc` exit and a `Monitor` with a `NoProc` `Down`, which go back
     /// through the distribution. A pid of another node is ignored.
@@ -810,6 +812,18 @@ impl Handle {
         if to.node() != self.shared.node {
             return;
         }
+        // On one of this runtime's shard threads, the shard's own path, as
+        // `send` takes: a signal handed in there stays in order with the
+        // messages that thread delivers after it.
+        let mut signal = Some(signal);
+        let sent = waker::with_shard_of(&self.shared, |shard| {
+            if let Some(signal) = signal.take() {
+                shard.send_signal(to, signal);
+            }
+        });
+        let Some(signal) = signal.filter(|_| sent.is_none()) else {
+            return;
+        };
         if usize::from(to.shard().0) < self.shared.shards.len() {
             self.shared
                 .inject(to.shard(), Packet::Signal { to, signal });

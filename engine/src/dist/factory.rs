@@ -1,0 +1,249 @@
+//! Remote spawn through each node's process factory.
+//!
+//! A node spawns for others only what it registered: a *kind* is a name,
+//! an argument type and the function that starts a process from its
+//! arguments ([`Factory::register`]). A request names the kind and carries
+//! the arguments archived; the factory checks the kind is registered and
+//! allowed ([`Factory::allow_only`]), validates the arguments as the kind's
+//! type, spawns, and answers with the pid — or with why not, as a typed
+//! [`SpawnError`]. Requests are answered by the node's distribution inbox
+//! itself, in arrival order, without another hop.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use foundation_sched::{Context, Handle, NodeId, Pid, ProcessResult};
+use foundation_transport::frame::{self, Wire};
+use foundation_transport::{ChannelId, SendError};
+use rkyv::api::high::HighDeserializer;
+use rkyv::{rancor, Archive, Deserialize, Serialize};
+
+use super::{well_known, Dist, DistMessage, Service};
+use crate::server::await_answer;
+
+/// What a node lets other nodes spawn on it.
+///
+/// ```no_run
+/// use foundation::dist::{self, Factory};
+/// use foundation::{Context, NodeId};
+/// use std::time::Duration;
+///
+/// # fn setup(factory: &Factory) {
+/// // On the node that runs the workers:
+/// factory.register("greeter", |_cx: Context<()>, name: String| async move {
+///     println!("hello, {name}");
+/// });
+/// # }
+/// # async fn elsewhere(cx: Context<()>) {
+/// // On any node of the cluster:
+/// let pid = dist::spawn(&cx, NodeId(7), "greeter", &String::from("world"), Duration::from_secs(1))
+///     .await
+///     .unwrap();
+/// # }
+/// ```
+#[derive(Default)]
+pub struct Factory {
+    kinds: RwLock<HashMap<String, Arc<dyn Kind>>>,
+    /// `None`: every registered kind; otherwise only these.
+    allowed: RwLock<Option<BTreeSet<String>>>,
+}
+
+/// Why a remote spawn failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SpawnError {
+    /// The node has no kind of that name.
+    Unknown(String),
+    /// The kind is registered but the node's allow-list leaves it out.
+    Denied(String),
+    /// The arguments are not a valid archive of the kind's type.
+    BadArguments(String),
+    /// The node could not spawn (it is shutting down).
+    Failed(String),
+    /// The node went down, or could not be reached.
+    NodeDown,
+    /// No answer within the timeout.
+    Timeout,
+    /// The request could not be sent.
+    Send(SendError),
+    /// The answer was not understood.
+    BadAnswer(String),
+    /// This node runs no distribution.
+    NotDistributed,
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Unknown(kind) => write!(f, "no process kind {kind:?} there"),
+            SpawnError::Denied(kind) => write!(f, "spawning {kind:?} is not allowed there"),
+            SpawnError::BadArguments(error) => write!(f, "bad arguments: {error}"),
+            SpawnError::Failed(error) => write!(f, "the spawn failed: {error}"),
+            SpawnError::NodeDown => f.write_str("the node is down"),
+            SpawnError::Timeout => f.write_str("no answer in time"),
+            SpawnError::Send(error) => write!(f, "cannot send the request: {error}"),
+            SpawnError::BadAnswer(error) => write!(f, "bad answer: {error}"),
+            SpawnError::NotDistributed => f.write_str("this node runs no distribution"),
+        }
+    }
+}
+
+impl std::error::Error for SpawnError {}
+
+/// Spawns a process of `kind` on `node` (this one included) with `args`,
+/// through that node's [`Factory`]; waits at most `timeout` for its pid.
+pub async fn spawn<M: Send + 'static, A: Wire>(
+    cx: &Context<M>,
+    node: NodeId,
+    kind: &str,
+    args: &A,
+    timeout: Duration,
+) -> Result<Pid, SpawnError> {
+    let dist = Dist::of(cx).map_err(|_| SpawnError::NotDistributed)?;
+    let args = frame::archive(args).map_err(|e| SpawnError::BadArguments(e.to_string()))?;
+    let (id, answer) = dist.shared.pending.open(node);
+    let request = DistMessage::Spawn {
+        id,
+        kind: kind.to_owned(),
+        args,
+    };
+    let to = well_known(node, Service::Dist);
+    let sent = dist
+        .shared
+        .transport
+        .send(cx.pid(), to, ChannelId::CONTROL, &request)
+        .await;
+    let outcome = match sent {
+        Ok(()) => await_answer(cx, answer, None, timeout).await,
+        Err(SendError::UnknownPeer(_)) => {
+            dist.shared.pending.cancel(id);
+            return Err(SpawnError::NodeDown);
+        }
+        Err(error) => {
+            dist.shared.pending.cancel(id);
+            return Err(SpawnError::Send(error));
+        }
+    };
+    dist.shared.pending.cancel(id);
+    let body = match outcome {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return Err(SpawnError::NodeDown),
+        Err(_) => return Err(SpawnError::Timeout),
+    };
+    let answer: SpawnAnswer =
+        frame::unarchive(&body).map_err(|e| SpawnError::BadAnswer(e.to_string()))?;
+    match answer {
+        SpawnAnswer::Spawned(pid) => Ok(Pid::from_bits(pid)),
+        SpawnAnswer::Unknown => Err(SpawnError::Unknown(kind.to_owned())),
+        SpawnAnswer::Denied => Err(SpawnError::Denied(kind.to_owned())),
+        SpawnAnswer::BadArguments(error) => Err(SpawnError::BadArguments(error)),
+        SpawnAnswer::Failed(error) => Err(SpawnError::Failed(error)),
+    }
+}
+
+impl Factory {
+    /// Registers `kind`: a request for it spawns `start(cx, args)` on this
+    /// node, with the request's arguments validated and deserialized as
+    /// `A`. A kind registered again is replaced.
+    pub fn register<A, M, F, Fut>(&self, kind: &str, start: F)
+    where
+        A: Wire + Send + 'static,
+        A::Archived: Deserialize<A, HighDeserializer<rancor::Error>>,
+        M: Send + 'static,
+        F: Fn(Context<M>, A) -> Fut + Send + Sync + 'static,
+        Fut: Future + 'static,
+        Fut::Output: ProcessResult,
+    {
+        let kind_fn: Arc<dyn Kind> = Arc::new(Typed {
+            start: Arc::new(start),
+            types: std::marker::PhantomData,
+        });
+        self.kinds
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kind.to_owned(), kind_fn);
+    }
+
+    /// Allows only `kinds` to be spawned from other nodes (the node's
+    /// spawn allow-list); without a list, every registered kind is.
+    pub fn allow_only(&self, kinds: impl IntoIterator<Item = impl Into<String>>) {
+        let list = kinds.into_iter().map(Into::into).collect();
+        *self.allowed.write().unwrap_or_else(PoisonError::into_inner) = Some(list);
+    }
+
+    /// The registered kinds, in name order.
+    pub fn kinds(&self) -> Vec<String> {
+        let kinds = self.kinds.read().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<_> = kinds.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// Answers a spawn request: the archived [`SpawnAnswer`].
+    pub(crate) fn spawn(&self, handle: &Handle, kind: &str, args: &[u8]) -> Vec<u8> {
+        let answer = self.try_spawn(handle, kind, args);
+        frame::archive(&answer).expect("a spawn answer encodes")
+    }
+
+    fn try_spawn(&self, handle: &Handle, kind: &str, args: &[u8]) -> SpawnAnswer {
+        let found = self
+            .kinds
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(kind)
+            .cloned();
+        let Some(found) = found else {
+            return SpawnAnswer::Unknown;
+        };
+        let allowed = self.allowed.read().unwrap_or_else(PoisonError::into_inner);
+        if allowed.as_ref().is_some_and(|list| !list.contains(kind)) {
+            return SpawnAnswer::Denied;
+        }
+        drop(allowed);
+        found.spawn(handle, args)
+    }
+}
+
+/// A factory's answer, archived into a reply.
+#[derive(Archive, Serialize, Deserialize, Debug)]
+enum SpawnAnswer {
+    Spawned(u64),
+    Unknown,
+    Denied,
+    BadArguments(String),
+    Failed(String),
+}
+
+/// A registered kind, its argument type erased.
+trait Kind: Send + Sync {
+    fn spawn(&self, handle: &Handle, args: &[u8]) -> SpawnAnswer;
+}
+
+struct Typed<A, M, F> {
+    start: Arc<F>,
+    types: std::marker::PhantomData<fn(A, M)>,
+}
+
+impl<A, M, F, Fut> Kind for Typed<A, M, F>
+where
+    A: Wire + Send + 'static,
+    A::Archived: Deserialize<A, HighDeserializer<rancor::Error>>,
+    M: Send + 'static,
+    F: Fn(Context<M>, A) -> Fut + Send + Sync + 'static,
+    Fut: Future + 'static,
+    Fut::Output: ProcessResult,
+{
+    fn spawn(&self, handle: &Handle, args: &[u8]) -> SpawnAnswer {
+        let args: A = match frame::unarchive(args) {
+            Ok(args) => args,
+            Err(error) => return SpawnAnswer::BadArguments(error.to_string()),
+        };
+        let start = self.start.clone();
+        match handle.spawn(move |cx: Context<M>| start(cx, args)) {
+            Ok(addr) => SpawnAnswer::Spawned(addr.pid().to_bits()),
+            Err(error) => SpawnAnswer::Failed(error.to_string()),
+        }
+    }
+}
