@@ -107,29 +107,47 @@ where
 {
     let dist = Dist::of(cx).map_err(|_| CallError::NotDistributed)?;
     let monitor = cx.monitor(to);
-    let (id, answer) = dist.shared.pending.open(to.node());
-    let request = Call { id, request };
+    let body = ask(
+        cx,
+        &dist,
+        to,
+        Some(monitor),
+        |id| Call { id, request },
+        timeout,
+    )
+    .await;
+    if !matches!(body, Err(CallError::Exited(_))) {
+        cx.demonitor(monitor);
+    }
+    frame::unarchive(&body?).map_err(|error| CallError::BadAnswer(error.to_string()))
+}
+
+/// Sends `to` the request `make` builds around a fresh call id, on
+/// `control`, and waits at most `timeout` for the answer's bytes — or for
+/// the `Down` of `monitor`, or for `to`'s node to go down.
+pub(crate) async fn ask<M: Send + 'static, T: Wire>(
+    cx: &Context<M>,
+    dist: &Dist,
+    to: Pid,
+    monitor: Option<foundation_sched::MonitorRef>,
+    make: impl FnOnce(u64) -> T,
+    timeout: Duration,
+) -> Result<Vec<u8>, CallError> {
+    let pending = &dist.shared.pending;
+    let (id, answer) = pending.open(to.node());
     let sent = dist
         .shared
         .transport
-        .send(cx.pid(), to, ChannelId::CONTROL, &request)
+        .send(cx.pid(), to, ChannelId::CONTROL, &make(id))
         .await;
     let outcome = match sent {
-        Ok(()) => await_answer(cx, answer, Some(monitor), timeout)
+        Ok(()) => await_answer(cx, answer, monitor, timeout)
             .await
             .map_err(CallError::from),
         Err(error) => Err(CallError::Send(error)),
     };
-    dist.shared.pending.cancel(id);
-    if !matches!(outcome, Err(CallError::Exited(_))) {
-        cx.demonitor(monitor);
-    }
-    match outcome? {
-        Ok(body) => {
-            frame::unarchive(&body).map_err(|error| CallError::BadAnswer(error.to_string()))
-        }
-        Err(reason) => Err(CallError::Exited(reason)),
-    }
+    pending.cancel(id);
+    outcome?.map_err(CallError::Exited)
 }
 
 /// Answers `call` with `answer`. A caller that gave up by then drops it.

@@ -16,12 +16,12 @@ use std::time::Duration;
 
 use foundation_sched::{Context, Handle, NodeId, Pid, ProcessResult};
 use foundation_transport::frame::{self, Wire};
-use foundation_transport::{ChannelId, SendError};
+use foundation_transport::SendError;
 use rkyv::api::high::HighDeserializer;
 use rkyv::{rancor, Archive, Deserialize, Serialize};
 
+use super::calls::{ask, CallError};
 use super::{well_known, Dist, DistMessage, Service};
-use crate::server::await_answer;
 
 /// What a node lets other nodes spawn on it.
 ///
@@ -103,35 +103,22 @@ pub async fn spawn<M: Send + 'static, A: Wire>(
 ) -> Result<Pid, SpawnError> {
     let dist = Dist::of(cx).map_err(|_| SpawnError::NotDistributed)?;
     let args = frame::archive(args).map_err(|e| SpawnError::BadArguments(e.to_string()))?;
-    let (id, answer) = dist.shared.pending.open(node);
-    let request = DistMessage::Spawn {
+    let factory = well_known(node, Service::Dist);
+    let request = |id| DistMessage::Spawn {
         id,
         kind: kind.to_owned(),
         args,
     };
-    let to = well_known(node, Service::Dist);
-    let sent = dist
-        .shared
-        .transport
-        .send(cx.pid(), to, ChannelId::CONTROL, &request)
-        .await;
-    let outcome = match sent {
-        Ok(()) => await_answer(cx, answer, None, timeout).await,
-        Err(SendError::UnknownPeer(_)) => {
-            dist.shared.pending.cancel(id);
-            return Err(SpawnError::NodeDown);
-        }
-        Err(error) => {
-            dist.shared.pending.cancel(id);
-            return Err(SpawnError::Send(error));
-        }
-    };
-    dist.shared.pending.cancel(id);
-    let body = match outcome {
-        Ok(Ok(body)) => body,
-        Ok(Err(_)) => return Err(SpawnError::NodeDown),
-        Err(_) => return Err(SpawnError::Timeout),
-    };
+    let body = ask(cx, &dist, factory, None, request, timeout)
+        .await
+        .map_err(|error| match error {
+            CallError::Timeout => SpawnError::Timeout,
+            CallError::Send(SendError::UnknownPeer(_)) | CallError::Exited(_) => {
+                SpawnError::NodeDown
+            }
+            CallError::Send(error) => SpawnError::Send(error),
+            other => SpawnError::BadAnswer(other.to_string()),
+        })?;
     let answer: SpawnAnswer =
         frame::unarchive(&body).map_err(|e| SpawnError::BadAnswer(e.to_string()))?;
     match answer {
