@@ -48,6 +48,10 @@
 //!   percentiles, and control round trips idle and under a saturated bulk
 //!   channel; against a raw TCP stream and ping-pong written in the bench
 //!   and distributed Erlang.
+//! - `remote_spawn`, `detect`: Foundation nodes as a cluster: remote spawns
+//!   per second between two nodes (against distributed Erlang's
+//!   `spawn/4`), and the time from `kill -9` of one of three nodes to its
+//!   down at the other two.
 //! - `sim`: the simulator's speed: a cluster of 1,000 nodes (each a
 //!   supervisor of crashing workers and a timed ping-pong) for 60 virtual
 //!   seconds on one thread; wall time and events per second.
@@ -90,6 +94,7 @@
 //! (`cargo bench -p foundation-bench`).
 
 mod cases;
+mod cluster;
 mod peers;
 mod progress;
 mod remote;
@@ -174,6 +179,10 @@ enum Command {
     Hol,
     /// A simulated cluster: 1,000 nodes for 60 virtual seconds on one thread.
     Sim,
+    /// Two nodes: remote spawns per second.
+    RemoteSpawn,
+    /// Three nodes: time from kill -9 of one to its down at the others.
+    Detect,
     /// Every case, short: a smoke run in well under a minute.
     Quick,
     /// Internal: measurements that need a fresh process of their own.
@@ -192,6 +201,13 @@ enum Child {
     /// Runs one peer figure by hand and prints it.
     #[command(subcommand)]
     Peer(peers::Check),
+    /// A node of the cluster cases: runs until stdin closes.
+    DistNode {
+        /// Its node id.
+        id: u16,
+        /// A node to join through.
+        seed: Option<std::net::SocketAddr>,
+    },
     /// Node 2 of the remote cases: serves until stdin closes.
     TransportNode {
         /// `io_uring` or `epoll`.
@@ -212,9 +228,12 @@ fn main() -> ExitCode {
         Command::Latency => (Scale::full(), &[cases::Case::Latency]),
         Command::Hol => (Scale::full(), &[cases::Case::Hol]),
         Command::Sim => (Scale::full(), &[cases::Case::Sim]),
+        Command::RemoteSpawn => (Scale::full(), &[cases::Case::RemoteSpawn]),
+        Command::Detect => (Scale::full(), &[cases::Case::Detect]),
         Command::Quick => (Scale::quick(), cases::Case::ALL),
         Command::Child(Child::Rss(child)) => return rss::run_child(child),
         Command::Child(Child::Tcp(child)) => return child.run(),
+        Command::Child(Child::DistNode { id, seed }) => return cluster::run_node(*id, *seed),
         Command::Child(Child::TransportNode { backend, peer }) => {
             return remote::run_node(backend, *peer)
         }

@@ -29,6 +29,11 @@ impl Stopwatch {
         self.started.elapsed()
     }
 
+    /// How long after `earlier` this one started (zero if before).
+    pub(crate) fn since(&self, earlier: &Stopwatch) -> Duration {
+        self.started.saturating_duration_since(earlier.started)
+    }
+
     /// Nanoseconds since [`Stopwatch::start`], saturating at `u64::MAX`.
     pub(crate) fn elapsed_ns(&self) -> u64 {
         u64::try_from(self.elapsed().as_nanos()).unwrap_or(u64::MAX)

@@ -11,6 +11,7 @@
 //! or an error from a child process) is dropped from the remaining
 //! repetitions; its figure shows as missing, with the reason in the note.
 
+pub(crate) mod dist;
 pub(crate) mod ecosystem;
 pub(crate) mod local;
 pub(crate) mod remote;
@@ -46,6 +47,10 @@ pub(crate) enum Case {
     Hol,
     /// A simulated cluster on virtual time.
     Sim,
+    /// Remote spawns between two nodes.
+    RemoteSpawn,
+    /// Failure detection in a 3-node cluster.
+    Detect,
 }
 
 impl Case {
@@ -59,6 +64,8 @@ impl Case {
         Case::Latency,
         Case::Hol,
         Case::Sim,
+        Case::RemoteSpawn,
+        Case::Detect,
     ];
 
     /// Name used in tables, JSON (`case`) and chart file names.
@@ -72,6 +79,8 @@ impl Case {
             Case::Latency => remote::LATENCY,
             Case::Hol => remote::HOL,
             Case::Sim => sim::CASE,
+            Case::RemoteSpawn => dist::REMOTE_SPAWN,
+            Case::Detect => dist::DETECT,
         }
     }
 
@@ -86,6 +95,8 @@ impl Case {
             Case::Latency => remote::run_latency(context),
             Case::Hol => remote::run_hol(context),
             Case::Sim => sim::run(context),
+            Case::RemoteSpawn => dist::run_remote_spawn(context),
+            Case::Detect => dist::run_detect(context),
         }
     }
 }
@@ -113,6 +124,8 @@ pub(crate) struct Scale {
     pub(crate) sim_nodes: usize,
     /// Virtual seconds the simulated cluster runs.
     pub(crate) sim_seconds: u64,
+    /// Remote spawns per repetition.
+    pub(crate) remote_spawns: u64,
 }
 
 impl Scale {
@@ -129,6 +142,7 @@ impl Scale {
             remote_sizes: remote::SIZES.to_vec(),
             sim_nodes: 1000,
             sim_seconds: 60,
+            remote_spawns: 200_000,
         }
     }
 
@@ -145,6 +159,7 @@ impl Scale {
             remote_sizes: remote::SIZES.to_vec(),
             sim_nodes: 100,
             sim_seconds: 10,
+            remote_spawns: 20_000,
         }
     }
 }

@@ -250,6 +250,20 @@ pub(crate) fn hol(
     run_distributed(progress, placement, "hol", &args)
 }
 
+/// Remote spawns per second between two nodes placed by `placement`:
+/// `spawners` processes on node A each spawn `count / spawners` processes
+/// on node B with `spawn/4`, one after another. Key `remote_spawns_per_s`.
+pub(crate) fn remote_spawn(
+    progress: &Progress,
+    count: u64,
+    spawners: u64,
+    reps: usize,
+    placement: Placement,
+) -> Option<Figures> {
+    let args = [count.to_string(), spawners.to_string(), reps.to_string()];
+    run_distributed(progress, placement, "remote_spawn", &args)
+}
+
 /// Runs `fbench:main(Args)` in a fresh VM with `vm_flags`; `None` (with a
 /// note) when Erlang is unavailable or the run failed.
 fn run(progress: &Progress, vm_flags: &[&str], args: &[String]) -> Option<Figures> {

@@ -31,7 +31,7 @@
 -behaviour(supervisor).
 -export([main/1, dist/1, serve/1]).
 -export([init/1, restart_worker/1, idle_worker/0]).
--export([pong/0, count_sink/2, bulk_sink/1]).
+-export([pong/0, count_sink/2, bulk_sink/1, noop/0]).
 
 main([Cmd | Args]) ->
     guarded(fun() -> run(Cmd, [list_to_integer(A) || A <- Args]) end).
@@ -98,7 +98,9 @@ run_dist("remote", Node, [Size, Msgs, Reps]) ->
 run_dist("latency", Node, [Rounds, Reps]) ->
     [latency_rep(Node, Rounds) || _ <- lists:seq(1, Reps)];
 run_dist("hol", Node, [Rounds, Reps]) ->
-    [hol_rep(Node, Rounds) || _ <- lists:seq(1, Reps)].
+    [hol_rep(Node, Rounds) || _ <- lists:seq(1, Reps)];
+run_dist("remote_spawn", Node, [Count, Spawners, Reps]) ->
+    [remote_spawn_rep(Node, Count, Spawners) || _ <- lists:seq(1, Reps)].
 
 %% Spawn: N idle processes, each waiting in `receive`; timed until every one
 %% has run up to its receive (it bumps a counter first). Memory is the growth
@@ -249,6 +251,25 @@ count_sink(From, 0, Bytes) ->
     From ! {counted, self(), Bytes};
 count_sink(From, K, Bytes) ->
     receive B when is_binary(B) -> count_sink(From, K - 1, Bytes + byte_size(B)) end.
+
+%% Remote spawn: Spawners processes on A each spawn Count div Spawners
+%% processes on B, one after another, with spawn/4 (which returns once B
+%% has answered with the pid); each spawned process ends at once.
+remote_spawn_rep(Node, Count, Spawners) ->
+    Each = Count div Spawners,
+    Self = self(),
+    T0 = erlang:monotonic_time(nanosecond),
+    [spawn(fun() -> spawn_n(Node, Each), Self ! spawned end) || _ <- lists:seq(1, Spawners)],
+    [receive spawned -> ok end || _ <- lists:seq(1, Spawners)],
+    T1 = erlang:monotonic_time(nanosecond),
+    out(remote_spawns_per_s, Each * Spawners / ((T1 - T0) / 1.0e9)).
+
+spawn_n(_Node, 0) -> ok;
+spawn_n(Node, K) ->
+    _ = spawn(Node, ?MODULE, noop, []),
+    spawn_n(Node, K - 1).
+
+noop() -> ok.
 
 %% Latency: round trips of a 64-byte binary between a process on A (this
 %% one) and one on B.

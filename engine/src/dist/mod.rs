@@ -128,8 +128,9 @@ enum Command {
     /// A local process's signal for a process on another node, whose lane
     /// was out of credit.
     Send(Pid, Signal),
-    /// A spawn request from another node.
-    Spawn(Remote<DistMessage>),
+    /// The answer to a spawn request from `node`, whose lane was out of
+    /// credit.
+    Answer(NodeId, DistMessage),
     /// Membership declared `node` down.
     NodeDown(NodeId),
 }
@@ -363,8 +364,9 @@ impl Shared {
 /// Takes what other nodes' distribution services send this node, on the
 /// thread that receives it, in arrival order: signals are handed in and
 /// answers complete their calls there, so that a reply, or a `Down`, keeps
-/// its place among the messages the same connection delivers. Spawn
-/// requests go to the distribution service, which may wait.
+/// its place among the messages the same connection delivers; spawn
+/// requests are answered there too. Only what finds its lane out of credit
+/// goes to the distribution service, which may wait.
 fn receive(shared: &Shared, message: Remote<DistMessage>) {
     let from = message.source().node();
     match &*message {
@@ -378,16 +380,32 @@ fn receive(shared: &Shared, message: Remote<DistMessage>) {
         ArchivedDistMessage::Reply { id, body } => {
             shared.pending.answer(from, id.to_native(), body)
         }
-        ArchivedDistMessage::Spawn { .. } => match shared.service() {
-            Some(service) => shared.handle.send(&service, Command::Spawn(message)),
-            None => tracing::debug!("spawn request from node {} while restarting", from.0),
-        },
+        ArchivedDistMessage::Spawn { id, kind, args } => {
+            let reply = DistMessage::Reply {
+                id: id.to_native(),
+                body: shared.factory.spawn(&shared.handle, kind, args),
+            };
+            let me = well_known(shared.handle.node(), Service::Dist);
+            let to = well_known(from, Service::Dist);
+            match shared
+                .transport
+                .try_send(me, to, ChannelId::CONTROL, &reply)
+            {
+                Ok(()) => {}
+                // Out of credit: the service waits for room.
+                Err(SendError::WouldBlock) => match shared.service() {
+                    Some(service) => shared.handle.send(&service, Command::Answer(from, reply)),
+                    None => tracing::debug!("spawn answer for node {} lost", from.0),
+                },
+                Err(error) => tracing::debug!("spawn answer for node {}: {error}", from.0),
+            }
+        }
     }
 }
 
-/// The distribution service: sends the signals that found their lane out
-/// of credit, ends relations with nodes that go down, and answers spawn
-/// requests.
+/// The distribution service: sends the signals and spawn answers that
+/// found their lane out of credit, and ends relations with nodes that go
+/// down.
 async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
     *shared
         .service
@@ -407,15 +425,7 @@ async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
                     shared.unreachable(to, signal);
                 }
             }
-            Command::Spawn(request) => {
-                let ArchivedDistMessage::Spawn { id, kind, args } = &*request else {
-                    continue;
-                };
-                let reply = DistMessage::Reply {
-                    id: id.to_native(),
-                    body: shared.factory.spawn(&shared.handle, kind, args),
-                };
-                let from = request.source().node();
+            Command::Answer(from, reply) => {
                 let to = well_known(from, Service::Dist);
                 let sent = shared
                     .transport

@@ -75,6 +75,11 @@ pub struct NodeConfig {
     /// Shards (threads) of the runtime (default: one per core).
     #[serde(default)]
     pub shards: Option<usize>,
+    /// The cores shards are pinned to, round-robin (default: every core,
+    /// from the first). Nodes sharing a machine should be given different
+    /// cores.
+    #[serde(default)]
+    pub cores: Option<Vec<usize>>,
     /// SWIM timings.
     #[serde(default)]
     pub failure_detector: FailureDetector,
@@ -156,6 +161,7 @@ impl NodeConfig {
             seeds: Vec::new(),
             data_dir: None,
             shards: None,
+            cores: None,
             failure_detector: FailureDetector::default(),
             channels: BTreeMap::new(),
             spawn_allow: None,
@@ -202,6 +208,12 @@ impl NodeConfig {
     /// Sets the shard count.
     pub fn shards(mut self, shards: usize) -> NodeConfig {
         self.shards = Some(shards);
+        self
+    }
+
+    /// Sets the cores the shards are pinned to.
+    pub fn cores(mut self, cores: Vec<usize>) -> NodeConfig {
+        self.cores = Some(cores);
         self
     }
 
@@ -299,6 +311,9 @@ impl NodeConfig {
             .is_some_and(|shards| !(1..=255).contains(&shards))
         {
             return Err(ConfigError::Invalid("shards must be 1 to 255".into()));
+        }
+        if self.cores.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::Invalid("an empty core list".into()));
         }
         let dialable = self.advertise.unwrap_or(self.listen);
         if dialable.ip().is_unspecified() {

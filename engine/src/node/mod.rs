@@ -92,6 +92,9 @@ impl Node {
         if let Some(shards) = config.shards {
             builder = builder.shards(shards);
         }
+        if let Some(cores) = &config.cores {
+            builder = builder.cores(cores.clone());
+        }
         let mut transport_config = TransportConfig::new(config.name.clone(), Cookie::new(secret));
         transport_config.listen = config.listen;
         transport_config.channels = config.channel_specs();
