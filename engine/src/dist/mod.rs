@@ -292,19 +292,13 @@ impl Distribution for Carrier {
     fn signal(&self, to: Pid, signal: Signal) {
         let shared = &self.0;
         shared.relations().sent(to, &signal);
-        let me = well_known(shared.handle.node(), Service::Dist);
-        let target = well_known(to.node(), Service::Dist);
         let wire = DistMessage::Signal(WireSignal::new(to, &signal));
-        match shared
-            .transport
-            .try_send(me, target, ChannelId::CONTROL, &wire)
+        let later = signal.clone();
+        if shared
+            .post(to.node(), wire, |_| Command::Send(to, later))
+            .is_err()
         {
-            Ok(()) => {}
-            Err(SendError::WouldBlock) => match shared.service() {
-                Some(service) => shared.handle.send(&service, Command::Send(to, signal)),
-                None => shared.unreachable(to, signal),
-            },
-            Err(_) => shared.unreachable(to, signal),
+            shared.unreachable(to, signal);
         }
     }
 }
@@ -338,6 +332,30 @@ impl Shared {
             });
         if let Ok(watcher) = watcher {
             peers.subscribe(watcher);
+        }
+    }
+
+    /// Sends `message` to `node`'s distribution service on `control`, from
+    /// this thread; a lane out of credit hands `later(message)` to the
+    /// distribution service instead, which waits for room.
+    fn post(
+        &self,
+        node: NodeId,
+        message: DistMessage,
+        later: impl FnOnce(DistMessage) -> Command,
+    ) -> Result<(), SendError> {
+        let me = well_known(self.handle.node(), Service::Dist);
+        let to = well_known(node, Service::Dist);
+        match self
+            .transport
+            .try_send(me, to, ChannelId::CONTROL, &message)
+        {
+            Err(SendError::WouldBlock) => {
+                let service = self.service().ok_or(SendError::WouldBlock)?;
+                self.handle.send(&service, later(message));
+                Ok(())
+            }
+            sent => sent,
         }
     }
 
@@ -385,19 +403,8 @@ fn receive(shared: &Shared, message: Remote<DistMessage>) {
                 id: id.to_native(),
                 body: shared.factory.spawn(&shared.handle, kind, args),
             };
-            let me = well_known(shared.handle.node(), Service::Dist);
-            let to = well_known(from, Service::Dist);
-            match shared
-                .transport
-                .try_send(me, to, ChannelId::CONTROL, &reply)
-            {
-                Ok(()) => {}
-                // Out of credit: the service waits for room.
-                Err(SendError::WouldBlock) => match shared.service() {
-                    Some(service) => shared.handle.send(&service, Command::Answer(from, reply)),
-                    None => tracing::debug!("spawn answer for node {} lost", from.0),
-                },
-                Err(error) => tracing::debug!("spawn answer for node {}: {error}", from.0),
+            if let Err(error) = shared.post(from, reply, |reply| Command::Answer(from, reply)) {
+                tracing::debug!("spawn answer for node {}: {error}", from.0);
             }
         }
     }
