@@ -20,6 +20,11 @@
 //! stopped alpha
 //! ```
 //!
+//! Other nodes may spawn one kind of process here through the node's
+//! process factory (unless the configuration's `spawn_allow` leaves it
+//! out): `idle`, a process that waits until its node stops — for checking
+//! remote spawn, links and monitors against a running cluster.
+//!
 //! `members` asks a running node for its view of the cluster, proving the
 //! cookie as any node does, and prints the node first, then each member up,
 //! one per line: `id name address`.
@@ -120,6 +125,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// The process kind every `foundation-node` lets others spawn.
+const IDLE: &str = "idle";
+
 /// What the main thread waits for.
 enum Wake {
     Event(MemberEvent),
@@ -140,6 +148,11 @@ fn run(start: Start) -> Result<(), String> {
         }
     });
     let node = Node::start(config).map_err(|e| e.to_string())?;
+    node.dist()
+        .factory()
+        .register(IDLE, |cx: Context<()>, (): ()| async move {
+            while let Envelope::Msg(()) = cx.recv().await {}
+        });
     let subscriber = node
         .runtime()
         .spawn(move |cx: Context<MemberEvent>| async move {

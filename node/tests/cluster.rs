@@ -170,6 +170,18 @@ fn members(addr: SocketAddr, cookie: &Cookie) -> Result<Vec<u16>, String> {
         .collect())
 }
 
+/// Polls `condition` every 10 ms for at most [`PATIENCE`].
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let tries = PATIENCE.as_millis() / 10;
+    for _ in 0..tries {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("not within {PATIENCE:?}: {what}");
+}
+
 /// Waits until every node printed `up` for every other.
 fn converge(nodes: &mut [NodeProcess]) {
     let ids: Vec<u16> = nodes.iter().map(|node| node.id).collect();
@@ -266,4 +278,60 @@ fn a_node_with_the_wrong_cookie_is_refused_and_the_cluster_carries_on() {
             Vec::<String>::new()
         );
     }
+}
+
+/// Processes on a node-process that is then killed with SIGKILL, watched
+/// from a node in this test: every monitor fires `noconnection`, once.
+#[test]
+fn monitors_of_processes_on_a_killed_node_fire_noconnection_once() {
+    use foundation::membership::PeerService;
+    use foundation::{dist, node, Context, Envelope, ExitReason, NodeId};
+
+    let cookie = Cookie::new("monitors", "secret");
+    let seed = NodeProcess::start(31, &cookie, &[]);
+    let at = [seed.addr];
+    let mut nodes = vec![seed, NodeProcess::start(32, &cookie, &at)];
+    converge(&mut nodes);
+    let here = node::Node::start(
+        node::NodeConfig::new("watcher", "secret")
+            .id(34)
+            .shards(1)
+            .seed(at[0]),
+    )
+    .expect("the watching node starts");
+    let victim = NodeProcess::start(33, &cookie, &at);
+    eventually("the watcher sees the three others", || {
+        here.membership().members().len() == 3
+    });
+    let (tx, downs) = mpsc::channel();
+    let (watching_tx, watching) = mpsc::channel();
+    here.runtime()
+        .spawn(move |cx: Context<()>| async move {
+            for _ in 0..2 {
+                let pid = dist::spawn(&cx, NodeId(33), "idle", &(), PATIENCE)
+                    .await
+                    .expect("an idle process is spawned there");
+                cx.monitor(pid);
+            }
+            watching_tx.send(()).unwrap();
+            while let Envelope::Down(down) = cx.recv().await {
+                if tx.send(down.reason).is_err() {
+                    return;
+                }
+            }
+        })
+        .unwrap();
+    watching.recv_timeout(PATIENCE).expect("both are watched");
+    eventually("both monitors are known", || here.dist().relations() == 2);
+    victim.kill();
+    for _ in 0..2 {
+        let reason = downs.recv_timeout(PATIENCE).expect("a Down");
+        assert_eq!(reason, ExitReason::NoConnection);
+    }
+    assert!(
+        downs.recv_timeout(Duration::from_millis(500)).is_err(),
+        "each monitor fires once"
+    );
+    assert_eq!(here.dist().relations(), 0);
+    here.stop();
 }

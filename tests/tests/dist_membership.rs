@@ -14,7 +14,7 @@ use common::{eventually, PATIENCE};
 use foundation::membership::{
     query_members, DownReason, Member, MemberEvent, PeerService, QueryError,
 };
-use foundation::node::{Node, NodeConfig};
+use foundation::node::{FaultConfig, Node, NodeConfig};
 use foundation::transport::{ConnectionError, Cookie, HandshakeError};
 use foundation::{Context, Envelope, NodeId};
 
@@ -241,4 +241,34 @@ fn a_client_asks_a_node_for_its_members() {
     assert!(converged(&[&a, &b]), "the client never joined");
     b.stop();
     a.stop();
+}
+
+/// A partition rule in a node's configuration (as `foundation-node` reads
+/// it) cuts it off from the node it names: it cannot join through it, and
+/// the others carry on.
+#[test]
+fn a_partition_rule_from_the_configuration_keeps_a_node_out() {
+    let a = Node::start(config(151, &[])).unwrap();
+    let b = Node::start(config(152, &[a.addr()])).unwrap();
+    eventually("the membership converges", || converged(&[&a, &b]));
+    let cut = FaultConfig {
+        fault: "partition".into(),
+        probability: None,
+        min_ms: None,
+        max_ms: None,
+        from: Some(151),
+        to: None,
+        channel: None,
+    };
+    let c = Node::start(config(153, &[a.addr()]).fault(cut)).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(c.membership().members().is_empty());
+    assert!(converged(&[&a, &b]));
+    assert!(
+        c.transport().faults().injected() > 0,
+        "the rule was applied"
+    );
+    for node in [c, b, a] {
+        node.stop();
+    }
 }

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use foundation_sched::NodeId;
-use foundation_transport::{ChannelSpec, Delivery};
+use std::time::Duration;
+
+use foundation_transport::fault::{Fault, FaultRule};
+use foundation_transport::{ChannelId, ChannelSpec, Delivery};
 use serde::{Deserialize, Serialize};
 
 use crate::membership::FailureDetector;
@@ -90,6 +93,90 @@ pub struct NodeConfig {
     /// registered with the node's [`Factory`](crate::dist::Factory).
     #[serde(default)]
     pub spawn_allow: Option<Vec<String>>,
+    /// Fault rules the node applies from its start, for chaos runs
+    /// ([`crate::fault`]).
+    #[serde(default)]
+    pub faults: Vec<FaultConfig>,
+}
+
+/// A fault rule in a configuration file:
+///
+/// ```toml
+/// [[faults]]
+/// fault = "drop"        # drop, duplicate, delay or partition
+/// probability = 0.1     # drop and duplicate
+/// from = 2              # node ids; leave out to match any
+/// channel = "data"      # a channel name; leave out to match any
+///
+/// [[faults]]
+/// fault = "delay"
+/// min_ms = 5            # delay: held back for min_ms..=max_ms
+/// max_ms = 20
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultConfig {
+    /// `drop`, `duplicate`, `delay` or `partition`.
+    pub fault: String,
+    /// For `drop` and `duplicate`: how likely, `0.0..=1.0`.
+    #[serde(default)]
+    pub probability: Option<f64>,
+    /// For `delay`: the shortest hold, in milliseconds.
+    #[serde(default)]
+    pub min_ms: Option<u64>,
+    /// For `delay`: the longest hold, in milliseconds.
+    #[serde(default)]
+    pub max_ms: Option<u64>,
+    /// The sending node the rule matches; any if absent.
+    #[serde(default)]
+    pub from: Option<u16>,
+    /// The receiving node the rule matches; any if absent.
+    #[serde(default)]
+    pub to: Option<u16>,
+    /// The channel the rule matches, by name; any if absent.
+    #[serde(default)]
+    pub channel: Option<String>,
+}
+
+impl FaultConfig {
+    /// The rule, given the node's channels (in [`ChannelId`] order).
+    pub fn rule(&self, channels: &[ChannelSpec]) -> Result<FaultRule, ConfigError> {
+        let invalid =
+            |problem: &str| ConfigError::Invalid(format!("fault {:?}: {problem}", self.fault));
+        let probability = || match self.probability {
+            Some(p) if (0.0..=1.0).contains(&p) => Ok(p),
+            Some(_) => Err(invalid("the probability must be within 0 and 1")),
+            None => Err(invalid("needs a probability")),
+        };
+        let fault = match self.fault.as_str() {
+            "drop" => Fault::Drop(probability()?),
+            "duplicate" => Fault::Duplicate(probability()?),
+            "delay" => match (self.min_ms, self.max_ms) {
+                (Some(min), Some(max)) if min <= max => Fault::Delay {
+                    min: Duration::from_millis(min),
+                    max: Duration::from_millis(max),
+                },
+                _ => return Err(invalid("needs min_ms <= max_ms")),
+            },
+            "partition" => Fault::Partition,
+            _ => return Err(invalid("not drop, duplicate, delay or partition")),
+        };
+        let mut rule = FaultRule::new(fault);
+        if let Some(from) = self.from {
+            rule = rule.from(NodeId(from));
+        }
+        if let Some(to) = self.to {
+            rule = rule.to(NodeId(to));
+        }
+        if let Some(name) = &self.channel {
+            let at = channels
+                .iter()
+                .position(|spec| spec.name == *name)
+                .ok_or_else(|| invalid(&format!("no channel {name:?}")))?;
+            rule = rule.channel(ChannelId(at as u16));
+        }
+        Ok(rule)
+    }
 }
 
 /// Options of one channel; what is left out keeps its default
@@ -165,6 +252,7 @@ impl NodeConfig {
             failure_detector: FailureDetector::default(),
             channels: BTreeMap::new(),
             spawn_allow: None,
+            faults: Vec::new(),
         }
     }
 
@@ -232,6 +320,12 @@ impl NodeConfig {
     /// Sets the spawn allow-list.
     pub fn spawn_allow(mut self, kinds: impl IntoIterator<Item = impl Into<String>>) -> NodeConfig {
         self.spawn_allow = Some(kinds.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Adds a fault rule.
+    pub fn fault(mut self, fault: FaultConfig) -> NodeConfig {
+        self.faults.push(fault);
         self
     }
 
@@ -324,6 +418,10 @@ impl NodeConfig {
         self.failure_detector
             .check()
             .map_err(|problem| ConfigError::Invalid(format!("failure_detector: {problem}")))?;
+        let channels = self.channel_specs();
+        for fault in &self.faults {
+            fault.rule(&channels)?;
+        }
         self.cookie_secret().map(drop)
     }
 }
@@ -432,6 +530,50 @@ mod tests {
         let mut no_cookie = base();
         no_cookie.cookie = None;
         assert!(matches!(no_cookie.check(), Err(ConfigError::Cookie(_))));
+    }
+
+    #[test]
+    fn fault_rules_parse_and_bad_ones_are_refused() {
+        let config = NodeConfig::from_toml(
+            r#"
+            name = "x"
+            cookie = "s"
+            [[faults]]
+            fault = "drop"
+            probability = 0.25
+            from = 3
+            channel = "gossip"
+            [[faults]]
+            fault = "delay"
+            min_ms = 5
+            max_ms = 9
+            "#,
+        )
+        .unwrap();
+        config.check().unwrap();
+        let channels = config.channel_specs();
+        let drop = config.faults[0].rule(&channels).unwrap();
+        assert!(drop.matches(NodeId(3), NodeId(9), ChannelId::GOSSIP));
+        assert!(!drop.matches(NodeId(3), NodeId(9), ChannelId::DATA));
+        assert_eq!(
+            config.faults[1].rule(&channels).unwrap(),
+            FaultRule::new(Fault::Delay {
+                min: Duration::from_millis(5),
+                max: Duration::from_millis(9)
+            })
+        );
+        let bad = |text: &str| {
+            let config =
+                NodeConfig::from_toml(&format!("name = \"x\"\ncookie = \"s\"\n{text}")).unwrap();
+            match config.check() {
+                Err(ConfigError::Invalid(problem)) => problem,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(bad("[[faults]]\nfault = \"drop\"\nprobability = 2.0").contains("probability"));
+        assert!(bad("[[faults]]\nfault = \"melt\"").contains("not drop"));
+        assert!(bad("[[faults]]\nfault = \"delay\"\nmin_ms = 9\nmax_ms = 1").contains("min_ms"));
+        assert!(bad("[[faults]]\nfault = \"partition\"\nchannel = \"nope\"").contains("nope"));
     }
 
     #[test]

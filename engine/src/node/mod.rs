@@ -31,7 +31,7 @@
 
 mod config;
 
-pub use config::{ChannelOptions, ConfigError, NodeConfig};
+pub use config::{ChannelOptions, ConfigError, FaultConfig, NodeConfig};
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -100,6 +100,11 @@ impl Node {
         transport_config.channels = config.channel_specs();
         let (runtime, transport) =
             Transport::start(builder, transport_config).map_err(NodeError::Start)?;
+        let channels = transport.channels().to_vec();
+        for fault in &config.faults {
+            let rule = fault.rule(&channels).map_err(NodeError::Config)?;
+            transport.faults().add(rule);
+        }
         let advertise = config.advertise.unwrap_or(transport.local_addr());
         let boot = boot_stamp();
         let mesh = FullMesh::with_boot(
