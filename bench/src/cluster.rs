@@ -3,7 +3,7 @@
 //!
 //! Each node but the one a figure runs on is this binary re-executed as
 //! `foundation-bench child dist-node ID [SEED]`: a whole
-//! [`Node`](foundation::node::Node) with one shard, default failure
+//! [`Node`] with one shard, default failure
 //! detection, and a process kind `noop` (a process that ends at once) in
 //! its factory. It prints `ready ADDR`, then a line per membership event
 //! (`up ID` or `down ID left|failed`), and leaves the cluster when its

@@ -15,6 +15,15 @@
 //!   end;
 //! * [`ecosystem`]: a coordinator and its workers as one supervised,
 //!   scalable unit;
+//! * [`node`]: a node from one configuration — runtime, transport and the
+//!   engine's services under a supervisor — started and stopped in order
+//!   (the `foundation-node` binary runs one);
+//! * [`membership`]: which nodes form the cluster: joining through seeds,
+//!   a full mesh of connections, SWIM failure detection, up/suspect/down
+//!   events;
+//! * [`dist`]: links, monitors and exit signals across nodes, messages by
+//!   pid or name, calls, and remote spawn through each node's process
+//!   factory;
 //! * [`transport`]: nodes connected over io_uring or epoll, with
 //!   validated zero-copy frames on prioritized channels with credit-based
 //!   backpressure (the `foundation-transport` crate);
@@ -23,8 +32,7 @@
 //! * [`sim`]: the simulated side of the runtime: whole clusters on one
 //!   thread and a virtual clock, replayable from a seed.
 //!
-//! Distribution (remote pids, membership, remote spawn) joins this facade,
-//! in the modules the architecture names, as it lands.
+//! [`remote`] is the runtime's seam that [`dist`] plugs into.
 //!
 //! ```
 //! use foundation::{Context, Envelope, ExitReason, Runtime};
