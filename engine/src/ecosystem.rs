@@ -15,12 +15,17 @@
 //! [`INTENSITY_EXCEEDED`](crate::supervision::INTENSITY_EXCEEDED), which
 //! whoever supervises the manager sees.
 //!
-//! The [`Distribution`] says where the unit runs. This version places the
-//! whole ecosystem on the manager's node and shard
-//! ([`Distribution::LocalOnly`]); the other policies (explicit nodes,
-//! cluster-wide with a placement strategy) are part of the type already and
-//! are refused with [`EcosystemError::Unsupported`] until distribution
-//! exists.
+//! The [`Distribution`] says where the workers run. By default
+//! ([`Distribution::LocalOnly`]) the whole ecosystem runs on the manager's
+//! node and shard. With [`Distribution::ExplicitNodes`] or
+//! [`Distribution::ClusterWide`] the workers are spread over nodes by a
+//! [`PlacementStrategy`]: such workers are started through each node's
+//! process factory ([`crate::dist::Factory`]), by a kind registered on
+//! every node the policy may pick ([`EcosystemSpec::with_worker_kind`]),
+//! since a function cannot travel to another node. The manager links to
+//! each worker wherever it runs, so a worker whose node goes down ends for
+//! the manager with `noconnection` and is replaced on a node that is up,
+//! like any worker that ends. The coordinator runs beside the manager.
 //!
 //! ```
 //! use foundation::ecosystem::{spawn_ecosystem, EcosystemSpec, WorkerEvent};
@@ -60,8 +65,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foundation_sched::sim::SimRng;
 use foundation_sched::time::Instant;
 use foundation_sched::{Addr, Context, ExitReason, NodeId, Pid, ProcessResult};
+use foundation_transport::frame::{self, Wire};
+
+use crate::dist::{self, Dist};
 
 use crate::server::{serve, stop_after_reply, CallError, Info, Server, ServerContext, ServerRef};
 use crate::supervision::{ChildKind, ChildSpec, RestartIntensity, Strategy};
@@ -86,17 +95,21 @@ pub enum Distribution {
     },
 }
 
-/// How workers are spread over nodes.
+/// How workers are spread over nodes. A node that cannot start a worker
+/// (it went down, or refuses) is passed over for the next one the strategy
+/// names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PlacementStrategy {
     /// In turn.
     RoundRobin,
-    /// On the node with the fewest processes.
+    /// On the node running the fewest of this ecosystem's workers.
     LeastLoaded,
-    /// At random.
+    /// At random (drawn from a stream seeded by the manager's pid).
     Random,
-    /// Near the coordinator first (same machine, then same rack).
+    /// Near the coordinator first. Nodes carry no machine or rack
+    /// information yet, so this is the manager's own node, then the others
+    /// in turn.
     TopologyAware,
 }
 
@@ -120,7 +133,7 @@ pub enum WorkerEvent {
 /// How to start an ecosystem.
 pub struct EcosystemSpec<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> {
     coordinator: StartFn<C, W, C>,
-    worker: StartFn<C, W, W>,
+    worker: WorkerStart<C, W>,
     workers: usize,
     strategy: Strategy,
     distribution: Distribution,
@@ -160,9 +173,46 @@ where
         FutW: Future + 'static,
         FutW::Output: ProcessResult,
     {
+        let worker: StartFn<C, W, W> = Arc::new(move |manager| manager.spawn_link(worker.clone()));
+        EcosystemSpec::with_start(coordinator, WorkerStart::Local(worker), workers)
+    }
+
+    /// A coordinator started by `coordinator` and `workers` workers started
+    /// through the process factory of the node each lands on, as `kind`
+    /// with `args` ([`crate::dist::spawn`]): what lets workers run on other
+    /// nodes ([`EcosystemSpec::distribution`]). `kind` must be registered
+    /// on every node the distribution may pick, with `W` as its mailbox
+    /// type. Defaults as [`EcosystemSpec::new`]'s.
+    pub fn with_worker_kind<FC, FutC, A>(
+        coordinator: FC,
+        kind: &str,
+        args: &A,
+        workers: usize,
+    ) -> Result<Self, EcosystemError>
+    where
+        FC: Fn(Context<C>) -> FutC + Clone + Send + Sync + 'static,
+        FutC: Future + 'static,
+        FutC::Output: ProcessResult,
+        A: Wire,
+    {
+        let args =
+            frame::archive(args).map_err(|error| EcosystemError::Arguments(error.to_string()))?;
+        let start = WorkerStart::Kind {
+            kind: kind.into(),
+            args: args.into(),
+        };
+        Ok(EcosystemSpec::with_start(coordinator, start, workers))
+    }
+
+    fn with_start<FC, FutC>(coordinator: FC, worker: WorkerStart<C, W>, workers: usize) -> Self
+    where
+        FC: Fn(Context<C>) -> FutC + Clone + Send + Sync + 'static,
+        FutC: Future + 'static,
+        FutC::Output: ProcessResult,
+    {
         EcosystemSpec {
             coordinator: Arc::new(move |manager| manager.spawn_link(coordinator.clone())),
-            worker: Arc::new(move |manager| manager.spawn_link(worker.clone())),
+            worker,
             workers,
             strategy: Strategy::OneForOne,
             distribution: Distribution::LocalOnly,
@@ -215,13 +265,42 @@ where
 /// messages are `T`.
 type StartFn<C, W, T> = Arc<dyn Fn(&ServerContext<Manager<C, W>>) -> Addr<T> + Send + Sync>;
 
+/// How workers start: by a function, on the manager's shard, or by a kind
+/// registered with the process factory of whichever node they land on.
+enum WorkerStart<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> {
+    Local(StartFn<C, W, W>),
+    Kind {
+        kind: Arc<str>,
+        /// The kind's arguments, archived once for every spawn.
+        args: Arc<[u8]>,
+    },
+}
+
+impl<C: From<WorkerEvent> + Send + 'static, W: Send + 'static> Clone for WorkerStart<C, W> {
+    fn clone(&self) -> Self {
+        match self {
+            WorkerStart::Local(start) => WorkerStart::Local(start.clone()),
+            WorkerStart::Kind { kind, args } => WorkerStart::Kind {
+                kind: kind.clone(),
+                args: args.clone(),
+            },
+        }
+    }
+}
+
 /// Why an ecosystem operation failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EcosystemError {
-    /// This distribution policy needs distribution, which this node does
-    /// not have yet.
+    /// This distribution places workers on other nodes, and the spec's
+    /// workers start by a function, which cannot travel: use
+    /// [`EcosystemSpec::with_worker_kind`].
     Unsupported(Distribution),
+    /// This distribution places workers on other nodes, and this node runs
+    /// no distribution.
+    NotDistributed,
+    /// The workers' arguments could not be archived.
+    Arguments(String),
     /// The manager did not answer: it is gone, or too slow.
     Call(CallError),
 }
@@ -229,9 +308,12 @@ pub enum EcosystemError {
 impl fmt::Display for EcosystemError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            EcosystemError::Unsupported(distribution) => {
-                write!(f, "distribution {distribution:?} is not supported yet")
-            }
+            EcosystemError::Unsupported(distribution) => write!(
+                f,
+                "distribution {distribution:?} needs workers started by kind, not by a function"
+            ),
+            EcosystemError::NotDistributed => f.write_str("this node runs no distribution"),
+            EcosystemError::Arguments(error) => write!(f, "the workers' arguments: {error}"),
             EcosystemError::Call(error) => write!(f, "ecosystem call failed: {error}"),
         }
     }
@@ -262,7 +344,10 @@ where
     M: Send + 'static,
 {
     if spec.distribution != Distribution::LocalOnly {
-        return Err(EcosystemError::Unsupported(spec.distribution));
+        if matches!(spec.worker, WorkerStart::Local(_)) {
+            return Err(EcosystemError::Unsupported(spec.distribution));
+        }
+        Dist::of(cx).map_err(|_| EcosystemError::NotDistributed)?;
     }
     let parent = cx.pid();
     let manager = cx.spawn_link(move |cx| serve(Manager::new(spec, parent), cx));
@@ -392,9 +477,19 @@ pub(crate) struct Manager<C: From<WorkerEvent> + Send + 'static, W: Send + 'stat
     /// exit or a scale-down is O(1) whatever the size.
     workers: Vec<Addr<W>>,
     positions: HashMap<Pid, usize>,
+    /// Workers per node, for `LeastLoaded`.
+    per_node: HashMap<NodeId, usize>,
+    /// Placements so far, for `RoundRobin` and `TopologyAware`.
+    turn: usize,
+    /// Draws of `Random`.
+    draws: SimRng,
     restarts: u64,
     intensity: RestartIntensity,
 }
+
+/// How long a remote spawn of a worker may take before the next node is
+/// tried.
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl<C, W> Manager<C, W>
 where
@@ -408,6 +503,9 @@ where
             target: spec.workers,
             workers: Vec::new(),
             positions: HashMap::new(),
+            per_node: HashMap::new(),
+            turn: 0,
+            draws: SimRng::new(parent.to_bits(), 0xec05),
             restarts: 0,
             intensity: RestartIntensity::new(spec.max_restarts, spec.period),
             spec,
@@ -417,21 +515,101 @@ where
     /// Starts the coordinator, then workers up to the target. On a restart
     /// (`announce`) the coordinator is told of each worker; at the first
     /// start it can ask for them.
-    fn start_all(&mut self, cx: &ServerContext<Self>, announce: bool) {
+    async fn start_all(
+        &mut self,
+        cx: &ServerContext<Self>,
+        announce: bool,
+    ) -> Result<(), ExitReason> {
         self.coordinator = Some((self.spec.coordinator)(cx));
         while self.workers.len() < self.target {
-            let worker = self.start_worker(cx);
+            let worker = self.start_worker(cx).await?;
             if announce {
                 self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
             }
         }
+        Ok(())
     }
 
-    fn start_worker(&mut self, cx: &ServerContext<Self>) -> Addr<W> {
-        let worker = (self.spec.worker)(cx);
+    /// Starts a worker, linked: here by its function, or by its kind on a
+    /// node the placement picks. A worker that no node could start ends
+    /// the manager, as a child that fails to start ends its supervisor.
+    async fn start_worker(&mut self, cx: &ServerContext<Self>) -> Result<Addr<W>, ExitReason> {
+        let worker = match self.spec.worker.clone() {
+            WorkerStart::Local(start) => start(cx),
+            WorkerStart::Kind { kind, args } => self.start_by_kind(cx, &kind, &args).await?,
+        };
         self.positions.insert(worker.pid(), self.workers.len());
+        *self.per_node.entry(worker.pid().node()).or_default() += 1;
         self.workers.push(worker);
-        worker
+        Ok(worker)
+    }
+
+    async fn start_by_kind(
+        &mut self,
+        cx: &ServerContext<Self>,
+        kind: &str,
+        args: &[u8],
+    ) -> Result<Addr<W>, ExitReason> {
+        let mut refusals = Vec::new();
+        for node in self.placement_order(cx) {
+            match dist::spawn_archived(cx, node, kind, args.to_vec(), SPAWN_TIMEOUT).await {
+                Ok(pid) => {
+                    cx.link(pid);
+                    return Ok(Addr::from_pid(pid));
+                }
+                Err(error) => refusals.push(format!("node {}: {error}", node.0)),
+            }
+        }
+        Err(ExitReason::error(format!(
+            "no node could start a worker of kind {kind:?} ({})",
+            refusals.join("; ")
+        )))
+    }
+
+    /// The nodes to try for the next worker, in the placement's order:
+    /// those of the distribution that are up.
+    fn placement_order(&mut self, cx: &ServerContext<Self>) -> Vec<NodeId> {
+        let here = cx.runtime().node();
+        let up = Dist::of(cx).map_or_else(|_| vec![here], |dist| dist.nodes());
+        let (mut nodes, placement): (Vec<NodeId>, _) = match &self.spec.distribution {
+            Distribution::ExplicitNodes { nodes, placement } => (
+                nodes
+                    .iter()
+                    .copied()
+                    .filter(|node| up.contains(node))
+                    .collect(),
+                *placement,
+            ),
+            Distribution::ClusterWide { placement } => (up, *placement),
+            Distribution::LocalOnly => (vec![here], PlacementStrategy::RoundRobin),
+        };
+        if nodes.is_empty() {
+            return nodes;
+        }
+        let turn = self.turn % nodes.len();
+        self.turn += 1;
+        match placement {
+            PlacementStrategy::RoundRobin => nodes.rotate_left(turn),
+            PlacementStrategy::Random => {
+                let first = self.draws.below(nodes.len() as u64) as usize;
+                nodes.rotate_left(first);
+            }
+            PlacementStrategy::LeastLoaded => {
+                nodes.sort_by_key(|node| self.per_node.get(node).copied().unwrap_or(0));
+            }
+            PlacementStrategy::TopologyAware => {
+                if let Some(at) = nodes.iter().position(|&node| node == here) {
+                    nodes[..=at].rotate_right(1);
+                }
+            }
+        }
+        nodes
+    }
+
+    fn placed_elsewhere(&mut self, pid: Pid) {
+        if let Some(count) = self.per_node.get_mut(&pid.node()) {
+            *count = count.saturating_sub(1);
+        }
     }
 
     /// Forgets worker `pid`; whether it was one.
@@ -439,6 +617,7 @@ where
         let Some(position) = self.positions.remove(&pid) else {
             return false;
         };
+        self.placed_elsewhere(pid);
         self.workers.swap_remove(position);
         if let Some(moved) = self.workers.get(position) {
             self.positions.insert(moved.pid(), position);
@@ -456,6 +635,7 @@ where
     fn stop_newest_worker(&mut self, cx: &ServerContext<Self>) {
         if let Some(worker) = self.workers.pop() {
             self.positions.remove(&worker.pid());
+            self.placed_elsewhere(worker.pid());
             cx.unlink(worker.pid());
             cx.exit(worker.pid(), ExitReason::Shutdown);
         }
@@ -490,8 +670,7 @@ where
 
     async fn init(&mut self, cx: &ServerContext<Self>) -> Result<(), ExitReason> {
         cx.trap_exit(true);
-        self.start_all(cx, false);
-        Ok(())
+        self.start_all(cx, false).await
     }
 
     async fn handle_call(
@@ -505,7 +684,7 @@ where
             Request::Scale(target) => {
                 self.target = target;
                 while self.workers.len() < target {
-                    let worker = self.start_worker(cx);
+                    let worker = self.start_worker(cx).await?;
                     self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
                 }
                 while self.workers.len() > target {
@@ -561,7 +740,7 @@ where
             match self.spec.strategy {
                 Strategy::OneForAll | Strategy::RestForOne => {
                     self.stop_all(cx);
-                    self.start_all(cx, true);
+                    self.start_all(cx, true).await?;
                 }
                 Strategy::OneForOne | Strategy::Dynamic => {
                     self.coordinator = Some((self.spec.coordinator)(cx));
@@ -580,9 +759,9 @@ where
             self.restart_allowed(cx.now())?;
             if self.spec.strategy == Strategy::OneForAll {
                 self.stop_all(cx);
-                self.start_all(cx, true);
+                self.start_all(cx, true).await?;
             } else {
-                let worker = self.start_worker(cx);
+                let worker = self.start_worker(cx).await?;
                 self.tell_coordinator(cx, WorkerEvent::Started { pid: worker.pid() });
             }
         }

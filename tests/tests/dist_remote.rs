@@ -5,35 +5,24 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{eventually, PATIENCE};
 use foundation::dist::{self, Call, CallError, SpawnError};
-use foundation::membership::PeerService;
 use foundation::node::{Node, NodeConfig};
 use foundation::transport::Remote;
 use foundation::{Context, Envelope, ExitReason, NodeId, Pid, ShardId};
 
-fn node(config: NodeConfig, seeds: &[SocketAddr]) -> Node {
-    let mut config = config.shards(1);
-    config.seeds = seeds.to_vec();
-    Node::start(config).expect("the node starts")
-}
-
 fn config(id: u16) -> NodeConfig {
-    NodeConfig::new(format!("node-{id}"), "remote-tests").id(id)
+    common::cluster::config(id, "remote-tests")
 }
 
 /// Two nodes, joined.
 fn pair(a: NodeConfig, b: NodeConfig) -> (Node, Node) {
-    let a = node(a, &[]);
-    let b = node(b, &[a.addr()]);
-    eventually("the nodes see each other", || {
-        a.membership().members().len() == 1 && b.membership().members().len() == 1
-    });
-    (a, b)
+    let mut nodes = common::cluster::cluster(vec![a, b]);
+    let b = nodes.pop().expect("two nodes");
+    (nodes.pop().expect("two nodes"), b)
 }
 
 /// Runs `body` as a process on `node` and returns its result.

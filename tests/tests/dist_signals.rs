@@ -5,35 +5,17 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::cluster::config;
 use common::{eventually, PATIENCE};
-use foundation::membership::PeerService;
-use foundation::node::{Node, NodeConfig};
+use foundation::node::Node;
 use foundation::{Addr, Context, Envelope, ExitReason, NodeId, Pid, ShardId};
 
-fn node(id: u16, seeds: &[SocketAddr]) -> Node {
-    let mut config = NodeConfig::new(format!("node-{id}"), "signal-tests")
-        .id(id)
-        .shards(1);
-    config.seeds = seeds.to_vec();
-    Node::start(config).expect("the node starts")
-}
-
-/// Nodes joined into one cluster through the first.
+/// Nodes `ids`, joined.
 fn cluster(ids: &[u16]) -> Vec<Node> {
-    let first = node(ids[0], &[]);
-    let seed = [first.addr()];
-    let mut nodes = vec![first];
-    nodes.extend(ids[1..].iter().map(|&id| node(id, &seed)));
-    eventually("the membership converges", || {
-        nodes
-            .iter()
-            .all(|node| node.membership().members().len() == ids.len() - 1)
-    });
-    nodes
+    common::cluster::cluster(ids.iter().map(|&id| config(id, "signal-tests")).collect())
 }
 
 /// A process on `node` that waits for a `String` and ends with it as an

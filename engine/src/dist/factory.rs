@@ -101,8 +101,20 @@ pub async fn spawn<M: Send + 'static, A: Wire>(
     args: &A,
     timeout: Duration,
 ) -> Result<Pid, SpawnError> {
-    let dist = Dist::of(cx).map_err(|_| SpawnError::NotDistributed)?;
     let args = frame::archive(args).map_err(|e| SpawnError::BadArguments(e.to_string()))?;
+    spawn_archived(cx, node, kind, args, timeout).await
+}
+
+/// [`spawn`] with the arguments archived already ([`frame::archive`]), as
+/// an ecosystem keeps its workers' arguments.
+pub(crate) async fn spawn_archived<M: Send + 'static>(
+    cx: &Context<M>,
+    node: NodeId,
+    kind: &str,
+    args: Vec<u8>,
+    timeout: Duration,
+) -> Result<Pid, SpawnError> {
+    let dist = Dist::of(cx).map_err(|_| SpawnError::NotDistributed)?;
     let factory = well_known(node, Service::Dist);
     let request = |id| DistMessage::Spawn {
         id,

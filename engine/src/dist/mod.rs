@@ -54,6 +54,7 @@ use calls::Pending;
 use signals::{Relations, WireSignal};
 
 pub use calls::{call, reply, Call, CallError};
+pub(crate) use factory::spawn_archived;
 pub use factory::{spawn, Factory, SpawnError};
 
 /// A service every node runs at a fixed address.
@@ -116,6 +117,7 @@ pub struct Dist {
 struct Shared {
     handle: Handle,
     transport: Transport,
+    peers: Arc<dyn PeerService>,
     relations: Mutex<Relations>,
     pending: Pending,
     factory: Factory,
@@ -166,6 +168,7 @@ impl Dist {
             shared: Arc::new(Shared {
                 handle: handle.clone(),
                 transport,
+                peers: peers.clone(),
                 relations: Mutex::new(Relations::default()),
                 pending: Pending::default(),
                 factory: Factory::default(),
@@ -203,6 +206,15 @@ impl Dist {
         ChildSpec::worker("dist_service", move |cx: Context<Command>| {
             serve(cx, shared.clone())
         })
+    }
+
+    /// The nodes up, this one first, then its peer service's members in
+    /// node order.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        let me = self.shared.handle.node();
+        std::iter::once(me)
+            .chain(self.shared.peers.members().iter().map(|member| member.node))
+            .collect()
     }
 
     /// The node's process factory: what other nodes may spawn here.

@@ -3,7 +3,8 @@
 //! `transport_*` suites, test nodes ([`transport`]), a proxy that cuts
 //! their connections ([`proxy`]) and a peer played by hand
 //! ([`raw_peer`]); for the `sim_*` suites, a supervisor of crashing
-//! workers ([`sim`]).
+//! workers ([`sim`]); for the `dist_*` suites, clusters of nodes in this
+//! process ([`cluster`]).
 
 #![allow(
     dead_code,
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use foundation::{Context, Down, Envelope, Exit, ExitReason, MonitorRef, Placement, ShardId};
 
+pub(crate) mod cluster;
 pub(crate) mod proxy;
 pub(crate) mod raw_peer;
 pub(crate) mod sim;
