@@ -24,6 +24,8 @@
 //! * [`dist`]: links, monitors and exit signals across nodes, messages by
 //!   pid or name, calls, and remote spawn through each node's process
 //!   factory;
+//! * [`storage`]: a node's durable state, which a crash loses unless
+//!   synced — on a file, or on a simulated disk;
 //! * [`transport`]: nodes connected over io_uring or epoll, with
 //!   validated zero-copy frames on prioritized channels with credit-based
 //!   backpressure (the `foundation-transport` crate);
@@ -61,6 +63,7 @@ pub mod membership;
 pub mod node;
 pub mod registry;
 pub mod server;
+pub mod storage;
 pub mod supervision;
 
 pub use foundation_sched::*;

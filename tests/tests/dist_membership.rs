@@ -272,3 +272,22 @@ fn a_partition_rule_from_the_configuration_keeps_a_node_out() {
         node.stop();
     }
 }
+
+/// A node with a data directory keeps its synced state across a restart.
+#[test]
+fn a_node_keeps_its_synced_state_in_its_data_directory() {
+    let dir = std::env::temp_dir().join(format!("foundation-node-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let node = Node::start(config(161, &[]).data_dir(&dir)).unwrap();
+    let disk = node.disk().expect("a data directory gives a disk");
+    disk.put(b"kept", b"yes");
+    disk.sync().unwrap();
+    disk.put(b"lost", b"never synced");
+    node.crash();
+    let again = Node::start(config(161, &[]).data_dir(&dir)).unwrap();
+    let disk = again.disk().expect("the same disk");
+    assert_eq!(disk.get(b"kept").unwrap().as_deref(), Some(&b"yes"[..]));
+    assert_eq!(disk.get(b"lost").unwrap(), None);
+    again.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::sim::{crashing_workers, seeds};
+use common::sim::{crashing_workers, every_seed};
 use foundation::sim::{Bug, SimRng, Simulation};
 use foundation::{Context, Envelope, ExitReason, MonitorRef, Pid, Runtime};
 
@@ -39,14 +39,12 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 #[test]
 fn sim_invariants_hold_under_random_chaos() {
-    for seed in seeds(DEFAULT_SEEDS) {
-        if let Err(failure) = run_scenario(seed, None) {
-            panic!(
-                "{failure}\nreplay: FOUNDATION_SIM_SEED={seed} cargo test -p foundation-tests \
-                 --test sim_invariants sim_invariants_hold"
-            );
-        }
-    }
+    every_seed(
+        DEFAULT_SEEDS,
+        "sim_invariants",
+        "sim_invariants_hold",
+        |seed| run_scenario(seed, None),
+    );
 }
 
 /// The runner can fail: with one `Down` lost on purpose, some seed among

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::sim::seeds;
+use common::sim::{every_seed, seeds};
 use foundation::dist::Dist;
 use foundation::membership::{FailureDetector, FullMesh, PeerService};
 use foundation::sim::{SimRng, Simulation};
@@ -244,14 +244,9 @@ fn ended_targets_were_reported(nodes: &[Mutex<Shared>], watches: &Watches) -> Re
 
 #[test]
 fn sim_membership_converges_and_monitors_fire_once_through_crashes_and_partitions() {
-    for seed in seeds(DEFAULT_SEEDS) {
-        if let Err(failure) = run(seed) {
-            panic!(
-                "seed {seed}: {failure}\nreplay: FOUNDATION_SIM_SEED={seed} cargo test \
-                 -p foundation-tests --test sim_membership"
-            );
-        }
-    }
+    every_seed(DEFAULT_SEEDS, "sim_membership", "converges", |seed| {
+        run(seed).map(drop)
+    });
 }
 
 #[test]

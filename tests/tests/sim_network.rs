@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::sim::seeds;
+use common::sim::{every_seed, seeds};
 use common::transport::{Numbered, Seen};
 use foundation::sim::{SimRng, Simulation};
 use foundation::time::Instant;
@@ -615,12 +615,10 @@ fn check_consecutive(log: &ChaosLog) -> Result<(), String> {
 
 #[test]
 fn sim_network_cluster_chaos_keeps_acknowledged_delivery_exact() {
-    for seed in seeds(DEFAULT_SEEDS) {
-        if let Err(failure) = cluster_chaos(seed) {
-            panic!(
-                "seed {seed}: {failure}\nreplay: FOUNDATION_SIM_SEED={seed} cargo test \
-                 -p foundation-tests --test sim_network sim_network_cluster_chaos"
-            );
-        }
-    }
+    every_seed(
+        DEFAULT_SEEDS,
+        "sim_network",
+        "sim_network_cluster_chaos",
+        cluster_chaos,
+    );
 }

@@ -72,7 +72,8 @@ pub struct NodeConfig {
     /// first node.
     #[serde(default)]
     pub seeds: Vec<SocketAddr>,
-    /// Where the node keeps durable state (created at start if missing).
+    /// Where the node keeps durable state (created at start if missing):
+    /// its database, `node.redb` ([`crate::storage::Disk`]).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
     /// Shards (threads) of the runtime (default: one per core).

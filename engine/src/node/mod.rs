@@ -42,6 +42,7 @@ use foundation_transport::{Cookie, StartError, Transport, TransportConfig};
 
 use crate::dist::Dist;
 use crate::membership::{boot_stamp, FullMesh, Member};
+use crate::storage::{Disk, StorageError};
 use crate::supervision::{Strategy, SupervisorRef, SupervisorSpec};
 
 /// A running node.
@@ -50,8 +51,12 @@ pub struct Node {
     transport: Transport,
     mesh: FullMesh,
     dist: Dist,
+    disk: Option<Disk>,
     supervisor: SupervisorRef,
 }
+
+/// The node's database file, under its data directory.
+const DATABASE: &str = "node.redb";
 
 /// Why a node could not start.
 #[derive(Debug)]
@@ -65,6 +70,8 @@ pub enum NodeError {
     Start(StartError),
     /// The system supervisor could not be spawned.
     Spawn(foundation_sched::SpawnError),
+    /// The node's database could not be opened.
+    Storage(StorageError),
 }
 
 impl fmt::Display for NodeError {
@@ -74,6 +81,7 @@ impl fmt::Display for NodeError {
             NodeError::DataDir(error) => write!(f, "data directory: {error}"),
             NodeError::Start(error) => write!(f, "{error}"),
             NodeError::Spawn(error) => write!(f, "system supervisor: {error}"),
+            NodeError::Storage(error) => write!(f, "{error}"),
         }
     }
 }
@@ -85,9 +93,13 @@ impl Node {
     pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
         config.check().map_err(NodeError::Config)?;
         let secret = config.cookie_secret().map_err(NodeError::Config)?;
-        if let Some(dir) = &config.data_dir {
-            std::fs::create_dir_all(dir).map_err(NodeError::DataDir)?;
-        }
+        let disk = match &config.data_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(NodeError::DataDir)?;
+                Some(Disk::open(dir.join(DATABASE)).map_err(NodeError::Storage)?)
+            }
+            None => None,
+        };
         let mut builder = Runtime::builder().node(config.node_id());
         if let Some(shards) = config.shards {
             builder = builder.shards(shards);
@@ -131,6 +143,7 @@ impl Node {
             transport,
             mesh,
             dist,
+            disk,
             supervisor,
         })
     }
@@ -174,6 +187,12 @@ impl Node {
     /// nodes.
     pub fn dist(&self) -> &Dist {
         &self.dist
+    }
+
+    /// The node's durable state (`node.redb` under its data directory), if
+    /// it has a data directory.
+    pub fn disk(&self) -> Option<&Disk> {
+        self.disk.as_ref()
     }
 
     /// The pid of the node's system supervisor.

@@ -44,3 +44,23 @@ pub(crate) fn seeds(default: u64) -> Vec<u64> {
         None => (0..number("FOUNDATION_SIM_SEEDS").unwrap_or(default)).collect(),
     }
 }
+
+/// Runs `scenario` for every seed of [`seeds`]`(default)`; the first that
+/// fails panics with its seed, what failed, and the command that replays it
+/// alone: `FOUNDATION_SIM_SEED=<seed> cargo test -p foundation-tests
+/// --test <suite> <test>`.
+pub(crate) fn every_seed(
+    default: u64,
+    suite: &str,
+    test: &str,
+    scenario: impl Fn(u64) -> Result<(), String>,
+) {
+    for seed in seeds(default) {
+        if let Err(failure) = scenario(seed) {
+            panic!(
+                "seed {seed}: {failure}\nreplay: FOUNDATION_SIM_SEED={seed} cargo test \
+                 -p foundation-tests --test {suite} {test}"
+            );
+        }
+    }
+}
