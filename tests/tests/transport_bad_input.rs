@@ -21,7 +21,7 @@ use foundation::transport::{
     Backend, ChannelId, ChannelSpec, ConnectionError, Cookie, HandshakeError, Remote,
     TransportConfig, TransportStats, PROTOCOL_VERSION,
 };
-use foundation::{Addr, Pid};
+use foundation::{Addr, NodeId, Pid, ShardId};
 
 on_each_backend!(
     bytes_that_are_not_a_frame_are_a_bad_magic,
@@ -36,7 +36,8 @@ on_each_backend!(
     a_proof_without_the_cookie_is_refused,
     a_node_with_another_cookie_is_refused_on_both_sides,
     a_node_with_another_channel_list_is_refused_on_both_sides,
-    a_payload_that_is_not_the_destinations_type_closes_the_connection,
+    a_payload_that_is_not_the_destinations_type_is_dropped_and_the_connection_stays,
+    a_frame_from_another_nodes_process_closes_the_connection,
     a_frame_for_another_channel_closes_the_connection,
     feedback_and_handshake_frames_after_the_handshake_close_the_connection,
     an_oversized_frame_after_the_handshake_closes_the_connection,
@@ -362,18 +363,59 @@ fn a_node_with_another_channel_list_is_refused_on_both_sides(backend: Backend) {
 }
 
 /// An authenticated peer sends a registered process a payload that is
-/// not its message type.
-fn a_payload_that_is_not_the_destinations_type_closes_the_connection(backend: Backend) {
+/// A well-framed message whose payload is not the destination's type, on
+/// the acknowledged channel: dropped, counted and reported, and the
+/// connection carries on — closing it would only bring the message back,
+/// resent after the reconnect, forever.
+fn a_payload_that_is_not_the_destinations_type_is_dropped_and_the_connection_stays(
+    backend: Backend,
+) {
+    let mut cluster = Cluster::start(config(backend));
+    let mut raw = cluster.authenticated(ChannelId::CONTROL);
+    let before = cluster.b.stats();
+    let to = cluster.receiver.pid();
+    let control = ChannelId::CONTROL.0;
+    raw.send_frame(raw_peer::header(FrameKind::Message, control, to, 2), &7_u8);
+    raw.send_frame(
+        raw_peer::header(FrameKind::Message, control, to, 3),
+        &Numbered::new(9, 1, 8),
+    );
+    let seen = cluster
+        .rx
+        .recv_timeout(ARRIVAL)
+        .expect("the next message arrives");
+    assert_eq!((seen.seq, seen.intact), (1, true));
+    cluster.b.expect_error("a refused message", |error| {
+        matches!(
+            error,
+            ConnectionError::MessageRefused(FrameError::InvalidPayload(_))
+        )
+    });
+    let frame_error = Counted {
+        connection_errors: 0,
+        frame_errors: 1,
+        refused: 0,
+    };
+    cluster.assert_counted(before, frame_error);
+    cluster.assert_still_served();
+}
+
+/// A frame whose source pid names another node than the one that
+/// handshook: a node speaks only for its own processes.
+fn a_frame_from_another_nodes_process_closes_the_connection(backend: Backend) {
     let mut cluster = Cluster::start(config(backend));
     let mut raw = cluster.authenticated(ChannelId::DATA);
     let before = cluster.b.stats();
-    let to = cluster.receiver.pid();
-    raw.send_frame(raw_peer::header(FrameKind::Message, 1, to, 0), &7_u8);
+    let mut header = raw_peer::header(FrameKind::Message, 1, cluster.receiver.pid(), 0);
+    let claimed = NodeId(header.source.node().0 + 1);
+    header.source = Pid::new(claimed, ShardId(0), 1, 1);
+    raw.send_frame(header, &Numbered::new(9, 1, 8));
     raw.read_until_closed();
-    cluster.b.expect_error("an invalid payload", |error| {
-        matches!(error, ConnectionError::Frame(FrameError::InvalidPayload(_)))
-    });
-    cluster.assert_counted(before, Counted::FRAME_ERROR);
+    cluster.b.expect_error(
+        "an impersonation",
+        |error| matches!(error, ConnectionError::Impersonation { claimed: c, .. } if *c == claimed),
+    );
+    cluster.assert_counted(before, Counted::ERROR);
     assert!(cluster.rx.recv_timeout(QUIET).is_err(), "nothing delivered");
     cluster.assert_still_served();
 }

@@ -513,6 +513,13 @@ impl Reader {
             if header.channel != self.channel {
                 return Err(ConnectionError::WrongChannel(header.channel));
             }
+            if header.source.node() != self.peer {
+                // A node speaks only for its own processes.
+                return Err(ConnectionError::Impersonation {
+                    peer: self.peer,
+                    claimed: header.source.node(),
+                });
+            }
             if self.acknowledged {
                 if header.sequence <= self.received {
                     released += len as u64; // Sent again after a reconnect.
@@ -592,13 +599,21 @@ impl Reader {
         for (header, whole) in deliveries.drain(..) {
             let found = match whole {
                 Whole::InBatch(payload) => {
-                    inner.deliver(&mut self.endpoints, &batch, header, payload)?
+                    inner.deliver(&mut self.endpoints, &batch, header, payload)
                 }
                 Whole::Reassembled(block) => {
-                    inner.deliver(&mut self.endpoints, &block, header, 0..block.len())?
+                    inner.deliver(&mut self.endpoints, &block, header, 0..block.len())
                 }
             };
-            delivered += u64::from(found);
+            match found {
+                Ok(found) => delivered += u64::from(found),
+                // A well-framed message that is not what its process takes
+                // (a caller's mistake, or a newer peer's message this
+                // build does not know) is dropped and reported; closing
+                // the connection would only bring it back, forever, on an
+                // acknowledged channel.
+                Err(error) => inner.message_refused(self.peer, error),
+            }
         }
         inner.counters.delivered.add(delivered);
         inner.counters.undeliverable.add(attempted - delivered);

@@ -11,8 +11,11 @@
 //! senders, and the memory held for it stays within the channel's window.
 //!
 //! Payloads are validated (`rkyv::access`, bytecheck) once, when the frame
-//! is delivered to an [`Endpoint`] that knows its type; a payload that is
-//! not a valid `T` closes the connection it came on.
+//! is delivered to an [`Endpoint`] that knows its type. A payload that is
+//! not a valid `T` is dropped and reported
+//! ([`ConnectionError::MessageRefused`](crate::ConnectionError)); the
+//! connection stays, since its frames were sound and, on an acknowledged
+//! channel, closing it would bring the same message back forever.
 
 #![allow(unsafe_code)] // One block: re-reading a validated archive in place.
 

@@ -32,7 +32,10 @@
 //!   whose frames are 1 MiB and whose connections run at low priority.
 //! - **Bad input** closes only the connection it came on, with a typed
 //!   [`ConnectionError`] in the log, in [`Transport::recent_errors`] and in
-//!   a counter ([`TransportStats`]).
+//!   a counter ([`TransportStats`]). A frame whose source names another
+//!   node's process closes it too: a node speaks only for its own. A sound
+//!   frame whose payload is not what its process takes is dropped and
+//!   reported the same way, and the connection stays.
 //!
 //! # Example
 //!
@@ -289,8 +292,7 @@ pub enum ConnectionError {
     Io(io::ErrorKind, String),
     /// The handshake failed.
     Handshake(HandshakeError),
-    /// A malformed frame (bad magic or version, oversized, truncated, or a
-    /// payload that is not the destination's message type).
+    /// A malformed frame (bad magic or version, oversized, truncated).
     Frame(FrameError),
     /// A frame of a kind that has no business on this connection.
     UnexpectedFrame(FrameKind),
@@ -318,6 +320,17 @@ pub enum ConnectionError {
     /// Cut on purpose by a fault rule ([`fault`]): a partition, or a
     /// message lost on an acknowledged channel.
     FaultInjected,
+    /// A frame claimed to come from a process of another node than the
+    /// one at the other end: a node speaks only for its own processes.
+    Impersonation {
+        /// The node at the other end.
+        peer: NodeId,
+        /// The node the frame named.
+        claimed: NodeId,
+    },
+    /// A well-framed message whose payload is not what its process takes,
+    /// dropped (the connection stays).
+    MessageRefused(FrameError),
 }
 
 impl fmt::Display for ConnectionError {
@@ -345,6 +358,12 @@ impl fmt::Display for ConnectionError {
             ConnectionError::Closed => f.write_str("closed"),
             ConnectionError::NoReactor => f.write_str("no I/O reactor on this shard"),
             ConnectionError::FaultInjected => f.write_str("cut by a fault rule"),
+            ConnectionError::Impersonation { peer, claimed } => write!(
+                f,
+                "node {} sent a frame from a process of node {}",
+                peer.0, claimed.0
+            ),
+            ConnectionError::MessageRefused(error) => write!(f, "message dropped: {error}"),
         }
     }
 }
@@ -1209,6 +1228,26 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Logs, counts and keeps a message dropped because its payload is not
+    /// what its process takes.
+    fn message_refused(&self, peer: NodeId, error: ConnectionError) {
+        let ConnectionError::Frame(error) = error else {
+            return self.connection_failed(Some(peer), self.local_addr, error);
+        };
+        self.counters.frame_errors.increment();
+        tracing::warn!("message from node {} dropped: {error}", peer.0);
+        self.remember(ConnectionError::MessageRefused(error));
+    }
+
+    /// Keeps `error` for [`Transport::recent_errors`].
+    fn remember(&self, error: ConnectionError) {
+        let mut recent = self.recent();
+        if recent.len() == RECENT_ERRORS {
+            recent.pop_front();
+        }
+        recent.push_back(error);
+    }
+
     /// Logs, counts and keeps a connection's end.
     fn connection_failed(&self, peer: Option<NodeId>, addr: SocketAddr, error: ConnectionError) {
         if self.is_closed() {
@@ -1238,11 +1277,7 @@ impl Inner {
             }
             (None, true) => tracing::info!("connection from {addr}: {error}"),
         }
-        let mut recent = self.recent();
-        if recent.len() == RECENT_ERRORS {
-            recent.pop_front();
-        }
-        recent.push_back(error);
+        self.remember(error);
     }
 }
 
