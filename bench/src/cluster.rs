@@ -171,8 +171,16 @@ impl ChildNode {
 
 impl Drop for ChildNode {
     fn drop(&mut self) {
-        // Closing stdin asks the node to leave and stop.
+        // Closing stdin asks the node to leave and stop; one that has not
+        // within a few seconds is killed.
         drop(self.child.stdin.take());
+        for _ in 0..500 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }

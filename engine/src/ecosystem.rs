@@ -25,7 +25,12 @@
 //! since a function cannot travel to another node. The manager links to
 //! each worker wherever it runs, so a worker whose node goes down ends for
 //! the manager with `noconnection` and is replaced on a node that is up,
-//! like any worker that ends. The coordinator runs beside the manager.
+//! like any worker that ends. The coordinator runs beside the manager. A
+//! worker on another node is reached with [`crate::dist::send`] to its pid
+//! (its [`Addr`] serves only on its own node), and its kind should take
+//! [`Remote`](foundation_transport::Remote) messages; the manager spawns
+//! and then links, so a manager that dies between the two leaves that one
+//! worker running.
 //!
 //! ```
 //! use foundation::ecosystem::{spawn_ecosystem, EcosystemSpec, WorkerEvent};
@@ -109,7 +114,7 @@ pub enum PlacementStrategy {
     Random,
     /// Near the coordinator first. Nodes carry no machine or rack
     /// information yet, so this is the manager's own node, then the others
-    /// in turn.
+    /// in node order.
     TopologyAware,
 }
 
@@ -606,7 +611,8 @@ where
         nodes
     }
 
-    fn placed_elsewhere(&mut self, pid: Pid) {
+    /// Counts worker `pid` off its node.
+    fn unplace(&mut self, pid: Pid) {
         if let Some(count) = self.per_node.get_mut(&pid.node()) {
             *count = count.saturating_sub(1);
         }
@@ -617,7 +623,7 @@ where
         let Some(position) = self.positions.remove(&pid) else {
             return false;
         };
-        self.placed_elsewhere(pid);
+        self.unplace(pid);
         self.workers.swap_remove(position);
         if let Some(moved) = self.workers.get(position) {
             self.positions.insert(moved.pid(), position);
@@ -635,7 +641,7 @@ where
     fn stop_newest_worker(&mut self, cx: &ServerContext<Self>) {
         if let Some(worker) = self.workers.pop() {
             self.positions.remove(&worker.pid());
-            self.placed_elsewhere(worker.pid());
+            self.unplace(worker.pid());
             cx.unlink(worker.pid());
             cx.exit(worker.pid(), ExitReason::Shutdown);
         }

@@ -555,6 +555,13 @@ impl Transport {
         Ok(Transport { inner })
     }
 
+    /// This start's incarnation: a number drawn when the transport
+    /// started (from its seed, in a simulation), which peers use to tell a
+    /// restarted node from a reconnecting one.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.identity.incarnation
+    }
+
     /// This node's name.
     pub fn name(&self) -> &str {
         &self.inner.identity.name

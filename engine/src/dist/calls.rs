@@ -3,14 +3,16 @@
 //! The caller monitors the server and sends it a [`Call`] (an id and the
 //! request) on the acknowledged `control` channel, where the monitor went
 //! just before it: the server's node takes the monitor first, so a server
-//! that ends on the request is seen to end with its own reason. The server answers with
-//! [`reply`], which sends the answer, archived, to the caller's node's
-//! distribution service on the acknowledged `control` channel; that
-//! service completes the call waiting under that id. The answer and the
-//! `Down` of a server that ends after answering leave the server's node on
-//! the same connection, answer first, and are handled in that order by the
-//! one inbox, so a server that answers and then ends is never mistaken for
-//! one that ended without answering.
+//! that ends on the request is seen to end with its own reason. The server
+//! answers with [`reply`], which sends the answer, archived, to the
+//! caller's node's distribution address on `control`; the caller's node
+//! completes the call waiting under that id on the thread that receives
+//! it. The answer and the `Down` of a server that ends after answering
+//! leave the server's node on the same connection, answer first, and are
+//! taken in that order, so a server that answers and then ends is never
+//! mistaken for one that ended without answering. Both orders hold because
+//! `control` has one connection per peer (the default; a node refuses to
+//! start with more).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -116,9 +118,9 @@ where
         timeout,
     )
     .await;
-    if !matches!(body, Err(CallError::Exited(_))) {
-        cx.demonitor(monitor);
-    }
+    // Withdrawn whatever the outcome, and its `Down` flushed if it came
+    // anyway (the answer can be `noconnection` before the monitor's).
+    cx.demonitor(monitor);
     frame::unarchive(&body?).map_err(|error| CallError::BadAnswer(error.to_string()))
 }
 
@@ -135,6 +137,9 @@ pub(crate) async fn ask<M: Send + 'static, T: Wire>(
 ) -> Result<Vec<u8>, CallError> {
     let pending = &dist.shared.pending;
     let (id, answer) = pending.open(to.node());
+    // Whatever ends the wait — an answer, an error, or the caller's own end
+    // mid-call — the call stops waiting.
+    let _waiting = Waiting { pending, id };
     let sent = dist
         .shared
         .transport
@@ -146,7 +151,6 @@ pub(crate) async fn ask<M: Send + 'static, T: Wire>(
             .map_err(CallError::from),
         Err(error) => Err(CallError::Send(error)),
     };
-    pending.cancel(id);
     outcome?.map_err(CallError::Exited)
 }
 
@@ -175,18 +179,37 @@ where
         .await
 }
 
+/// A call waiting in [`Pending`], cancelled when dropped.
+struct Waiting<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pending.cancel(self.id);
+    }
+}
+
 /// An answer, or why none will come.
 type Answer = Result<Vec<u8>, ExitReason>;
 
 /// The calls and spawns of this node's processes that wait for another
 /// node's answer, by id.
-#[derive(Default)]
 pub(crate) struct Pending {
     next: AtomicU64,
     waiting: Mutex<HashMap<u64, (NodeId, oneshot::Sender<Answer>)>>,
 }
 
 impl Pending {
+    /// A table whose first call id is `first`.
+    pub(crate) fn starting_at(first: u64) -> Pending {
+        Pending {
+            next: AtomicU64::new(first),
+            waiting: Mutex::default(),
+        }
+    }
+
     /// A new call to `node`: its id, and where its answer will come.
     pub(crate) fn open(&self, node: NodeId) -> (u64, oneshot::Receiver<Answer>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);

@@ -11,6 +11,16 @@
 //! once. [`Node`](crate::node::Node) runs it; a simulation builds it with
 //! [`Dist::new`].
 //!
+//! # Order
+//!
+//! Signals and calls travel on the acknowledged `control` channel, one
+//! connection per peer, in the order their processes sent them: a monitor
+//! reaches its target's node before the request that follows it, and an
+//! answer reaches the caller's node before the `Down` of a server that
+//! ended after answering. Messages sent with [`send`] travel on `data`;
+//! unlike Erlang, which orders everything between two processes, a message
+//! sent before an exit signal may arrive after it.
+//!
 //! # Well-known services
 //!
 //! Every node runs a few services that peers must reach before they know
@@ -39,6 +49,7 @@ mod calls;
 mod factory;
 mod signals;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use foundation_sched::remote::{Distribution, Signal};
@@ -76,11 +87,17 @@ pub(crate) fn well_known(node: NodeId, service: Service) -> Pid {
 /// on shard 255 whose slot (top bit set, above every service's) and
 /// generation hold 39 bits of the name's hash.
 fn named(node: NodeId, name: &str) -> Pid {
-    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = name_hash(name);
     let slot = (1 << 23) | (hash as u32 & 0x7f_ffff);
     Pid::new(node, ShardId(u8::MAX), slot, (hash >> 23) as u16)
+}
+
+/// A name's 64-bit FNV-1a hash: the same in every build and on every node,
+/// as names on the wire need.
+pub(crate) fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// What distribution services send each other: every variant goes to the
@@ -119,6 +136,9 @@ struct Shared {
     transport: Transport,
     peers: Arc<dyn PeerService>,
     relations: Mutex<Relations>,
+    /// Messages for each node waiting in the service for room on its
+    /// lane; while any wait, later ones queue behind them.
+    backlog: Mutex<HashMap<NodeId, usize>>,
     pending: Pending,
     factory: Factory,
     /// The distribution service, while it runs.
@@ -133,8 +153,6 @@ enum Command {
     /// The answer to a spawn request from `node`, whose lane was out of
     /// credit.
     Answer(NodeId, DistMessage),
-    /// Membership declared `node` down.
-    NodeDown(NodeId),
 }
 
 /// Where a runtime keeps its node's [`Dist`], for the functions of this
@@ -157,20 +175,27 @@ impl std::error::Error for NotDistributed {}
 impl Dist {
     /// The distribution of the node whose runtime `handle` belongs to, over
     /// `transport`, ending relations with nodes that `peers` declares
-    /// down. Installs itself as the runtime's [`Distribution`] and as the
-    /// distribution this module's functions use on that runtime (the first
-    /// `Dist` made for a runtime stays). It carries signals, calls and
-    /// spawns once [`Dist::child_spec`] runs under a supervisor; until then,
-    /// and while the service restarts, a link or monitor to another node
-    /// is answered with `noconnection`.
+    /// down. Installs itself as the runtime's [`Distribution`], as the
+    /// receiver at the node's distribution address, and as what this
+    /// module's functions use on that runtime: make one per runtime (a
+    /// second takes the address over, while the functions keep the first).
+    /// Signals go out at once; [`Dist::child_spec`] runs the service that
+    /// sends those that find their lane out of credit. A link or monitor
+    /// to a node that `peers` does not hold for up is answered with
+    /// `noconnection` at once, and what such a node sends is dropped: it
+    /// ends its own relations when it learns it was declared down.
     pub fn new(handle: &Handle, transport: Transport, peers: Arc<dyn PeerService>) -> Dist {
+        // Call ids of every start differ, so that an answer meant for a
+        // call of this node's last run is never taken for one of this run.
+        let first_call = transport.incarnation();
         let dist = Dist {
             shared: Arc::new(Shared {
                 handle: handle.clone(),
                 transport,
                 peers: peers.clone(),
                 relations: Mutex::new(Relations::default()),
-                pending: Pending::default(),
+                backlog: Mutex::default(),
+                pending: Pending::starting_at(first_call),
                 factory: Factory::default(),
                 service: Mutex::new(None),
             }),
@@ -303,6 +328,10 @@ impl Distribution for Carrier {
     /// to the distribution service, which waits for room.
     fn signal(&self, to: Pid, signal: Signal) {
         let shared = &self.0;
+        if !shared.peers.is_up(to.node()) {
+            // No such node up: as Erlang answers for a node it cannot reach.
+            return shared.unreachable(to, signal);
+        }
         shared.relations().sent(to, &signal);
         let wire = DistMessage::Signal(WireSignal::new(to, &signal));
         let later = signal.clone();
@@ -322,6 +351,21 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn backlog(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, usize>> {
+        self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One message that waited for room went out (or failed) for `node`.
+    fn sent_later(&self, node: NodeId) {
+        let mut backlog = self.backlog();
+        if let Some(waiting) = backlog.get_mut(&node) {
+            *waiting -= 1;
+            if *waiting == 0 {
+                backlog.remove(&node);
+            }
+        }
+    }
+
     fn service(&self) -> Option<Addr<Command>> {
         *self.service.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -335,10 +379,7 @@ impl Shared {
             .spawn(move |cx: Context<MemberEvent>| async move {
                 while let Envelope::Msg(event) = cx.recv().await {
                     if let MemberEvent::Down(member, _) = event {
-                        match shared.service() {
-                            Some(service) => cx.send(&service, Command::NodeDown(member.node)),
-                            None => shared.node_down(member.node),
-                        }
+                        shared.node_down(member.node);
                     }
                 }
             });
@@ -358,17 +399,21 @@ impl Shared {
     ) -> Result<(), SendError> {
         let me = well_known(self.handle.node(), Service::Dist);
         let to = well_known(node, Service::Dist);
-        match self
-            .transport
-            .try_send(me, to, ChannelId::CONTROL, &message)
-        {
-            Err(SendError::WouldBlock) => {
-                let service = self.service().ok_or(SendError::WouldBlock)?;
-                self.handle.send(&service, later(message));
-                Ok(())
+        let mut backlog = self.backlog();
+        // Behind what waits for room already, in order.
+        if !backlog.contains_key(&node) {
+            match self
+                .transport
+                .try_send(me, to, ChannelId::CONTROL, &message)
+            {
+                Err(SendError::WouldBlock) => {}
+                sent => return sent,
             }
-            sent => sent,
         }
+        let service = self.service().ok_or(SendError::WouldBlock)?;
+        *backlog.entry(node).or_default() += 1;
+        self.handle.send(&service, later(message));
+        Ok(())
     }
 
     /// Answers `signal` as a node that cannot be reached would, and
@@ -399,10 +444,22 @@ impl Shared {
 /// goes to the distribution service, which may wait.
 fn receive(shared: &Shared, message: Remote<DistMessage>) {
     let from = message.source().node();
+    if from != shared.handle.node() && !shared.peers.is_up(from) {
+        // A node this one holds for down: its relations here are ended,
+        // and it ends its own when it learns it was declared down.
+        tracing::debug!("dropped a message from node {}, which is down", from.0);
+        return;
+    }
     match &*message {
         ArchivedDistMessage::Signal(signal) => match signal.decode(from, shared.handle.node()) {
             Ok((to, signal)) => {
-                shared.relations().received(to, &signal);
+                let mut relations = shared.relations();
+                if !relations.expects(from, to, &signal) {
+                    tracing::debug!("dropped a signal from node {} for no relation", from.0);
+                    return;
+                }
+                relations.received(to, &signal);
+                drop(relations);
                 shared.handle.deliver_signal(to, signal);
             }
             Err(error) => tracing::warn!("signal from node {}: {error:?}", from.0),
@@ -426,10 +483,27 @@ fn receive(shared: &Shared, message: Remote<DistMessage>) {
 /// found their lane out of credit, and ends relations with nodes that go
 /// down.
 async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
+    // What waited in a service that died is lost with it.
+    shared.backlog().clear();
     *shared
         .service
         .lock()
         .unwrap_or_else(PoisonError::into_inner) = Some(cx.addr());
+    let (gone, me) = (Arc::downgrade(&shared), cx.addr());
+    cx.on_exit(
+        cx.pid(),
+        Box::new(move |_| {
+            if let Some(shared) = gone.upgrade() {
+                let mut service = shared
+                    .service
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if service.is_some_and(|running| running.pid() == me.pid()) {
+                    *service = None;
+                }
+            }
+        }),
+    );
     while let Envelope::Msg(command) = cx.recv().await {
         match command {
             Command::Send(to, signal) => {
@@ -439,6 +513,7 @@ async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
                     .transport
                     .send(cx.pid(), target, ChannelId::CONTROL, &wire)
                     .await;
+                shared.sent_later(to.node());
                 if let Err(error) = sent {
                     tracing::debug!("signal for {to}: {error}");
                     shared.unreachable(to, signal);
@@ -450,11 +525,11 @@ async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
                     .transport
                     .send(cx.pid(), to, ChannelId::CONTROL, &reply)
                     .await;
+                shared.sent_later(from);
                 if let Err(error) = sent {
                     tracing::debug!("spawn answer for node {}: {error}", from.0);
                 }
             }
-            Command::NodeDown(node) => shared.node_down(node),
         }
     }
 }

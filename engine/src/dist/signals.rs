@@ -85,6 +85,21 @@ impl Relations {
         }
     }
 
+    /// Whether `signal`, from `node` for local process `to`, fits the
+    /// relations: a `Down` must answer a monitor a local process holds on
+    /// the process that ended; a `Demonitor` must end a monitor a process
+    /// of `node` holds on `to`. Anything else may come unasked.
+    pub(crate) fn expects(&self, node: NodeId, to: Pid, signal: &Signal) -> bool {
+        match signal {
+            Signal::Down(down) => self.watching.get(&down.monitor) == Some(&(to, down.pid)),
+            Signal::Demonitor { monitor } => self
+                .watched
+                .get(monitor)
+                .is_some_and(|&(watcher, target)| target == to && watcher.node() == node),
+            _ => true,
+        }
+    }
+
     /// Forgets every relation with a process of `node`, and returns the
     /// signals that end them locally: exits for links and `Down`s for
     /// monitors with `noconnection`, and demonitors for the monitors its

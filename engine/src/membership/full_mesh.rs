@@ -21,12 +21,13 @@ use foundation_sched::{
     oneshot, Addr, Context, Envelope, Handle, MonitorRef, NodeId, Pid, Runtime,
 };
 use foundation_transport::{
-    ChannelId, ConnectionError, Cookie, Remote, SendError, StartError, Transport, TransportConfig,
+    ChannelId, ConnectionError, Cookie, PeerError, Remote, SendError, StartError, Transport,
+    TransportConfig,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::swim::{Output, Swim, SwimTimer, MAX_PACKET};
-use super::{FailureDetector, Member, MemberEvent, PeerService};
+use super::{DownReason, FailureDetector, Member, MemberEvent, PeerService};
 use crate::dist::{well_known, Service};
 use crate::supervision::ChildSpec;
 
@@ -85,12 +86,15 @@ impl ArchivedWireMember {
 pub enum JoinError {
     /// The failure detector's timings do not fit together.
     Timings(String),
+    /// Node id 0 belongs to clients ([`query_members`]), never to a member.
+    ReservedNode,
 }
 
 impl std::fmt::Display for JoinError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             JoinError::Timings(problem) => write!(f, "failure detector: {problem}"),
+            JoinError::ReservedNode => f.write_str("node id 0 is for clients, not members"),
         }
     }
 }
@@ -192,6 +196,9 @@ impl FullMesh {
         seed: u64,
     ) -> Result<FullMesh, JoinError> {
         timings.check().map_err(JoinError::Timings)?;
+        if transport.node() == CLIENT {
+            return Err(JoinError::ReservedNode);
+        }
         let me = Member {
             node: transport.node(),
             name: transport.name().to_owned(),
@@ -256,17 +263,26 @@ impl PeerService for FullMesh {
 
     fn subscribe(&self, subscriber: Addr<MemberEvent>) {
         // The service sends the members up now, then the changes; until it
-        // runs, the subscription waits in the shared list.
+        // runs, the subscription waits in the shared list. The list's lock
+        // is held while the service is looked up, as the service holds it
+        // while it takes the list over: none falls in between.
+        let mut subscribers = self.shared.subscribers();
         match self.shared.service() {
             Some(service) => self
                 .shared
                 .handle
                 .send(&service, Command::Subscribe(subscriber)),
-            None => {
-                let mut subscribers = self.shared.subscribers();
-                subscribers.push(subscriber);
-            }
+            None => subscribers.push(subscriber),
         }
+    }
+
+    fn is_up(&self, node: NodeId) -> bool {
+        let view = self
+            .shared
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        view.contains_key(&node)
     }
 }
 
@@ -318,10 +334,12 @@ async fn run(cx: Context<Command>, shared: Arc<Shared>) {
         .transport
         .register_as(well_known(shared.me.node, Service::PeerService), &inbox);
     let start = shared.starts.fetch_add(1, Ordering::Relaxed);
+    // A restart of the service keeps the node's boot: for its peers the
+    // node never went away. SWIM draws from a new stream.
     let mut service = Mesh {
         swim: Swim::new(
             &shared.me,
-            shared.boot + start,
+            shared.boot,
             &shared.timings,
             shared.seed.wrapping_add(start),
         ),
@@ -331,13 +349,25 @@ async fn run(cx: Context<Command>, shared: Arc<Shared>) {
     };
     // From now on subscriptions come by mail; those made before, or kept
     // from the service's last run, are taken over.
-    *shared
-        .service
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner) = Some(cx.addr());
-    let waiting: Vec<_> = shared.subscribers().drain(..).collect();
+    let waiting: Vec<_> = {
+        let mut subscribers = shared.subscribers();
+        *shared
+            .service
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(cx.addr());
+        subscribers.drain(..).collect()
+    };
     for subscriber in waiting {
         service.subscribe(&cx, subscriber);
+    }
+    // What the last run saw up is unknown now: down, until met again, so
+    // that relations with nodes that died meanwhile end too.
+    let known: Vec<_> = {
+        let view = shared.view.read().unwrap_or_else(PoisonError::into_inner);
+        view.values().cloned().collect()
+    };
+    for member in known {
+        service.publish(&cx, MemberEvent::Down(member, DownReason::Failed));
     }
     // The first timers: SWIM's probe cycle starts with the first member.
     if !shared.left.load(Ordering::Acquire) {
@@ -435,13 +465,15 @@ impl Mesh {
     fn answer(&self, cx: &Context<Command>, client: Pid, reply_to: SocketAddr) {
         let transport = self.shared.transport.clone();
         let node = client.node();
-        if self.peers.contains_key(&node) || transport.add_peer(node, reply_to).is_err() {
+        // Only a client, never a member (whose peer this would redirect);
+        // a second client asking at the same time is not answered.
+        if node != CLIENT || transport.add_peer(node, reply_to).is_err() {
             tracing::debug!("peer service: no answer to node {} at {reply_to}", node.0);
             return;
         }
-        let members = std::iter::once(&self.shared.me)
+        let members = std::iter::once(self.shared.me.clone())
             .chain(self.swim.members())
-            .map(WireMember::from)
+            .map(|member| WireMember::from(&member))
             .collect();
         let answer = PeerMessage::Members(members);
         let from = cx.pid();
@@ -457,21 +489,24 @@ impl Mesh {
         });
     }
 
-    /// Carries out what SWIM asked for.
+    /// Carries out what SWIM asked for: the membership changes first, so
+    /// that the packets of the same step go to the peers as they are now
+    /// (a node that rejoins drops and remakes its peers, and its packets
+    /// announcing the rejoin must not go down with the old ones).
     fn apply(&mut self, cx: &Context<Command>, output: Output) {
         let Output {
             sends,
             timers,
             events,
         } = output;
+        for event in events {
+            self.publish(cx, event);
+        }
         for (to, packet) in sends {
             self.send_packet(cx.pid(), &to, packet);
         }
         for (after, timer) in timers {
             cx.send_after(&cx.addr(), Command::Timer(timer), after);
-        }
-        for event in events {
-            self.publish(cx, event);
         }
     }
 
@@ -498,7 +533,15 @@ impl Mesh {
             }
             None => {}
         }
-        match transport.add_peer(member.node, member.addr) {
+        let added = match transport.add_peer(member.node, member.addr) {
+            // Made by this service's last run, at an address unknown now.
+            Err(PeerError::AlreadyPeer(_)) => {
+                transport.remove_peer(member.node);
+                transport.add_peer(member.node, member.addr)
+            }
+            added => added,
+        };
+        match added {
             Ok(()) => {
                 self.peers.insert(member.node, member.addr);
             }
@@ -537,7 +580,7 @@ impl Mesh {
 
     fn subscribe(&mut self, cx: &Context<Command>, subscriber: Addr<MemberEvent>) {
         for member in self.swim.members() {
-            cx.send(&subscriber, MemberEvent::Up(member.clone()));
+            cx.send(&subscriber, MemberEvent::Up(member));
         }
         let monitor = cx.monitor(subscriber.pid());
         self.subscribers.push((monitor, subscriber));
@@ -558,7 +601,7 @@ impl Mesh {
     /// time) for them to acknowledge, and leaves SWIM.
     async fn leave(&mut self, cx: &Context<Command>) {
         let transport = self.shared.transport.clone();
-        let members: Vec<_> = self.swim.members().cloned().collect();
+        let members: Vec<_> = self.swim.members().collect();
         for member in &members {
             let target = well_known(member.node, Service::PeerService);
             let said =

@@ -147,6 +147,10 @@ pub trait PeerService: Send + Sync {
     /// Sends `subscriber` an [`MemberEvent::Up`] for each member up now,
     /// then every change as it happens, until the subscriber ends.
     fn subscribe(&self, subscriber: Addr<MemberEvent>);
+
+    /// Whether `node` is up: one of [`PeerService::members`], answered
+    /// without building the list.
+    fn is_up(&self, node: NodeId) -> bool;
 }
 
 /// Durations in a configuration file, as whole milliseconds.

@@ -97,12 +97,15 @@ pub(crate) struct BadPacket(pub(crate) String);
 pub(crate) struct Swim {
     foca: Foca<Swimmer, PostcardCodec, Draws, NoCustomBroadcast>,
     out: foca::AccumulatingRuntime<Swimmer>,
-    /// Members up, and whether they are suspected now.
-    up: BTreeMap<NodeId, (Member, bool)>,
+    /// Members up, as SWIM knows them (with their boot), and whether they
+    /// are suspected now.
+    up: BTreeMap<NodeId, (Swimmer, bool)>,
     /// Members that said they leave: their down is a leave, not a failure.
     leaving: BTreeSet<NodeId>,
     /// Until the first member is up, the node is joining.
     joined: bool,
+    /// This node left: SWIM's word that it is down is its own doing.
+    left: bool,
 }
 
 impl Swim {
@@ -120,6 +123,7 @@ impl Swim {
             up: BTreeMap::new(),
             leaving: BTreeSet::new(),
             joined: false,
+            left: false,
         }
     }
 
@@ -148,23 +152,24 @@ impl Swim {
     pub(crate) fn on_leaving(&mut self, node: NodeId) -> Output {
         self.leaving.insert(node);
         let mut output = Output::default();
-        if let Some((member, _)) = self.up.remove(&node) {
+        if let Some((swimmer, _)) = self.up.remove(&node) {
             output
                 .events
-                .push(MemberEvent::Down(member, DownReason::Left));
+                .push(MemberEvent::Down(swimmer.member(), DownReason::Left));
         }
         output
     }
 
     /// This node leaves: SWIM tells the cluster that it is down.
     pub(crate) fn leave(&mut self) -> Output {
+        self.left = true;
         let result = self.foca.leave_cluster(&mut self.out);
         self.step("leave", result)
     }
 
     /// Members up, in node order.
-    pub(crate) fn members(&self) -> impl Iterator<Item = &Member> {
-        self.up.values().map(|(member, _)| member)
+    pub(crate) fn members(&self) -> impl Iterator<Item = Member> + '_ {
+        self.up.values().map(|(swimmer, _)| swimmer.member())
     }
 
     /// Whether some member was ever up: until then the node should keep
@@ -180,6 +185,19 @@ impl Swim {
             tracing::warn!("SWIM {what}: {error}");
         }
         self.drain()
+    }
+
+    /// `swimmer` is up: if another boot of its node was, that one went
+    /// down first.
+    fn up_again(&mut self, swimmer: Swimmer, events: &mut Vec<MemberEvent>) {
+        let node = NodeId(swimmer.node);
+        self.leaving.remove(&node);
+        match self.up.insert(node, (swimmer.clone(), false)) {
+            Some((old, _)) if old == swimmer => return,
+            Some((old, _)) => events.push(MemberEvent::Down(old.member(), DownReason::Failed)),
+            None => {}
+        }
+        events.push(MemberEvent::Up(swimmer.member()));
     }
 
     /// Collects what foca did into an [`Output`], with the events that
@@ -198,16 +216,16 @@ impl Swim {
         // Suspicion changes come without a notification: compare.
         for swimmer in self.foca.iter_membership_state() {
             let node = NodeId(swimmer.id().node);
-            let Some((member, suspected)) = self.up.get_mut(&node) else {
+            let Some((known, suspected)) = self.up.get_mut(&node) else {
                 continue;
             };
             let now_suspected = swimmer.state() == State::Suspect;
-            if now_suspected != *suspected && swimmer.id().member() == *member {
+            if now_suspected != *suspected && swimmer.id() == known {
                 *suspected = now_suspected;
                 output.events.push(if now_suspected {
-                    MemberEvent::Suspect(member.clone())
+                    MemberEvent::Suspect(known.member())
                 } else {
-                    MemberEvent::Trusted(member.clone())
+                    MemberEvent::Trusted(known.member())
                 });
             }
         }
@@ -222,41 +240,44 @@ impl Swim {
         use foca::OwnedNotification as N;
         match notification {
             N::MemberUp(swimmer) => {
-                let member = swimmer.member();
                 self.joined = true;
-                self.leaving.remove(&member.node);
-                // A restart seen before the old start's down: down first.
-                if let Some((old, _)) = self.up.insert(member.node, (member.clone(), false)) {
-                    events.push(MemberEvent::Down(old, DownReason::Failed));
-                }
-                events.push(MemberEvent::Up(member));
+                self.up_again(swimmer, events);
             }
             N::MemberDown(swimmer) => {
                 let node = NodeId(swimmer.node);
-                let is_current = self
+                if self
                     .up
                     .get(&node)
-                    .is_some_and(|(member, _)| *member == swimmer.member());
-                if is_current {
-                    let (member, _) = self.up.remove(&node).expect("checked");
+                    .is_some_and(|(known, _)| *known == swimmer)
+                {
+                    self.up.remove(&node);
                     let reason = if self.leaving.remove(&node) {
                         DownReason::Left
                     } else {
                         DownReason::Failed
                     };
-                    events.push(MemberEvent::Down(member, reason));
+                    events.push(MemberEvent::Down(swimmer.member(), reason));
                 }
             }
-            N::Rename(_, swimmer) => {
-                // The same node with a later boot: if its new address or
-                // name differ, peers must dial the new one.
-                let member = swimmer.member();
-                if let Some((known, _)) = self.up.get_mut(&member.node) {
-                    if *known != member {
-                        let old = std::mem::replace(known, member.clone());
-                        events.push(MemberEvent::Down(old, DownReason::Failed));
-                        events.push(MemberEvent::Up(member));
-                    }
+            // The same node with a later boot, while its old one counted as
+            // up: it restarted before anyone declared it down. For its
+            // peers its old processes are gone as if it had been.
+            N::Rename(_, swimmer) if self.up.contains_key(&NodeId(swimmer.node)) => {
+                self.up_again(swimmer, events);
+            }
+            N::Rename(..) => {}
+            // The cluster declared this node down: for it, every other
+            // node went away (their relations end, as theirs with it did),
+            // and those SWIM still counts as up are up again at once,
+            // under the boot this node rejoins with.
+            N::Defunct | N::Rejoin(_) if !self.left => {
+                for (_, (known, _)) in std::mem::take(&mut self.up) {
+                    events.push(MemberEvent::Down(known.member(), DownReason::Failed));
+                }
+                let active: Vec<Swimmer> =
+                    self.foca.iter_members().map(|m| m.id().clone()).collect();
+                for swimmer in active {
+                    self.up_again(swimmer, events);
                 }
             }
             N::Active | N::Idle | N::Defunct | N::Rejoin(_) => {}
@@ -533,6 +554,33 @@ mod tests {
             );
         }
         assert_eq!(cluster.members_of(2), vec![member(0).node, member(1).node]);
+    }
+
+    #[test]
+    fn a_member_restarted_before_anyone_noticed_is_down_then_up() {
+        let mut cluster = Cluster::new(3);
+        cluster.run_until(Duration::from_secs(2));
+        let restarted = member(2).node;
+        // Crashed and started again at once, with a later boot: nobody
+        // had time to suspect the old one.
+        let mut swim = Swim::new(&member(2), 2, &FailureDetector::default(), 77);
+        let output = swim.announce(&member(0));
+        cluster.nodes[2] = Some(swim);
+        cluster.apply(2, output);
+        cluster.run_until(cluster.now + Duration::from_secs(2));
+        for i in [0, 1] {
+            assert_eq!(
+                cluster.downs_seen_by(i, restarted),
+                vec![DownReason::Failed],
+                "node {i}: the old start's processes are gone"
+            );
+            let ups = cluster.events[i]
+                .iter()
+                .filter(|e| matches!(e, MemberEvent::Up(m) if m.node == restarted))
+                .count();
+            assert_eq!(ups, 2, "node {i}: up, then up again");
+            assert!(cluster.members_of(i).contains(&restarted));
+        }
     }
 
     #[test]

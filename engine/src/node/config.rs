@@ -343,12 +343,7 @@ impl NodeConfig {
         if let Some(id) = self.id {
             return NodeId(id);
         }
-        let hash = self
-            .name
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-                (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-            });
+        let hash = crate::dist::name_hash(&self.name);
         let folded = (hash ^ (hash >> 16) ^ (hash >> 32) ^ (hash >> 48)) as u16;
         NodeId(folded.max(1))
     }
@@ -410,6 +405,14 @@ impl NodeConfig {
         if self.cores.as_ref().is_some_and(Vec::is_empty) {
             return Err(ConfigError::Invalid("an empty core list".into()));
         }
+        let channels = self.channel_specs();
+        if channels[usize::from(ChannelId::CONTROL.0)].parallelism != 1 {
+            // Calls and signals rely on its order: a monitor before the
+            // request after it, an answer before its server's `Down`.
+            return Err(ConfigError::Invalid(
+                "the control channel must have one connection per peer".into(),
+            ));
+        }
         let dialable = self.advertise.unwrap_or(self.listen);
         if dialable.ip().is_unspecified() {
             return Err(ConfigError::Invalid(format!(
@@ -419,7 +422,6 @@ impl NodeConfig {
         self.failure_detector
             .check()
             .map_err(|problem| ConfigError::Invalid(format!("failure_detector: {problem}")))?;
-        let channels = self.channel_specs();
         for fault in &self.faults {
             fault.rule(&channels)?;
         }

@@ -59,8 +59,8 @@ pub(crate) enum TimerAction {
     Run(Box<dyn FnOnce(&Shard)>),
 }
 
-/// Makes a monitor reference unique in the runtime: the shard's id in the
-/// top byte, a per-shard counter below.
+/// Makes a monitor reference unique in the cluster: the node's id in the
+/// top 16 bits, the shard's in the next 8, a per-shard counter below.
 pub(crate) fn monitor_ref(node: crate::NodeId, shard: u8, counter: u64) -> MonitorRef {
     MonitorRef(((node.0 as u64) << 48) | ((shard as u64) << 40) | (counter & ((1 << 40) - 1)))
 }
