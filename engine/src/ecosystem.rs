@@ -301,8 +301,8 @@ pub enum EcosystemError {
     /// workers start by a function, which cannot travel: use
     /// [`EcosystemSpec::with_worker_kind`].
     Unsupported(Distribution),
-    /// This distribution places workers on other nodes, and this node runs
-    /// no distribution.
+    /// The workers start by kind ([`EcosystemSpec::with_worker_kind`]),
+    /// and this node runs no distribution.
     NotDistributed,
     /// The workers' arguments could not be archived.
     Arguments(String),
@@ -348,10 +348,12 @@ where
     W: Send + 'static,
     M: Send + 'static,
 {
-    if spec.distribution != Distribution::LocalOnly {
-        if matches!(spec.worker, WorkerStart::Local(_)) {
-            return Err(EcosystemError::Unsupported(spec.distribution));
-        }
+    let by_function = matches!(spec.worker, WorkerStart::Local(_));
+    if spec.distribution != Distribution::LocalOnly && by_function {
+        return Err(EcosystemError::Unsupported(spec.distribution));
+    }
+    if !by_function {
+        // Workers started by kind go through a process factory.
         Dist::of(cx).map_err(|_| EcosystemError::NotDistributed)?;
     }
     let parent = cx.pid();

@@ -166,3 +166,25 @@ fn explicit_nodes_take_every_worker_and_functions_cannot_travel() {
         node.stop();
     }
 }
+
+/// Workers started by kind need a node with distribution: on a bare
+/// runtime the ecosystem is refused at once, with why.
+#[test]
+fn workers_by_kind_need_distribution() {
+    let runtime = foundation::Runtime::builder().shards(1).build().unwrap();
+    let refused = runtime
+        .block_on(|cx: Context<()>| async move {
+            let (events, _) = mpsc::channel();
+            let spec = EcosystemSpec::<WorkerEvent, ()>::with_worker_kind(
+                coordinator(events),
+                "worker",
+                &(),
+                2,
+            )
+            .unwrap();
+            spawn_ecosystem(&cx, spec).map(drop)
+        })
+        .unwrap();
+    assert_eq!(refused, Err(EcosystemError::NotDistributed));
+    runtime.shutdown();
+}
