@@ -18,12 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::sim::{every_seed, seeds};
-use foundation::dist::Dist;
-use foundation::membership::{FailureDetector, FullMesh, PeerService};
+use foundation::membership::{FullMesh, PeerService};
+use foundation::node::{NodeConfig, Services};
 use foundation::sim::{SimRng, Simulation};
-use foundation::supervision::{Strategy, SupervisorSpec};
 use foundation::transport::sim::{Link, Network};
-use foundation::transport::{Cookie, Transport, TransportConfig};
 use foundation::{Context, Envelope, ExitReason, Handle, MonitorRef, NodeId, Pid, Runtime};
 
 /// Seeds tried unless `FOUNDATION_SIM_SEEDS` says more.
@@ -111,34 +109,18 @@ fn run(seed: u64) -> Result<u64, String> {
     Ok(sim.trace())
 }
 
-/// Boots node `n`: its transport, peer service and distribution under a
-/// supervisor, a worker for the others to watch, and a watcher that
+/// Boots node `n`: its services (transport, peer service and distribution
+/// under a supervisor), a worker for the others to watch, and a watcher that
 /// monitors the workers of the nodes it sees up, as they appear.
 fn boot(handle: &Handle, seed: u64, n: u16, nodes: &Arc<Vec<Mutex<Shared>>>, watches: &Watches) {
-    let mut config = TransportConfig::new(format!("node-{n}"), Cookie::new("sim"));
-    config.listen = addr(n);
-    config.seed = Some(seed ^ u64::from(n));
-    config.reconnect_max = Duration::from_millis(500);
-    let transport = Transport::start_simulated(handle, config).expect("the transport starts");
-    // Join through node 1, or node 2 when this is node 1.
-    let seeds = vec![addr(if n == 1 { 2 } else { 1 })];
-    let stamp = handle.now().as_nanos() + 1;
-    let mesh = FullMesh::with_boot(
-        handle,
-        transport.clone(),
-        addr(n),
-        seeds,
-        FailureDetector::default(),
-        stamp,
-        seed ^ stamp,
-    )
-    .expect("default timings");
-    let dist = Dist::new(handle, transport, Arc::new(mesh.clone()));
-    SupervisorSpec::new(Strategy::OneForOne)
-        .child(mesh.child_spec())
-        .child(dist.child_spec())
-        .start(handle)
-        .expect("the system supervisor starts");
+    // Join through node 1, or node 2 when this is node 1: the node's own
+    // start-up path, as `Node::start` runs it.
+    let config = NodeConfig::new(format!("node-{n}"), "sim")
+        .listen(addr(n))
+        .seed(addr(if n == 1 { 2 } else { 1 }));
+    let services = Services::start_simulated(handle, &config, None, seed ^ u64::from(n))
+        .expect("the node's services start");
+    let mesh = services.membership().clone();
     let worker = handle
         .spawn(|cx: Context<()>| async move { while let Envelope::Msg(()) = cx.recv().await {} })
         .expect("spawn the worker");

@@ -37,7 +37,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use foundation_sched::{NodeId, Runtime, ShutdownReport};
+use foundation_sched::{Handle, NodeId, Runtime, ShutdownReport};
 use foundation_transport::{Cookie, StartError, Transport, TransportConfig};
 
 use crate::dist::Dist;
@@ -48,6 +48,15 @@ use crate::supervision::{Strategy, SupervisorRef, SupervisorSpec};
 /// A running node.
 pub struct Node {
     runtime: Runtime,
+    services: Services,
+}
+
+/// What a node runs on its runtime: its transport, peer service,
+/// distribution and disk, with the system supervisor over the engine's own
+/// processes. [`Node::start`] starts them on a runtime of its own; a
+/// simulation starts them inside a simulated node with
+/// [`Services::start_simulated`], through the same code.
+pub struct Services {
     transport: Transport,
     mesh: FullMesh,
     dist: Dist,
@@ -112,40 +121,137 @@ impl Node {
         transport_config.channels = config.channel_specs();
         let (runtime, transport) =
             Transport::start(builder, transport_config).map_err(NodeError::Start)?;
+        let boot = boot_stamp();
+        let advertise = config.advertise.unwrap_or(transport.local_addr());
+        let draws = boot ^ transport.incarnation();
+        let services = Services::start(
+            runtime.handle(),
+            transport,
+            &config,
+            advertise,
+            disk,
+            boot,
+            draws,
+        )?;
+        Ok(Node { runtime, services })
+    }
+
+    /// Leaves the cluster (peers see a leave, not a failure), then stops
+    /// the transport and the runtime.
+    pub fn stop(self) -> ShutdownReport {
+        self.services.stop();
+        self.runtime.shutdown()
+    }
+
+    /// Stops without a word to the cluster, as a crash would: peers find
+    /// out through failure detection. For tests and benchmarks.
+    pub fn crash(self) -> ShutdownReport {
+        self.services.transport.stop();
+        self.runtime.shutdown()
+    }
+
+    /// The node's runtime: spawn processes on it.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+}
+
+/// A node is its services on its runtime: `node.membership()`,
+/// `node.dist()` and the rest are its [`Services`].
+impl std::ops::Deref for Node {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.services
+    }
+}
+
+impl Services {
+    /// Starts the services inside a simulated node (in its boot, or in
+    /// `SimNode::enter`), on the simulated network host its driver is: the
+    /// transport listens at `config.listen` and draws from `seed`, and the
+    /// boot stamp comes from the virtual time, so that a run replays.
+    /// `disk` is the node's simulated disk, which the simulation keeps
+    /// across the node's crashes. The node id is the simulation's;
+    /// `config.id` is not used.
+    pub fn start_simulated(
+        handle: &Handle,
+        config: &NodeConfig,
+        disk: Option<Disk>,
+        seed: u64,
+    ) -> Result<Services, NodeError> {
+        config.check().map_err(NodeError::Config)?;
+        let secret = config.cookie_secret().map_err(NodeError::Config)?;
+        let mut transport_config = TransportConfig::new(config.name.clone(), Cookie::new(secret));
+        transport_config.listen = config.listen;
+        transport_config.channels = config.channel_specs();
+        transport_config.seed = Some(seed);
+        let transport =
+            Transport::start_simulated(handle, transport_config).map_err(NodeError::Start)?;
+        let advertise = config.advertise.unwrap_or(transport.local_addr());
+        // Later at every restart, as a calendar stamp would be.
+        let boot = handle.now().as_nanos() + 1;
+        Services::start(
+            handle,
+            transport,
+            config,
+            advertise,
+            disk,
+            boot,
+            seed ^ boot,
+        )
+    }
+
+    /// The services a real or simulated node runs on its started
+    /// transport: the fault rules of its configuration, and its peer
+    /// service (started at `boot`, drawing from `draws`) and distribution
+    /// under the system supervisor.
+    fn start(
+        handle: &Handle,
+        transport: Transport,
+        config: &NodeConfig,
+        advertise: SocketAddr,
+        disk: Option<Disk>,
+        boot: u64,
+        draws: u64,
+    ) -> Result<Services, NodeError> {
         let channels = transport.channels().to_vec();
         for fault in &config.faults {
             let rule = fault.rule(&channels).map_err(NodeError::Config)?;
             transport.faults().add(rule);
         }
-        let advertise = config.advertise.unwrap_or(transport.local_addr());
-        let boot = boot_stamp();
         let mesh = FullMesh::with_boot(
-            runtime.handle(),
+            handle,
             transport.clone(),
             advertise,
             config.seeds.clone(),
             config.failure_detector.clone(),
             boot,
-            boot,
+            draws,
         )
         .map_err(|error| NodeError::Config(ConfigError::Invalid(error.to_string())))?;
-        let dist = Dist::new(runtime.handle(), transport.clone(), Arc::new(mesh.clone()));
+        let dist = Dist::new(handle, transport.clone(), Arc::new(mesh.clone()));
         if let Some(kinds) = &config.spawn_allow {
             dist.factory().allow_only(kinds.iter().cloned());
         }
         let supervisor = SupervisorSpec::new(Strategy::OneForOne)
             .child(mesh.child_spec())
             .child(dist.child_spec())
-            .start(runtime.handle())
+            .start(handle)
             .map_err(NodeError::Spawn)?;
-        Ok(Node {
-            runtime,
+        Ok(Services {
             transport,
             mesh,
             dist,
             disk,
             supervisor,
         })
+    }
+
+    /// Leaves the cluster and stops the transport.
+    fn stop(&self) {
+        let _ = self.mesh.leave().blocking_recv();
+        self.transport.stop();
     }
 
     /// The node's id.
@@ -166,11 +272,6 @@ impl Node {
     /// This node as the cluster knows it.
     pub fn member(&self) -> &Member {
         self.mesh.me()
-    }
-
-    /// The node's runtime: spawn processes on it.
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
     }
 
     /// The node's transport.
@@ -198,20 +299,5 @@ impl Node {
     /// The pid of the node's system supervisor.
     pub fn supervisor(&self) -> foundation_sched::Pid {
         self.supervisor.pid()
-    }
-
-    /// Leaves the cluster (peers see a leave, not a failure), then stops
-    /// the transport and the runtime.
-    pub fn stop(self) -> ShutdownReport {
-        let _ = self.mesh.leave().blocking_recv();
-        self.transport.stop();
-        self.runtime.shutdown()
-    }
-
-    /// Stops without a word to the cluster, as a crash would: peers find
-    /// out through failure detection. For tests and benchmarks.
-    pub fn crash(self) -> ShutdownReport {
-        self.transport.stop();
-        self.runtime.shutdown()
     }
 }
