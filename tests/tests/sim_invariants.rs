@@ -6,7 +6,8 @@
 //!
 //! - every monitor gets exactly one `Down`, for the process it watched;
 //! - a supervisor restores its children once the chaos stops;
-//! - no process outlives the scenario (none leaks).
+//! - no process outlives the scenario (none leaks), and every arena chunk
+//!   and large allocation is back in its shard's pool (no memory leaks).
 //!
 //! `cargo test -p foundation-tests sim_` runs [`DEFAULT_SEEDS`] seeds;
 //! `FOUNDATION_SIM_SEEDS=N` runs N, and `FOUNDATION_SIM_SEED=S` exactly
@@ -166,9 +167,13 @@ fn run_scenario(seed: u64, bug: Option<Bug>) -> Result<(), String> {
                 )));
             }
         }
-        let live = sim.node(node).enter(|node| node.shard_stats()[0].processes);
-        if live != 0 {
-            return Err(at(format!("{live} processes left behind")));
+        let stats = sim.node(node).enter(|node| node.shard_stats()[0]);
+        if stats.processes != 0 {
+            return Err(at(format!("{} processes left behind", stats.processes)));
+        }
+        let pool = stats.pool;
+        if pool.chunks_free != pool.chunks_total || pool.large_allocs_live != 0 {
+            return Err(at(format!("arena memory left behind: {pool:?}")));
         }
     }
     Ok(())

@@ -7,8 +7,10 @@ use foundation::supervision::{ChildSpec, Strategy, SupervisorSpec};
 use foundation::{Context, ExitReason};
 
 /// A `one_for_one` supervisor (intensity `max_restarts` a second) of
-/// `workers` workers, each of which crashes after a life drawn from `rng`
-/// between `shortest` and `shortest + spread`, every time it is started.
+/// `workers` workers, each of which keeps some state in its arena (so that
+/// leak checks have memory to find) and crashes after a life drawn from
+/// `rng` between `shortest` and `shortest + spread`, every time it is
+/// started.
 pub(crate) fn crashing_workers(
     rng: &mut SimRng,
     workers: usize,
@@ -23,8 +25,9 @@ pub(crate) fn crashing_workers(
         spec = spec.child(ChildSpec::worker(
             format!("worker-{worker}"),
             move |cx: Context<()>| async move {
+                let state = cx.alloc_slice_copy(&[worker as u8; 512]);
                 cx.sleep(life).await;
-                ExitReason::error("worn out")
+                ExitReason::error(format!("worn out after {} bytes", state.len()))
             },
         ));
     }
