@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::sim::{every_seed, seeds};
-use foundation::membership::{FullMesh, PeerService};
+use foundation::membership::{FailureDetector, FullMesh, PeerService};
 use foundation::node::{NodeConfig, Services};
 use foundation::sim::{SimRng, Simulation};
 use foundation::transport::sim::{Link, Network};
@@ -46,6 +46,7 @@ fn addr(n: u16) -> SocketAddr {
 struct Shared {
     boots: u32,
     mesh: Option<FullMesh>,
+    transport: Option<foundation::transport::Transport>,
     worker: Option<Pid>,
 }
 
@@ -74,7 +75,8 @@ fn run(seed: u64) -> Result<u64, String> {
     for n in 1..=CLUSTER {
         let drivers = network.driver(ip(n));
         let (nodes, watches) = (nodes.clone(), watches.clone());
-        let boot = move |handle: &Handle| boot(handle, seed, n, &nodes, &watches);
+        let timings = FailureDetector::default();
+        let boot = move |handle: &Handle| boot(handle, seed, n, &timings, &nodes, &watches);
         sim.add_restartable_node(move || Runtime::builder().driver(drivers.clone()), boot)
             .map_err(|error| error.to_string())?;
     }
@@ -112,12 +114,20 @@ fn run(seed: u64) -> Result<u64, String> {
 /// Boots node `n`: its services (transport, peer service and distribution
 /// under a supervisor), a worker for the others to watch, and a watcher that
 /// monitors the workers of the nodes it sees up, as they appear.
-fn boot(handle: &Handle, seed: u64, n: u16, nodes: &Arc<Vec<Mutex<Shared>>>, watches: &Watches) {
+fn boot(
+    handle: &Handle,
+    seed: u64,
+    n: u16,
+    timings: &FailureDetector,
+    nodes: &Arc<Vec<Mutex<Shared>>>,
+    watches: &Watches,
+) {
     // Join through node 1, or node 2 when this is node 1: the node's own
     // start-up path, as `Node::start` runs it.
     let config = NodeConfig::new(format!("node-{n}"), "sim")
         .listen(addr(n))
-        .seed(addr(if n == 1 { 2 } else { 1 }));
+        .seed(addr(if n == 1 { 2 } else { 1 }))
+        .failure_detector(timings.clone());
     let services = Services::start_simulated(handle, &config, None, seed ^ u64::from(n))
         .expect("the node's services start");
     let mesh = services.membership().clone();
@@ -128,6 +138,7 @@ fn boot(handle: &Handle, seed: u64, n: u16, nodes: &Arc<Vec<Mutex<Shared>>>, wat
         let mut node = nodes[usize::from(n)].lock().unwrap();
         node.boots += 1;
         node.mesh = Some(mesh);
+        node.transport = Some(services.transport().clone());
         node.worker = Some(worker.pid());
         node.boots
     };
@@ -237,4 +248,44 @@ fn sim_membership_the_same_seed_replays_the_same_trace() {
     let first = run(seed).expect("the run passes");
     let second = run(seed).expect("the run passes");
     assert_eq!(first, second, "seed {seed}");
+}
+
+/// A node that crashed for good is forgotten: once SWIM no longer
+/// remembers it, no node keeps dialling it.
+#[test]
+fn sim_membership_a_node_gone_for_good_is_no_longer_dialled() {
+    let seed = seeds(1)[0];
+    let mut sim = Simulation::new(seed);
+    let network = Network::new(&sim);
+    let nodes: Arc<Vec<Mutex<Shared>>> =
+        Arc::new((0..=CLUSTER).map(|_| Mutex::default()).collect());
+    let watches: Watches = Arc::default();
+    let timings = FailureDetector {
+        forget_after: Duration::from_secs(20),
+        ..FailureDetector::default()
+    };
+    for n in 1..=CLUSTER {
+        let drivers = network.driver(ip(n));
+        let (nodes, watches, timings) = (nodes.clone(), watches.clone(), timings.clone());
+        let boot = move |handle: &Handle| boot(handle, seed, n, &timings, &nodes, &watches);
+        sim.add_restartable_node(move || Runtime::builder().driver(drivers.clone()), boot)
+            .unwrap();
+    }
+    sim.run_for(Duration::from_secs(3));
+    converged(&nodes).unwrap();
+    let dialled = |n: u16| {
+        let transport = nodes[usize::from(n)].lock().unwrap().transport.clone();
+        transport.expect("booted").peers()
+    };
+    assert!(dialled(1).contains(&NodeId(CLUSTER)));
+    sim.crash(usize::from(CLUSTER) - 1);
+    sim.run_for(Duration::from_secs(60));
+    for n in 1..CLUSTER {
+        let peers = dialled(n);
+        assert!(
+            !peers.contains(&NodeId(CLUSTER)),
+            "node {n} still dials node {CLUSTER}: {peers:?}"
+        );
+        assert_eq!(peers.len(), usize::from(CLUSTER) - 2, "node {n}: {peers:?}");
+    }
 }

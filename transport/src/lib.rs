@@ -707,6 +707,18 @@ impl Transport {
         })
     }
 
+    /// The peers, in node order.
+    pub fn peers(&self) -> Vec<NodeId> {
+        let peers = self
+            .inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut nodes: Vec<_> = peers.keys().copied().collect();
+        nodes.sort();
+        nodes
+    }
+
     /// Stops dialling `node` and closes its lanes; frames not yet written
     /// are dropped.
     pub fn remove_peer(&self, node: NodeId) -> bool {

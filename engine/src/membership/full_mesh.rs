@@ -413,6 +413,7 @@ impl Mesh {
                 if !self.swim.has_joined() || self.swim.members().next().is_none() {
                     self.ask_seeds(cx);
                 }
+                self.forget_peers();
                 cx.send_after(&cx.addr(), Command::Rejoin, REJOIN_INTERVAL);
                 return;
             }
@@ -546,6 +547,22 @@ impl Mesh {
                 self.peers.insert(member.node, member.addr);
             }
             Err(error) => tracing::debug!("peer service: peer {member}: {error}"),
+        }
+    }
+
+    /// Drops the transport peers of nodes SWIM no longer remembers: made
+    /// again to announce this node to a member it holds for down, they
+    /// would otherwise be dialled for ever.
+    fn forget_peers(&mut self) {
+        let forgotten: Vec<NodeId> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|&node| !self.swim.remembers(node))
+            .collect();
+        for node in forgotten {
+            self.peers.remove(&node);
+            self.shared.transport.remove_peer(node);
         }
     }
 

@@ -108,6 +108,12 @@ pub struct FailureDetector {
     /// is declared down (default 250 ms).
     #[serde(with = "millis")]
     pub suspicion_timeout: Duration,
+    /// How long a member declared down is remembered (default 10 min):
+    /// announced to now and then, so that two sides of a partition that
+    /// healed find each other again, and dialled meanwhile. After that it
+    /// is forgotten; a node gone for good costs nothing more.
+    #[serde(with = "millis")]
+    pub forget_after: Duration,
 }
 
 impl Default for FailureDetector {
@@ -117,6 +123,7 @@ impl Default for FailureDetector {
             probe_timeout: Duration::from_millis(40),
             indirect_probes: 3,
             suspicion_timeout: Duration::from_millis(250),
+            forget_after: Duration::from_secs(600),
         }
     }
 }
@@ -132,6 +139,9 @@ impl FailureDetector {
         }
         if self.indirect_probes == 0 {
             return Err("at least one indirect probe".into());
+        }
+        if self.forget_after < self.suspicion_timeout {
+            return Err("members must be remembered longer than they are suspected".into());
         }
         Ok(())
     }

@@ -172,6 +172,15 @@ impl Swim {
         self.up.values().map(|(swimmer, _)| swimmer.member())
     }
 
+    /// Whether SWIM still keeps `node` in mind, up or down: a down member
+    /// is remembered for a while (and announced to, in case it was only
+    /// cut off), then forgotten.
+    pub(crate) fn remembers(&self, node: NodeId) -> bool {
+        self.foca
+            .iter_membership_state()
+            .any(|member| member.id().node == node.0)
+    }
+
     /// Whether some member was ever up: until then the node should keep
     /// announcing itself to its seeds.
     pub(crate) fn has_joined(&self) -> bool {
@@ -292,6 +301,7 @@ fn config(timings: &FailureDetector) -> foca::Config {
     config.probe_rtt = timings.probe_timeout;
     config.num_indirect_probes = NonZeroUsize::new(timings.indirect_probes.max(1)).expect("≥ 1");
     config.suspect_to_down_after = timings.suspicion_timeout;
+    config.remove_down_after = timings.forget_after;
     config.max_transmissions = NonZeroU8::new(10).expect("non-zero");
     config.max_packet_size = NonZeroUsize::new(MAX_PACKET).expect("non-zero");
     // Tell a member we hold for down that it is, so that it rejoins with a
