@@ -3,13 +3,16 @@
 //!
 //! Every member is a transport peer of every other: a member becomes a
 //! peer when SWIM first talks to it (a seed, or a member learned from
-//! gossip) and stops being one when it goes down. The service is two
-//! processes, linked: the service itself, whose mailbox takes local
-//! commands and its own timers, and an *inbox* registered at the node's
-//! well-known peer-service address, which hands what peers send to the
-//! service. Both run under the node's supervisor; a restarted service
-//! joins again under a later boot stamp, which the cluster takes as the
-//! same node started again.
+//! gossip), stops being one when it goes down, and is dialled again only
+//! to announce this node to it while SWIM remembers it
+//! ([`FailureDetector::forget_after`]). The service is two processes,
+//! linked: the service itself, whose mailbox takes local commands and its
+//! own timers, and an *inbox* registered at the node's well-known
+//! peer-service address, which hands what peers send to the service. Both
+//! run under the node's supervisor. A restarted service keeps the node's
+//! boot stamp — for the cluster the node never left — but reports every
+//! member of its last view down, then up again as it meets them: what
+//! happened meanwhile is unknown, so relations with their processes end.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
