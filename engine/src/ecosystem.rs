@@ -495,8 +495,12 @@ pub(crate) struct Manager<C: From<WorkerEvent> + Send + 'static, W: Send + 'stat
 }
 
 /// How long a remote spawn of a worker may take before the next node is
-/// tried.
+/// tried. A spawn that times out may still start its worker there,
+/// unlinked; the manager starts another elsewhere.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The stream of the manager's pid that `Random` placement draws from.
+const RANDOM_PLACEMENT: u64 = 0xec05;
 
 impl<C, W> Manager<C, W>
 where
@@ -512,7 +516,7 @@ where
             positions: HashMap::new(),
             per_node: HashMap::new(),
             turn: 0,
-            draws: SimRng::new(parent.to_bits(), 0xec05),
+            draws: SimRng::new(parent.to_bits(), RANDOM_PLACEMENT),
             restarts: 0,
             intensity: RestartIntensity::new(spec.max_restarts, spec.period),
             spec,
@@ -678,6 +682,7 @@ where
 
     async fn init(&mut self, cx: &ServerContext<Self>) -> Result<(), ExitReason> {
         cx.trap_exit(true);
+        self.draws = SimRng::new(cx.pid().to_bits(), RANDOM_PLACEMENT);
         self.start_all(cx, false).await
     }
 

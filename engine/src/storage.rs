@@ -14,8 +14,8 @@
 //!   fsynced transaction;
 //! - simulated ([`Disk::simulated`]): the durable part is memory that
 //!   outlives a simulated node's crash and restart, and [`Disk::crash`]
-//!   drops what was staged — what the simulator calls when it crashes the
-//!   node that owns the disk.
+//!   drops what was staged — what whoever drives the simulation calls when
+//!   it crashes the node that owns the disk.
 //!
 //! ```
 //! use foundation::storage::Disk;
@@ -146,6 +146,12 @@ impl Disk {
     /// The entries with keys in `from..to`, in key order, staged writes
     /// over durable ones.
     pub fn range(&self, from: &[u8], to: &[u8]) -> Result<Vec<Entry>, StorageError> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        // Held throughout, so that a sync cannot move writes from staged to
+        // durable between the two reads.
+        let staged = self.staged();
         let mut entries: BTreeMap<Vec<u8>, Vec<u8>> = match &self.inner.durable {
             Durable::File(database) => {
                 let read = database.begin_read().map_err(io)?;
@@ -167,8 +173,8 @@ impl Disk {
             }
         };
         let bounds = (Bound::Included(from), Bound::Excluded(to));
-        for (key, staged) in self.staged().range::<[u8], _>(bounds) {
-            match staged {
+        for (key, write) in staged.range::<[u8], _>(bounds) {
+            match write {
                 Some(value) => entries.insert(key.clone(), value.clone()),
                 None => entries.remove(key),
             };
@@ -218,7 +224,8 @@ impl Disk {
     }
 
     /// Loses every write not synced, as a crash does; returns how many.
-    /// The simulator calls it on the disk of a node it crashes.
+    /// Whoever drives a simulation calls it on the disk of a node it
+    /// crashes.
     pub fn crash(&self) -> usize {
         std::mem::take(&mut *self.staged()).len()
     }
@@ -277,6 +284,11 @@ mod tests {
                 (b"a".to_vec(), b"one".to_vec()),
                 (b"c".to_vec(), b"3".to_vec())
             ]
+        );
+        assert_eq!(
+            disk.range(b"z", b"a").unwrap(),
+            Vec::new(),
+            "an empty range"
         );
         assert_eq!(disk.crash(), 3);
         drop(disk);

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::cluster::config;
 use common::{eventually, PATIENCE};
+use foundation::membership::PeerService;
 use foundation::node::Node;
 use foundation::{Addr, Context, Envelope, ExitReason, NodeId, Pid, ShardId};
 
@@ -190,6 +191,54 @@ fn a_monitor_of_nobody_is_answered() {
         ]
     );
     eventually("no relation is left", || nodes[0].dist().relations() == 0);
+    for node in nodes {
+        node.stop();
+    }
+}
+
+/// A node whose peer service crashes and restarts rejoins as a new start:
+/// its peers end their relations with its processes, once, as it ends its
+/// own with theirs.
+#[test]
+fn a_restarted_peer_service_ends_relations_on_both_sides() {
+    let nodes = cluster(&[241, 242]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let far = worker(b);
+    let seen_at_a = watcher(a, vec![far.pid()], vec![]);
+    let near = worker(a);
+    let seen_at_b = watcher(b, vec![near.pid()], vec![]);
+    eventually("the monitors are known at both nodes", || {
+        a.dist().relations() == 2 && b.dist().relations() == 2
+    });
+    let supervisor = b.supervisor();
+    b.runtime()
+        .block_on(move |cx: Context<()>| async move {
+            let children = supervisor.which_children(&cx).await.unwrap();
+            let service = children
+                .iter()
+                .find(|child| child.id.as_ref() == "peer_service")
+                .and_then(|child| child.pid)
+                .expect("the peer service runs");
+            cx.kill(service);
+        })
+        .unwrap();
+    assert_eq!(
+        next(&seen_at_a),
+        Seen::Down(far.pid(), ExitReason::NoConnection)
+    );
+    assert_eq!(
+        next(&seen_at_b),
+        Seen::Down(near.pid(), ExitReason::NoConnection)
+    );
+    eventually("the nodes see each other again", || {
+        a.membership().is_up(b.id()) && b.membership().is_up(a.id())
+    });
+    for seen in [&seen_at_a, &seen_at_b] {
+        assert!(
+            seen.recv_timeout(Duration::from_millis(300)).is_err(),
+            "once"
+        );
+    }
     for node in nodes {
         node.stop();
     }

@@ -612,7 +612,8 @@ impl Reader {
                 // build does not know) is dropped and reported; closing
                 // the connection would only bring it back, forever, on an
                 // acknowledged channel.
-                Err(error) => inner.message_refused(self.peer, error),
+                Err(ConnectionError::Frame(error)) => inner.message_refused(self.peer, error),
+                Err(error) => return Err(error),
             }
         }
         inner.counters.delivered.add(delivered);

@@ -1249,10 +1249,7 @@ impl Inner {
 
     /// Logs, counts and keeps a message dropped because its payload is not
     /// what its process takes.
-    fn message_refused(&self, peer: NodeId, error: ConnectionError) {
-        let ConnectionError::Frame(error) = error else {
-            return self.connection_failed(Some(peer), self.local_addr, error);
-        };
+    fn message_refused(&self, peer: NodeId, error: FrameError) {
         self.counters.frame_errors.increment();
         tracing::warn!("message from node {} dropped: {error}", peer.0);
         self.remember(ConnectionError::MessageRefused(error));

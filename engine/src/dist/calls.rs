@@ -140,6 +140,7 @@ pub(crate) async fn ask<M: Send + 'static, T: Wire>(
     // Whatever ends the wait — an answer, an error, or the caller's own end
     // mid-call — the call stops waiting.
     let _waiting = Waiting { pending, id };
+    dist.shared.drained(cx, to.node()).await;
     let sent = dist
         .shared
         .transport
@@ -173,6 +174,7 @@ where
         body,
     };
     let to = well_known(call.source().node(), Service::Dist);
+    dist.shared.drained(cx, to.node()).await;
     dist.shared
         .transport
         .send(cx.pid(), to, ChannelId::CONTROL, &reply)

@@ -49,7 +49,7 @@ mod calls;
 mod factory;
 mod signals;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use foundation_sched::remote::{Distribution, Signal};
@@ -135,6 +135,9 @@ struct Shared {
     handle: Handle,
     transport: Transport,
     peers: Arc<dyn PeerService>,
+    /// Nodes declared down and not up since, as the peer service's changes
+    /// came.
+    down: Mutex<HashSet<NodeId>>,
     relations: Mutex<Relations>,
     /// Messages for each node waiting in the service for room on its
     /// lane; while any wait, later ones queue behind them.
@@ -181,9 +184,9 @@ impl Dist {
     /// second takes the address over, while the functions keep the first).
     /// Signals go out at once; [`Dist::child_spec`] runs the service that
     /// sends those that find their lane out of credit. A link or monitor
-    /// to a node that `peers` does not hold for up is answered with
-    /// `noconnection` at once, and what such a node sends is dropped: it
-    /// ends its own relations when it learns it was declared down.
+    /// to a node that `peers` declared down (and not up since) is answered
+    /// with `noconnection` at once, and what such a node sends is dropped:
+    /// it ends its own relations when it learns it was declared down.
     pub fn new(handle: &Handle, transport: Transport, peers: Arc<dyn PeerService>) -> Dist {
         // Call ids of every start differ, so that an answer meant for a
         // call of this node's last run is never taken for one of this run.
@@ -193,6 +196,7 @@ impl Dist {
                 handle: handle.clone(),
                 transport,
                 peers: peers.clone(),
+                down: Mutex::default(),
                 relations: Mutex::new(Relations::default()),
                 backlog: Mutex::default(),
                 pending: Pending::starting_at(first_call),
@@ -328,8 +332,8 @@ impl Distribution for Carrier {
     /// to the distribution service, which waits for room.
     fn signal(&self, to: Pid, signal: Signal) {
         let shared = &self.0;
-        if !shared.peers.is_up(to.node()) {
-            // No such node up: as Erlang answers for a node it cannot reach.
+        if shared.down().contains(&to.node()) {
+            // A node down: as Erlang answers for a node it cannot reach.
             return shared.unreachable(to, signal);
         }
         shared.relations().sent(to, &signal);
@@ -355,6 +359,16 @@ impl Shared {
         self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits until nothing for `node` waits in the service for room, so
+    /// that what the caller sends on `control` next keeps its place behind
+    /// the signals its process sent before (a call's request behind the
+    /// monitor of its server).
+    async fn drained<M: Send + 'static>(&self, cx: &Context<M>, node: NodeId) {
+        while self.backlog().contains_key(&node) {
+            cx.sleep(std::time::Duration::from_micros(500)).await;
+        }
+    }
+
     /// One message that waited for room went out (or failed) for `node`.
     fn sent_later(&self, node: NodeId) {
         let mut backlog = self.backlog();
@@ -370,22 +384,30 @@ impl Shared {
         *self.service.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Subscribes to `peers`' events through a process that turns downs
-    /// into commands for the distribution service.
+    /// Follows `peers`' changes step by step: a node that goes down has
+    /// its relations ended before it can be up again.
     fn watch(self: &Arc<Self>, peers: Arc<dyn PeerService>) {
-        let shared = self.clone();
-        let watcher = self
-            .handle
-            .spawn(move |cx: Context<MemberEvent>| async move {
-                while let Envelope::Msg(event) = cx.recv().await {
-                    if let MemberEvent::Down(member, _) = event {
-                        shared.node_down(member.node);
-                    }
+        let shared = Arc::downgrade(self);
+        peers.listen(Arc::new(move |event| {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match event {
+                MemberEvent::Down(member, _) => {
+                    shared.down().insert(member.node);
+                    shared.node_down(member.node);
                 }
-            });
-        if let Ok(watcher) = watcher {
-            peers.subscribe(watcher);
-        }
+                MemberEvent::Up(member) => {
+                    shared.down().remove(&member.node);
+                }
+                MemberEvent::Suspect(_) | MemberEvent::Trusted(_) => {}
+            }
+        }));
+    }
+
+    /// Nodes declared down and not up since.
+    fn down(&self) -> std::sync::MutexGuard<'_, HashSet<NodeId>> {
+        self.down.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `message` to `node`'s distribution service on `control`, from
@@ -444,9 +466,10 @@ impl Shared {
 /// goes to the distribution service, which may wait.
 fn receive(shared: &Shared, message: Remote<DistMessage>) {
     let from = message.source().node();
-    if from != shared.handle.node() && !shared.peers.is_up(from) {
+    if shared.down().contains(&from) {
         // A node this one holds for down: its relations here are ended,
-        // and it ends its own when it learns it was declared down.
+        // and it ends its own when it learns it was declared down. (A node
+        // not met yet is heard: it may have learned of this one first.)
         tracing::debug!("dropped a message from node {}, which is down", from.0);
         return;
     }

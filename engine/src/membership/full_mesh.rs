@@ -9,10 +9,11 @@
 //! linked: the service itself, whose mailbox takes local commands and its
 //! own timers, and an *inbox* registered at the node's well-known
 //! peer-service address, which hands what peers send to the service. Both
-//! run under the node's supervisor. A restarted service keeps the node's
-//! boot stamp — for the cluster the node never left — but reports every
-//! member of its last view down, then up again as it meets them: what
-//! happened meanwhile is unknown, so relations with their processes end.
+//! run under the node's supervisor. A restarted service rejoins under a
+//! later boot stamp, which its peers take as the node started again, and
+//! reports every member of its last view down, then up again as it meets
+//! them: what happened meanwhile is unknown, so relations end on both
+//! sides.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -30,7 +31,7 @@ use foundation_transport::{
 use rkyv::{Archive, Deserialize, Serialize};
 
 use super::swim::{Output, Swim, SwimTimer, MAX_PACKET};
-use super::{DownReason, FailureDetector, Member, MemberEvent, PeerService};
+use super::{DownReason, FailureDetector, Listener, Member, MemberEvent, PeerService};
 use crate::dist::{well_known, Service};
 use crate::supervision::ChildSpec;
 
@@ -141,6 +142,7 @@ struct Shared {
     seed: u64,
     view: RwLock<BTreeMap<NodeId, Member>>,
     subscribers: Mutex<Vec<Addr<MemberEvent>>>,
+    listeners: Mutex<Vec<Listener>>,
     service: Mutex<Option<Addr<Command>>>,
     left: AtomicBool,
 }
@@ -219,6 +221,7 @@ impl FullMesh {
                 seed,
                 view: RwLock::new(BTreeMap::new()),
                 subscribers: Mutex::new(Vec::new()),
+                listeners: Mutex::new(Vec::new()),
                 service: Mutex::new(None),
                 left: AtomicBool::new(false),
             }),
@@ -279,6 +282,14 @@ impl PeerService for FullMesh {
         }
     }
 
+    fn listen(&self, listener: Listener) {
+        self.shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(listener);
+    }
+
     fn is_up(&self, node: NodeId) -> bool {
         let view = self
             .shared
@@ -337,12 +348,14 @@ async fn run(cx: Context<Command>, shared: Arc<Shared>) {
         .transport
         .register_as(well_known(shared.me.node, Service::PeerService), &inbox);
     let start = shared.starts.fetch_add(1, Ordering::Relaxed);
-    // A restart of the service keeps the node's boot: for its peers the
-    // node never went away. SWIM draws from a new stream.
+    // A restart of the service is a restart of the node for the cluster:
+    // a later boot, which its peers take as its old start gone (their
+    // relations with its processes end, as they end here). SWIM draws from
+    // a new stream.
     let mut service = Mesh {
         swim: Swim::new(
             &shared.me,
-            shared.boot,
+            shared.boot + start,
             &shared.timings,
             shared.seed.wrapping_add(start),
         ),
@@ -371,6 +384,13 @@ async fn run(cx: Context<Command>, shared: Arc<Shared>) {
     };
     for member in known {
         service.publish(&cx, MemberEvent::Down(member, DownReason::Failed));
+    }
+    // The last run's transport peers, unknown to this one: made again as
+    // they are met.
+    if start > 0 {
+        for node in shared.transport.peers() {
+            shared.transport.remove_peer(node);
+        }
     }
     // The first timers: SWIM's probe cycle starts with the first member.
     if !shared.left.load(Ordering::Acquire) {
@@ -593,6 +613,15 @@ impl Mesh {
             MemberEvent::Suspect(_) | MemberEvent::Trusted(_) => {}
         }
         tracing::debug!("{}: {event:?}", self.shared.me.name);
+        let listeners = self
+            .shared
+            .listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for listener in listeners {
+            listener(&event);
+        }
         for (_, subscriber) in &self.subscribers {
             cx.send(subscriber, event.clone());
         }

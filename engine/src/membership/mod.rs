@@ -33,6 +33,7 @@ pub(crate) mod swim;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use foundation_sched::{Addr, NodeId};
@@ -161,7 +162,18 @@ pub trait PeerService: Send + Sync {
     /// Whether `node` is up: one of [`PeerService::members`], answered
     /// without building the list.
     fn is_up(&self, node: NodeId) -> bool;
+
+    /// Calls `listener` with every change, in order, as the peer service
+    /// makes it: on the peer service's own process, after its view changed
+    /// and before subscribers hear of it. For the engine's own services
+    /// whose state must follow the view step by step (distribution ends a
+    /// node's relations before the node can be up again); `listener` must
+    /// be quick and must not wait.
+    fn listen(&self, listener: Listener);
 }
+
+/// What [`PeerService::listen`] calls with each change.
+pub type Listener = Arc<dyn Fn(&MemberEvent) + Send + Sync>;
 
 /// Durations in a configuration file, as whole milliseconds.
 mod millis {

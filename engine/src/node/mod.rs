@@ -171,8 +171,8 @@ impl Services {
     /// `SimNode::enter`), on the simulated network host its driver is: the
     /// transport listens at `config.listen` and draws from `seed`, and the
     /// boot stamp comes from the virtual time, so that a run replays.
-    /// `disk` is the node's simulated disk, which the simulation keeps
-    /// across the node's crashes. The node id is the simulation's;
+    /// `disk` is the node's simulated disk, which the simulation's driver
+    /// keeps across the node's crashes (calling [`Disk::crash`] at each). The node id is the simulation's;
     /// `config.id` is not used.
     pub fn start_simulated(
         handle: &Handle,
@@ -296,8 +296,9 @@ impl Services {
         self.disk.as_ref()
     }
 
-    /// The pid of the node's system supervisor.
-    pub fn supervisor(&self) -> foundation_sched::Pid {
-        self.supervisor.pid()
+    /// The node's system supervisor: `peer_service` and `dist_service`
+    /// are its children.
+    pub fn supervisor(&self) -> SupervisorRef {
+        self.supervisor
     }
 }
