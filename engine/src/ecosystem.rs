@@ -28,9 +28,9 @@
 //! like any worker that ends. The coordinator runs beside the manager. A
 //! worker on another node is reached with [`crate::dist::send`] to its pid
 //! (its [`Addr`] serves only on its own node), and its kind should take
-//! [`Remote`](foundation_transport::Remote) messages; the manager spawns
-//! and then links, so a manager that dies between the two leaves that one
-//! worker running.
+//! [`Remote`](foundation_transport::Remote) messages. Workers are spawned
+//! linked ([`crate::dist::spawn_link`]): the link exists before a worker
+//! runs, wherever it runs.
 //!
 //! ```
 //! use foundation::ecosystem::{spawn_ecosystem, EcosystemSpec, WorkerEvent};
@@ -495,8 +495,8 @@ pub(crate) struct Manager<C: From<WorkerEvent> + Send + 'static, W: Send + 'stat
 }
 
 /// How long a remote spawn of a worker may take before the next node is
-/// tried. A spawn that times out may still start its worker there,
-/// unlinked; the manager starts another elsewhere.
+/// tried. A spawn that times out may still start its worker there; it is
+/// linked to the manager (who ignores its exit) and ends with it.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The stream of the manager's pid that `Random` placement draws from.
@@ -563,11 +563,8 @@ where
     ) -> Result<Addr<W>, ExitReason> {
         let mut refusals = Vec::new();
         for node in self.placement_order(cx) {
-            match dist::spawn_archived(cx, node, kind, args.to_vec(), SPAWN_TIMEOUT).await {
-                Ok(pid) => {
-                    cx.link(pid);
-                    return Ok(Addr::from_pid(pid));
-                }
+            match dist::spawn_archived(cx, node, kind, args.to_vec(), true, SPAWN_TIMEOUT).await {
+                Ok(pid) => return Ok(Addr::from_pid(pid)),
                 Err(error) => refusals.push(format!("node {}: {error}", node.0)),
             }
         }

@@ -231,3 +231,57 @@ fn remote_spawn_is_allowed_refused_or_failed_with_a_typed_error() {
     b.stop();
     a.stop();
 }
+
+/// A process spawned linked on another node is linked before it runs:
+/// its end reaches the trapping caller, and the caller's end takes it
+/// down.
+#[test]
+fn a_process_spawned_linked_is_linked_both_ways() {
+    let (a, b) = pair(config(341), config(342));
+    b.dist()
+        .factory()
+        .register("crasher", |_: Context<()>, (): ()| async move {
+            Err::<(), _>(ExitReason::error("bye"))
+        });
+    b.dist()
+        .factory()
+        .register("waiter", |cx: Context<()>, (): ()| async move {
+            while let Envelope::Msg(()) = cx.recv().await {}
+        });
+    let (seen_tx, seen) = mpsc::channel();
+    a.runtime()
+        .spawn(move |cx: Context<()>| async move {
+            cx.trap_exit(true);
+            let patience = Duration::from_secs(5);
+            let crasher = dist::spawn_link(&cx, NodeId(342), "crasher", &(), patience)
+                .await
+                .expect("spawned");
+            if let Envelope::Exit(exit) = cx.recv().await {
+                seen_tx.send((exit.from == crasher, exit.reason)).unwrap();
+            }
+            // This process's end must take a linked waiter down with it.
+            let waiter = dist::spawn_link(&cx, NodeId(342), "waiter", &(), patience)
+                .await
+                .expect("spawned");
+            let watching = cx.spawn(move |cx: Context<()>| async move {
+                cx.monitor(waiter);
+                if let Envelope::Down(down) = cx.recv().await {
+                    let _ = seen_tx.send((true, down.reason));
+                }
+            });
+            let _ = watching;
+            cx.sleep(Duration::from_millis(50)).await;
+            Err::<(), _>(ExitReason::error("caller gone"))
+        })
+        .unwrap();
+    assert_eq!(
+        seen.recv_timeout(PATIENCE).unwrap(),
+        (true, ExitReason::error("bye"))
+    );
+    assert_eq!(
+        seen.recv_timeout(PATIENCE).unwrap(),
+        (true, ExitReason::error("caller gone"))
+    );
+    b.stop();
+    a.stop();
+}

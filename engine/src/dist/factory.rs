@@ -102,24 +102,51 @@ pub async fn spawn<M: Send + 'static, A: Wire>(
     timeout: Duration,
 ) -> Result<Pid, SpawnError> {
     let args = frame::archive(args).map_err(|e| SpawnError::BadArguments(e.to_string()))?;
-    spawn_archived(cx, node, kind, args, timeout).await
+    spawn_archived(cx, node, kind, args, false, timeout).await
 }
 
-/// [`spawn`] with the arguments archived already ([`frame::archive`]), as
-/// an ecosystem keeps its workers' arguments.
+/// Spawns like [`spawn`], linked to the calling process: the link is made
+/// on the far node before the new process runs, so neither can end
+/// without the other hearing of it, even if the answer never comes back
+/// (as Erlang's `spawn_link/4`).
+pub async fn spawn_link<M: Send + 'static, A: Wire>(
+    cx: &Context<M>,
+    node: NodeId,
+    kind: &str,
+    args: &A,
+    timeout: Duration,
+) -> Result<Pid, SpawnError> {
+    let args = frame::archive(args).map_err(|e| SpawnError::BadArguments(e.to_string()))?;
+    spawn_archived(cx, node, kind, args, true, timeout).await
+}
+
+/// [`spawn`] (or, with `link`, [`spawn_link`]) with the arguments archived
+/// already ([`frame::archive`]), as an ecosystem keeps its workers'
+/// arguments.
 pub(crate) async fn spawn_archived<M: Send + 'static>(
     cx: &Context<M>,
     node: NodeId,
     kind: &str,
     args: Vec<u8>,
+    link: bool,
     timeout: Duration,
 ) -> Result<Pid, SpawnError> {
     let dist = Dist::of(cx).map_err(|_| SpawnError::NotDistributed)?;
     let factory = well_known(node, Service::Dist);
-    let request = |id| DistMessage::Spawn {
-        id,
-        kind: kind.to_owned(),
-        args,
+    let kind_name = kind.to_owned();
+    let linker = cx.pid().to_bits();
+    let request = move |id| match link {
+        true => DistMessage::SpawnLinked {
+            id,
+            kind: kind_name,
+            args,
+            linker,
+        },
+        false => DistMessage::Spawn {
+            id,
+            kind: kind_name,
+            args,
+        },
     };
     let body = ask(cx, &dist, factory, None, request, timeout)
         .await
@@ -181,12 +208,24 @@ impl Factory {
     }
 
     /// Answers a spawn request: the archived [`SpawnAnswer`].
-    pub(crate) fn spawn(&self, handle: &Handle, kind: &str, args: &[u8]) -> Vec<u8> {
-        let answer = self.try_spawn(handle, kind, args);
+    pub(crate) fn spawn(
+        &self,
+        handle: &Handle,
+        kind: &str,
+        args: &[u8],
+        linker: Option<Pid>,
+    ) -> Vec<u8> {
+        let answer = self.try_spawn(handle, kind, args, linker);
         frame::archive(&answer).expect("a spawn answer encodes")
     }
 
-    fn try_spawn(&self, handle: &Handle, kind: &str, args: &[u8]) -> SpawnAnswer {
+    fn try_spawn(
+        &self,
+        handle: &Handle,
+        kind: &str,
+        args: &[u8],
+        linker: Option<Pid>,
+    ) -> SpawnAnswer {
         let found = self
             .kinds
             .read()
@@ -201,7 +240,7 @@ impl Factory {
             return SpawnAnswer::Denied;
         }
         drop(allowed);
-        found.spawn(handle, args)
+        found.spawn(handle, args, linker)
     }
 }
 
@@ -217,7 +256,8 @@ enum SpawnAnswer {
 
 /// A registered kind, its argument type erased.
 trait Kind: Send + Sync {
-    fn spawn(&self, handle: &Handle, args: &[u8]) -> SpawnAnswer;
+    /// Spawns with `args`, linked to `linker` (if any) before it runs.
+    fn spawn(&self, handle: &Handle, args: &[u8], linker: Option<Pid>) -> SpawnAnswer;
 }
 
 struct Typed<A, M, F> {
@@ -234,13 +274,21 @@ where
     Fut: Future + 'static,
     Fut::Output: ProcessResult,
 {
-    fn spawn(&self, handle: &Handle, args: &[u8]) -> SpawnAnswer {
+    fn spawn(&self, handle: &Handle, args: &[u8], linker: Option<Pid>) -> SpawnAnswer {
         let args: A = match frame::unarchive(args) {
             Ok(args) => args,
             Err(error) => return SpawnAnswer::BadArguments(error.to_string()),
         };
         let start = self.start.clone();
-        match handle.spawn(move |cx: Context<M>| start(cx, args)) {
+        let spawned = handle.spawn(move |cx: Context<M>| async move {
+            if let Some(linker) = linker {
+                // First, so the link exists before the kind's code runs,
+                // and a linker that is gone takes the process with it.
+                cx.link(linker);
+            }
+            start(cx, args).await
+        });
+        match spawned {
             Ok(addr) => SpawnAnswer::Spawned(addr.pid().to_bits()),
             Err(error) => SpawnAnswer::Failed(error.to_string()),
         }

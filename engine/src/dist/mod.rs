@@ -11,6 +11,20 @@
 //! once. [`Node`](crate::node::Node) runs it; a simulation builds it with
 //! [`Dist::new`].
 //!
+//! # Messages, calls and spawns
+//!
+//! A process that other nodes talk to receives
+//! [`Remote<T>`](foundation_transport::Remote) messages: each is validated
+//! on arrival and read in place. [`send`] reaches it by pid from any node,
+//! its own included (a local send takes the same form, without a socket);
+//! [`register`] gives it a name on its node, which [`send_named`] reaches
+//! from anywhere. [`call`] sends a request and waits for the answer the
+//! server gives with [`reply`], failing with the server's exit reason if
+//! it ends first — `noconnection` if its node goes down. [`spawn`] asks a
+//! node's process [`Factory`] to start a process of a kind registered
+//! there, with typed arguments; [`spawn_link`] links it to the caller
+//! before it runs.
+//!
 //! # Order
 //!
 //! Signals and calls travel on the acknowledged `control` channel, one
@@ -23,13 +37,14 @@
 //!
 //! # Well-known services
 //!
-//! Every node runs a few services that peers must reach before they know
-//! any pid on the node: the peer service, the signal service, and (as they
-//! land) the process factory and the name registry. Each is registered with
-//! the transport at a *well-known* alias: a pid on shard 255, which no
-//! runtime has (a runtime has at most 255 shards, numbered from 0), so an
-//! alias never names a real process. Slot 0 of that shard is the runtime's
-//! own "outside" sender; the services take the slots after it.
+//! Every node runs services that peers must reach before they know any pid
+//! on the node: the peer service, and the distribution's own address,
+//! which takes signals, answers to calls and spawn requests for the process
+//! factory. Each is registered with the transport at a *well-known* alias:
+//! a pid on shard 255, which no runtime has (a runtime has at most 255
+//! shards, numbered from 0), so an alias never names a real process. Slot
+//! 0 of that shard is the runtime's own "outside" sender; the services take
+//! the slots after it, and registered names (hashed) the upper half.
 //!
 //! ```no_run
 //! use foundation::{Context, Envelope, ExitReason, Pid};
@@ -66,7 +81,7 @@ use signals::{Relations, WireSignal};
 
 pub use calls::{call, reply, Call, CallError};
 pub(crate) use factory::spawn_archived;
-pub use factory::{spawn, Factory, SpawnError};
+pub use factory::{spawn, spawn_link, Factory, SpawnError};
 
 /// A service every node runs at a fixed address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +136,18 @@ pub(crate) enum DistMessage {
         kind: String,
         /// The arguments, an archive of the kind's argument type.
         args: Vec<u8>,
+    },
+    /// Spawn as [`DistMessage::Spawn`], linked to `linker` (a process of
+    /// the asking node) before the new process runs.
+    SpawnLinked {
+        /// The call's id at the caller's node.
+        id: u64,
+        /// The kind's registered name.
+        kind: String,
+        /// The arguments, an archive of the kind's argument type.
+        args: Vec<u8>,
+        /// The process to link to.
+        linker: u64,
     },
 }
 
@@ -438,6 +465,18 @@ impl Shared {
         Ok(())
     }
 
+    /// Spawns `kind` with `args` for node `from`, linked to `linker` if
+    /// given, and answers call `id`.
+    fn spawn_for(&self, from: NodeId, id: u64, kind: &str, args: &[u8], linker: Option<Pid>) {
+        let reply = DistMessage::Reply {
+            id,
+            body: self.factory.spawn(&self.handle, kind, args, linker),
+        };
+        if let Err(error) = self.post(from, reply, |reply| Command::Answer(from, reply)) {
+            tracing::debug!("spawn answer for node {}: {error}", from.0);
+        }
+    }
+
     /// Answers `signal` as a node that cannot be reached would, and
     /// forgets the relation it began.
     fn unreachable(&self, to: Pid, signal: Signal) {
@@ -491,12 +530,19 @@ fn receive(shared: &Shared, message: Remote<DistMessage>) {
             shared.pending.answer(from, id.to_native(), body)
         }
         ArchivedDistMessage::Spawn { id, kind, args } => {
-            let reply = DistMessage::Reply {
-                id: id.to_native(),
-                body: shared.factory.spawn(&shared.handle, kind, args),
-            };
-            if let Err(error) = shared.post(from, reply, |reply| Command::Answer(from, reply)) {
-                tracing::debug!("spawn answer for node {}: {error}", from.0);
+            shared.spawn_for(from, id.to_native(), kind, args, None);
+        }
+        ArchivedDistMessage::SpawnLinked {
+            id,
+            kind,
+            args,
+            linker,
+        } => {
+            let linker = Pid::from_bits(linker.to_native());
+            if linker.node() == from {
+                shared.spawn_for(from, id.to_native(), kind, args, Some(linker));
+            } else {
+                tracing::warn!("node {} asked to link a spawn to {linker}", from.0);
             }
         }
     }
