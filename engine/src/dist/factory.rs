@@ -6,8 +6,9 @@
 //! the arguments archived; the factory checks the kind is registered and
 //! allowed ([`Factory::allow_only`]), validates the arguments as the kind's
 //! type, spawns, and answers with the pid — or with why not, as a typed
-//! [`SpawnError`]. Requests are answered by the node's distribution inbox
-//! itself, in arrival order, without another hop.
+//! [`SpawnError`]. Requests are answered on the thread that receives them,
+//! in arrival order, without another hop — except a linked spawn's, which
+//! the new process answers itself once it has linked.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -105,10 +106,11 @@ pub async fn spawn<M: Send + 'static, A: Wire>(
     spawn_archived(cx, node, kind, args, false, timeout).await
 }
 
-/// Spawns like [`spawn`], linked to the calling process: the link is made
-/// on the far node before the new process runs, so neither can end
-/// without the other hearing of it, even if the answer never comes back
-/// (as Erlang's `spawn_link/4`).
+/// Spawns like [`spawn`], linked to the calling process, as Erlang's
+/// `spawn_link/4`: the new process links first and only then sends its
+/// pid back, on the same connection, so when the caller learns the pid the
+/// link is in place; a process that never ran (its node died first) never
+/// answers, and the spawn times out or fails with [`SpawnError::NodeDown`].
 pub async fn spawn_link<M: Send + 'static, A: Wire>(
     cx: &Context<M>,
     node: NodeId,
@@ -207,16 +209,17 @@ impl Factory {
         names
     }
 
-    /// Answers a spawn request: the archived [`SpawnAnswer`].
+    /// Answers a spawn request: the archived [`SpawnAnswer`], or `None`
+    /// when the new process, linked, answers itself through `link`.
     pub(crate) fn spawn(
         &self,
         handle: &Handle,
         kind: &str,
         args: &[u8],
-        linker: Option<Pid>,
-    ) -> Vec<u8> {
-        let answer = self.try_spawn(handle, kind, args, linker);
-        frame::archive(&answer).expect("a spawn answer encodes")
+        link: Option<Link>,
+    ) -> Option<Vec<u8>> {
+        self.try_spawn(handle, kind, args, link)
+            .map(|answer| answer.archived())
     }
 
     fn try_spawn(
@@ -224,8 +227,8 @@ impl Factory {
         handle: &Handle,
         kind: &str,
         args: &[u8],
-        linker: Option<Pid>,
-    ) -> SpawnAnswer {
+        link: Option<Link>,
+    ) -> Option<SpawnAnswer> {
         let found = self
             .kinds
             .read()
@@ -233,14 +236,14 @@ impl Factory {
             .get(kind)
             .cloned();
         let Some(found) = found else {
-            return SpawnAnswer::Unknown;
+            return Some(SpawnAnswer::Unknown);
         };
         let allowed = self.allowed.read().unwrap_or_else(PoisonError::into_inner);
         if allowed.as_ref().is_some_and(|list| !list.contains(kind)) {
-            return SpawnAnswer::Denied;
+            return Some(SpawnAnswer::Denied);
         }
         drop(allowed);
-        found.spawn(handle, args, linker)
+        found.spawn(handle, args, link)
     }
 }
 
@@ -256,8 +259,22 @@ enum SpawnAnswer {
 
 /// A registered kind, its argument type erased.
 trait Kind: Send + Sync {
-    /// Spawns with `args`, linked to `linker` (if any) before it runs.
-    fn spawn(&self, handle: &Handle, args: &[u8], linker: Option<Pid>) -> SpawnAnswer;
+    /// Spawns with `args`. Linked, the new process links to the linker
+    /// and answers itself (`None`); otherwise, the answer.
+    fn spawn(&self, handle: &Handle, args: &[u8], link: Option<Link>) -> Option<SpawnAnswer>;
+}
+
+/// A spawn linked to `linker`: the new process links, then hands its
+/// archived answer to `answer`.
+pub(crate) struct Link {
+    pub(crate) linker: Pid,
+    pub(crate) answer: Box<dyn FnOnce(Vec<u8>) + Send>,
+}
+
+impl SpawnAnswer {
+    fn archived(&self) -> Vec<u8> {
+        frame::archive(self).expect("a spawn answer encodes")
+    }
 }
 
 struct Typed<A, M, F> {
@@ -274,23 +291,28 @@ where
     Fut: Future + 'static,
     Fut::Output: ProcessResult,
 {
-    fn spawn(&self, handle: &Handle, args: &[u8], linker: Option<Pid>) -> SpawnAnswer {
+    fn spawn(&self, handle: &Handle, args: &[u8], link: Option<Link>) -> Option<SpawnAnswer> {
         let args: A = match frame::unarchive(args) {
             Ok(args) => args,
-            Err(error) => return SpawnAnswer::BadArguments(error.to_string()),
+            Err(error) => return Some(SpawnAnswer::BadArguments(error.to_string())),
         };
         let start = self.start.clone();
+        let linked = link.is_some();
         let spawned = handle.spawn(move |cx: Context<M>| async move {
-            if let Some(linker) = linker {
-                // First, so the link exists before the kind's code runs,
-                // and a linker that is gone takes the process with it.
+            if let Some(Link { linker, answer }) = link {
+                // The link first, then the answer, both on the linker
+                // node's control lane: when the linker learns the pid, the
+                // link is there, and a linker that is gone takes this
+                // process with it before the kind's code runs.
                 cx.link(linker);
+                answer(SpawnAnswer::Spawned(cx.pid().to_bits()).archived());
             }
             start(cx, args).await
         });
         match spawned {
-            Ok(addr) => SpawnAnswer::Spawned(addr.pid().to_bits()),
-            Err(error) => SpawnAnswer::Failed(error.to_string()),
+            Ok(_) if linked => None,
+            Ok(addr) => Some(SpawnAnswer::Spawned(addr.pid().to_bits())),
+            Err(error) => Some(SpawnAnswer::Failed(error.to_string())),
         }
     }
 }

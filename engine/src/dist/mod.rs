@@ -64,11 +64,11 @@ mod calls;
 mod factory;
 mod signals;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use foundation_sched::remote::{Distribution, Signal};
-use foundation_sched::{Addr, Context, Envelope, ExitReason, Handle, NodeId, Pid, ShardId};
+use foundation_sched::{Addr, Context, ExitReason, Handle, NodeId, Pid, ShardId};
 use foundation_transport::frame::Wire;
 use foundation_transport::{ChannelId, Remote, SendError, Transport};
 use rkyv::{Archive, Deserialize, Serialize};
@@ -81,6 +81,7 @@ use signals::{Relations, WireSignal};
 
 pub use calls::{call, reply, Call, CallError};
 pub(crate) use factory::spawn_archived;
+use factory::Link;
 pub use factory::{spawn, spawn_link, Factory, SpawnError};
 
 /// A service every node runs at a fixed address.
@@ -166,23 +167,25 @@ struct Shared {
     /// came.
     down: Mutex<HashSet<NodeId>>,
     relations: Mutex<Relations>,
-    /// Messages for each node waiting in the service for room on its
-    /// lane; while any wait, later ones queue behind them.
-    backlog: Mutex<HashMap<NodeId, usize>>,
+    /// Messages for each node waiting for room on its lane, in order;
+    /// while any wait, later ones queue behind them. The service sends
+    /// them; a node declared down has its queue answered and dropped.
+    backlog: Mutex<HashMap<NodeId, VecDeque<Queued>>>,
     pending: Pending,
     factory: Factory,
     /// The distribution service, while it runs.
-    service: Mutex<Option<Addr<Command>>>,
+    service: Mutex<Option<Addr<Wake>>>,
 }
 
-/// The distribution service's mailbox.
-enum Command {
-    /// A local process's signal for a process on another node, whose lane
-    /// was out of credit.
-    Send(Pid, Signal),
-    /// The answer to a spawn request from `node`, whose lane was out of
-    /// credit.
-    Answer(NodeId, DistMessage),
+/// The distribution service's mailbox: a nudge that something was queued.
+struct Wake;
+
+/// A message that waits for room on its node's `control` lane.
+enum Queued {
+    /// A local process's signal for a process there.
+    Signal(Pid, Signal),
+    /// The answer to a spawn request it made.
+    Answer(DistMessage),
 }
 
 /// Where a runtime keeps its node's [`Dist`], for the functions of this
@@ -259,7 +262,7 @@ impl Dist {
     /// The distribution service as a supervised child (`dist_service`).
     pub fn child_spec(&self) -> ChildSpec {
         let shared = self.shared.clone();
-        ChildSpec::worker("dist_service", move |cx: Context<Command>| {
+        ChildSpec::worker("dist_service", move |cx: Context<Wake>| {
             serve(cx, shared.clone())
         })
     }
@@ -367,7 +370,7 @@ impl Distribution for Carrier {
         let wire = DistMessage::Signal(WireSignal::new(to, &signal));
         let later = signal.clone();
         if shared
-            .post(to.node(), wire, |_| Command::Send(to, later))
+            .post(to.node(), wire, |_| Queued::Signal(to, later))
             .is_err()
         {
             shared.unreachable(to, signal);
@@ -382,7 +385,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn backlog(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, usize>> {
+    fn backlog(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, VecDeque<Queued>>> {
         self.backlog.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -396,18 +399,7 @@ impl Shared {
         }
     }
 
-    /// One message that waited for room went out (or failed) for `node`.
-    fn sent_later(&self, node: NodeId) {
-        let mut backlog = self.backlog();
-        if let Some(waiting) = backlog.get_mut(&node) {
-            *waiting -= 1;
-            if *waiting == 0 {
-                backlog.remove(&node);
-            }
-        }
-    }
-
-    fn service(&self) -> Option<Addr<Command>> {
+    fn service(&self) -> Option<Addr<Wake>> {
         *self.service.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -444,7 +436,7 @@ impl Shared {
         &self,
         node: NodeId,
         message: DistMessage,
-        later: impl FnOnce(DistMessage) -> Command,
+        later: impl FnOnce(DistMessage) -> Queued,
     ) -> Result<(), SendError> {
         let me = well_known(self.handle.node(), Service::Dist);
         let to = well_known(node, Service::Dist);
@@ -460,20 +452,83 @@ impl Shared {
             }
         }
         let service = self.service().ok_or(SendError::WouldBlock)?;
-        *backlog.entry(node).or_default() += 1;
-        self.handle.send(&service, later(message));
+        backlog.entry(node).or_default().push_back(later(message));
+        drop(backlog);
+        self.handle.send(&service, Wake);
         Ok(())
+    }
+
+    /// Sends what waits for room, node by node, as far as each lane takes
+    /// it; a node declared down has its queue answered as unreachable.
+    /// Whether anything still waits.
+    fn send_queued(&self) -> bool {
+        let me = well_known(self.handle.node(), Service::Dist);
+        let down = self.down().clone();
+        let mut unreachable = Vec::new();
+        let mut backlog = self.backlog();
+        backlog.retain(|&node, queue| {
+            let gone = down.contains(&node);
+            while let Some(queued) = queue.front() {
+                let sent = match (gone, queued) {
+                    (true, _) => Err(SendError::Closed),
+                    (false, Queued::Signal(to, signal)) => {
+                        let wire = DistMessage::Signal(WireSignal::new(*to, signal));
+                        let target = well_known(node, Service::Dist);
+                        self.transport
+                            .try_send(me, target, ChannelId::CONTROL, &wire)
+                    }
+                    (false, Queued::Answer(reply)) => {
+                        let target = well_known(node, Service::Dist);
+                        self.transport
+                            .try_send(me, target, ChannelId::CONTROL, reply)
+                    }
+                };
+                match sent {
+                    Err(SendError::WouldBlock) => return true,
+                    Ok(()) => drop(queue.pop_front()),
+                    Err(error) => {
+                        tracing::debug!("queued for node {}: {error}", node.0);
+                        if let Some(Queued::Signal(to, signal)) = queue.pop_front() {
+                            unreachable.push((to, signal));
+                        }
+                    }
+                }
+            }
+            false
+        });
+        let waiting = !backlog.is_empty();
+        drop(backlog);
+        for (to, signal) in unreachable {
+            self.unreachable(to, signal);
+        }
+        waiting
     }
 
     /// Spawns `kind` with `args` for node `from`, linked to `linker` if
     /// given, and answers call `id`.
-    fn spawn_for(&self, from: NodeId, id: u64, kind: &str, args: &[u8], linker: Option<Pid>) {
-        let reply = DistMessage::Reply {
-            id,
-            body: self.factory.spawn(&self.handle, kind, args, linker),
+    fn spawn_for(
+        self: &Arc<Self>,
+        from: NodeId,
+        id: u64,
+        kind: &str,
+        args: &[u8],
+        linker: Option<Pid>,
+    ) {
+        let answering = Arc::downgrade(self);
+        let answer = move |body: Vec<u8>| {
+            if let Some(shared) = answering.upgrade() {
+                let reply = DistMessage::Reply { id, body };
+                if let Err(error) = shared.post(from, reply, Queued::Answer) {
+                    tracing::debug!("spawn answer for node {}: {error}", from.0);
+                }
+            }
         };
-        if let Err(error) = self.post(from, reply, |reply| Command::Answer(from, reply)) {
-            tracing::debug!("spawn answer for node {}: {error}", from.0);
+        let link = linker.map(|linker| Link {
+            linker,
+            answer: Box::new(answer.clone()),
+        });
+        if let Some(body) = self.factory.spawn(&self.handle, kind, args, link) {
+            answer(body);
         }
     }
 
@@ -503,7 +558,7 @@ impl Shared {
 /// its place among the messages the same connection delivers; spawn
 /// requests are answered there too. Only what finds its lane out of credit
 /// goes to the distribution service, which may wait.
-fn receive(shared: &Shared, message: Remote<DistMessage>) {
+fn receive(shared: &Arc<Shared>, message: Remote<DistMessage>) {
     let from = message.source().node();
     if shared.down().contains(&from) {
         // A node this one holds for down: its relations here are ended,
@@ -549,11 +604,9 @@ fn receive(shared: &Shared, message: Remote<DistMessage>) {
 }
 
 /// The distribution service: sends the signals and spawn answers that
-/// found their lane out of credit, and ends relations with nodes that go
-/// down.
-async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
-    // What waited in a service that died is lost with it.
-    shared.backlog().clear();
+/// found their lane out of credit, node by node as room comes, so that
+/// one slow or dead node holds up no other.
+async fn serve(cx: Context<Wake>, shared: Arc<Shared>) {
     *shared
         .service
         .lock()
@@ -573,32 +626,13 @@ async fn serve(cx: Context<Command>, shared: Arc<Shared>) {
             }
         }),
     );
-    while let Envelope::Msg(command) = cx.recv().await {
-        match command {
-            Command::Send(to, signal) => {
-                let target = well_known(to.node(), Service::Dist);
-                let wire = DistMessage::Signal(WireSignal::new(to, &signal));
-                let sent = shared
-                    .transport
-                    .send(cx.pid(), target, ChannelId::CONTROL, &wire)
-                    .await;
-                shared.sent_later(to.node());
-                if let Err(error) = sent {
-                    tracing::debug!("signal for {to}: {error}");
-                    shared.unreachable(to, signal);
-                }
-            }
-            Command::Answer(from, reply) => {
-                let to = well_known(from, Service::Dist);
-                let sent = shared
-                    .transport
-                    .send(cx.pid(), to, ChannelId::CONTROL, &reply)
-                    .await;
-                shared.sent_later(from);
-                if let Err(error) = sent {
-                    tracing::debug!("spawn answer for node {}: {error}", from.0);
-                }
-            }
+    loop {
+        if shared.send_queued() {
+            // Room comes back with credit: look again soon.
+            cx.sleep(std::time::Duration::from_millis(1)).await;
+            while cx.try_recv().is_some() {}
+        } else if cx.recv().await.into_msg().is_none() {
+            return;
         }
     }
 }
