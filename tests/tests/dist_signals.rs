@@ -243,3 +243,77 @@ fn a_restarted_peer_service_ends_relations_on_both_sides() {
         node.stop();
     }
 }
+
+/// While the `control` lane to a node is out of credit (a process there
+/// sits on a megabyte of messages), signals for it wait in order and go
+/// out as room comes back: the monitor taken meanwhile is in place before
+/// its target ends, and sees the target's own reason.
+#[test]
+fn signals_wait_for_credit_and_then_go_in_order() {
+    use foundation::transport::{ChannelId, Remote, SendError};
+
+    let nodes = cluster(&[251, 252]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    // A sink that holds what it gets for a while before dropping it.
+    let (release_tx, release) = mpsc::channel::<()>();
+    let release = std::sync::Arc::new(std::sync::Mutex::new(release));
+    let sink = b
+        .runtime()
+        .spawn(move |cx: Context<Remote<Vec<u8>>>| async move {
+            let mut held = Vec::new();
+            loop {
+                match cx.recv_timeout(Duration::from_millis(10)).await {
+                    Some(Envelope::Msg(message)) => held.push(message),
+                    Some(_) => return,
+                    None if release.lock().unwrap().try_recv().is_ok() => held.clear(),
+                    None => {}
+                }
+            }
+        })
+        .unwrap();
+    b.transport().register(&sink);
+    let to = sink.pid();
+    let filled = a
+        .runtime()
+        .block_on(move |cx: Context<()>| async move {
+            let transport = foundation::dist::Dist::of(&cx).unwrap().transport().clone();
+            // Big messages, then ever smaller ones, until not even the
+            // smallest fits.
+            for size in [64 * 1024, 1024, 0] {
+                let chunk = vec![7u8; size];
+                let mut sent = 0;
+                loop {
+                    match transport.try_send(cx.pid(), to, ChannelId::CONTROL, &chunk) {
+                        Ok(()) => sent += 1,
+                        Err(SendError::WouldBlock) => break,
+                        Err(error) => panic!("{error}"),
+                    }
+                    if sent % 16 == 0 {
+                        cx.sleep(Duration::from_micros(200)).await;
+                    }
+                    if sent > 100_000 {
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+        .unwrap();
+    assert!(filled, "the control lane ran out of credit");
+    let far = worker(b);
+    let seen = watcher(a, vec![far.pid()], vec![]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(b.dist().relations(), 0, "the monitor waits for room");
+    release_tx.send(()).unwrap();
+    eventually("the monitor reaches its target's node", || {
+        b.dist().relations() == 1
+    });
+    b.runtime().send(&far, "done waiting".to_owned());
+    assert_eq!(
+        next(&seen),
+        Seen::Down(far.pid(), ExitReason::error("done waiting"))
+    );
+    for node in nodes {
+        node.stop();
+    }
+}
