@@ -14,6 +14,7 @@
 //! `control` has one connection per peer (the default; a node refuses to
 //! start with more).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
@@ -223,12 +224,11 @@ impl Pending {
     /// `node` answered call `id` with `body`. A node answers only the
     /// calls made to it; an answer for a call that gave up is dropped.
     pub(crate) fn answer(&self, node: NodeId, id: u64, body: &[u8]) {
-        let mut waiting = self.waiting();
-        if waiting.get(&id).is_some_and(|(asked, _)| *asked == node) {
-            let (_, sender) = waiting.remove(&id).expect("checked");
-            drop(waiting);
-            sender.send(Ok(body.to_vec()));
-        }
+        let sender = match self.waiting().entry(id) {
+            Entry::Occupied(call) if call.get().0 == node => call.remove().1,
+            _ => return,
+        };
+        sender.send(Ok(body.to_vec()));
     }
 
     /// The caller stopped waiting.
