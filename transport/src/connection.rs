@@ -34,7 +34,7 @@ use crate::handshake::{
 };
 use crate::inbound::{Block, EndpointCache, Feedback};
 use crate::lane::Lane;
-use crate::sys::{Bound, Listener, Reactor, Socket, Stream};
+use crate::sys::{Bound, Listener, Reactor, ReceiveBuffers, Socket, Stream};
 use crate::{ConnectionError, Inner, Peer};
 
 /// Size of a reader's receive block, unless the channel's frames need more.
@@ -106,6 +106,8 @@ pub(crate) async fn dial(
                 let spec = &inner.channels[usize::from(channel)];
                 stream.set_send_slice(spec.send_slice as usize);
                 stream.set_background_sends(spec.background_sends);
+                // The writer reads only credit and acknowledgements.
+                stream.set_receive_buffers(ReceiveBuffers::Shared);
                 lane.connected(established.incarnation, established.delivered);
                 inner.counters.connections.increment();
                 let error = write_lane(&lane, &stream, &partitioned).await;
@@ -290,7 +292,9 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: Socket, addr: SocketA
     {
         return; // Cut off by a fault rule: close at once.
     }
-    cx.set_priority(inner.channels[usize::from(reader.channel)].process_priority());
+    let spec = &inner.channels[usize::from(reader.channel)];
+    cx.set_priority(spec.process_priority());
+    stream.set_receive_buffers(spec.receive_buffers);
     let error = reader.run(&cx, &inner, &stream).await;
     if !inner.is_closed() {
         inner.connection_failed(Some(peer), addr, error);
@@ -695,6 +699,8 @@ struct FrameBuffer {
     /// Bytes at the front already consumed.
     start: usize,
     capacity: usize,
+    /// The range a receive is pending for: `bytes` is lent to the stream.
+    receiving: Option<std::ops::Range<usize>>,
 }
 
 impl FrameBuffer {
@@ -704,6 +710,7 @@ impl FrameBuffer {
             filled: 0,
             start: 0,
             capacity,
+            receiving: None,
         }
     }
 
@@ -713,23 +720,31 @@ impl FrameBuffer {
         task: &mut std::task::Context<'_>,
         stream: &Stream,
     ) -> Poll<Result<usize, ConnectionError>> {
-        if self.start > 0 && self.capacity - self.filled < MIN_READ_ROOM {
-            // Move the partial frame to the front.
-            self.bytes.copy_within(self.start..self.filled, 0);
-            self.filled -= self.start;
-            self.start = 0;
-        }
-        if self.bytes.len() < self.capacity {
-            self.bytes.resize(self.capacity, 0);
-        }
-        if self.filled == self.capacity {
-            return Poll::Ready(Err(ConnectionError::Frame(FrameError::Oversized {
-                length: self.capacity as u32,
-                max: self.capacity as u32,
-            })));
-        }
-        let end = self.capacity.min(self.filled + FILL_SLICE);
-        match stream.poll_recv(task, &mut self.bytes[self.filled..end]) {
+        let range = match self.receiving.clone() {
+            // The buffer is lent to the stream: nothing may touch it.
+            Some(range) => range,
+            None => {
+                if self.start > 0 && self.capacity - self.filled < MIN_READ_ROOM {
+                    // Move the partial frame to the front.
+                    self.bytes.copy_within(self.start..self.filled, 0);
+                    self.filled -= self.start;
+                    self.start = 0;
+                }
+                if self.bytes.len() < self.capacity {
+                    self.bytes.resize(self.capacity, 0);
+                }
+                if self.filled == self.capacity {
+                    return Poll::Ready(Err(ConnectionError::Frame(FrameError::Oversized {
+                        length: self.capacity as u32,
+                        max: self.capacity as u32,
+                    })));
+                }
+                self.filled..self.capacity.min(self.filled + FILL_SLICE)
+            }
+        };
+        let received = stream.poll_recv(task, &mut self.bytes, range.clone());
+        self.receiving = received.is_pending().then_some(range);
+        match received {
             Poll::Ready(Ok(0)) if self.filled > self.start => {
                 // Closed in the middle of a frame.
                 let got = self.filled - self.start;

@@ -91,7 +91,9 @@ mod lane;
 mod route;
 mod sys;
 
-pub use channel::{ChannelId, ChannelSpec, ConfigError, Delivery, WhenDisconnected};
+pub use channel::{
+    ChannelId, ChannelSpec, ConfigError, Delivery, ReceiveBuffers, WhenDisconnected,
+};
 pub use handshake::{Cookie, HandshakeError, PROTOCOL_VERSION};
 pub use inbound::Remote;
 pub use sys::{sim, Backend, BackendError, IoOptions, BACKEND_ENV};

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use foundation_sched::{oneshot, Context, Placement, Runtime, ShardId, SpawnOptions};
 
-use super::{Backend, Bound, IoOptions, Listener, Reactor, Stream};
+use super::{Backend, Bound, IoOptions, Listener, Reactor, ReceiveBuffers, RecvBuf, Stream};
 
 /// How long one case may take on one backend.
 const PATIENCE: Duration = Duration::from_secs(120);
@@ -77,7 +77,7 @@ fn small_messages_echo_with_zero_copy_sends_and_tiny_buffers() {
     on_every_backend("echo, zero-copy, tiny buffers", options, echo_case);
 }
 
-fn echo_case(backend: Backend, runtime: &Runtime) {
+fn echo_case(backend: Io, runtime: &Runtime) {
     const MESSAGES: usize = 500;
     let echoed = runtime
         .block_on(move |cx: Context<()>| async move {
@@ -95,7 +95,7 @@ fn echo_case(backend: Backend, runtime: &Runtime) {
             .await;
             let (stream, _) = accept(backend, &listener).await?;
             let mut echoed = 0;
-            let mut buf = vec![0; 1024];
+            let mut buf = recv_buf(1024);
             loop {
                 let n = recv(&stream, &mut buf).await?;
                 if n == 0 {
@@ -111,6 +111,78 @@ fn echo_case(backend: Backend, runtime: &Runtime) {
         .expect("no I/O error");
     let expected: usize = (0..MESSAGES).map(|i| 1 + (i * 37) % 300).sum();
     assert_eq!(echoed, expected);
+}
+
+#[test]
+fn a_receive_fills_only_its_range_of_the_buffer() {
+    on_every_backend("receive range", IoOptions::default(), |backend, runtime| {
+        let buf = runtime
+            .block_on(move |cx: Context<()>| async move {
+                let (listener, addr) = listen(backend)?;
+                let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                    let stream = connect(backend, addr).await?;
+                    send(&stream, b"hello".to_vec()).await?;
+                    // Until the other end has read.
+                    let mut buf = recv_buf(1);
+                    recv(&stream, &mut buf).await
+                })
+                .await;
+                let (stream, _) = accept(backend, &listener).await?;
+                let mut buf = recv_buf(64);
+                buf.fill(0xee);
+                let mut got = 0;
+                while got < 5 {
+                    let range = 16 + got..32;
+                    got += poll_fn(|cx| stream.poll_recv(cx, &mut buf, range.clone())).await?;
+                }
+                drop(stream);
+                client.await.expect("the client reports")?;
+                Ok::<_, io::Error>(buf)
+            })
+            .expect("the process returns")
+            .expect("no I/O error");
+        assert_eq!(buf.len(), 64, "the buffer comes back whole");
+        assert_eq!(&buf[16..21], b"hello");
+        assert!(buf[..16].iter().chain(&buf[21..]).all(|&b| b == 0xee));
+    });
+}
+
+#[test]
+fn switching_where_a_stream_receives_loses_and_reorders_nothing() {
+    on_every_backend(
+        "receive mode switches",
+        IoOptions::default(),
+        |backend, runtime| {
+            const LEN: usize = 4 << 20;
+            let received = runtime
+                .block_on(move |cx: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                        let stream = connect(backend, addr).await?;
+                        send(&stream, pattern(3, LEN)).await
+                    })
+                    .await;
+                    let (stream, _) = accept(backend, &listener).await?;
+                    let mut received = Vec::new();
+                    // Shared first, so a multishot receive is armed and
+                    // filling buffers when the switch comes.
+                    let modes = [ReceiveBuffers::Shared, ReceiveBuffers::InPlace];
+                    for (i, &mode) in modes.iter().cycle().enumerate() {
+                        if received.len() >= LEN {
+                            break;
+                        }
+                        stream.set_receive_buffers(mode);
+                        let piece = (LEN - received.len()).min(100_003 + i);
+                        received.extend(recv_exact(&stream, piece, 65_536).await?);
+                    }
+                    client.await.expect("the client reports")?;
+                    Ok::<_, io::Error>(received)
+                })
+                .expect("the process returns")
+                .expect("no I/O error");
+            assert!(received == pattern(3, LEN), "the bytes arrive in order");
+        },
+    );
 }
 
 #[test]
@@ -165,12 +237,12 @@ fn eight_mebibytes_arrive_exactly_in_small_background_slices() {
 
 /// Each end sends 8 MiB in one buffer while it receives the other's 8 MiB,
 /// reading in odd-sized pieces, then both check every byte.
-fn big_transfer_case(backend: Backend, runtime: &Runtime) {
+fn big_transfer_case(backend: Io, runtime: &Runtime) {
     transfer(backend, runtime, |_| {});
 }
 
 /// [`big_transfer_case`], with both streams set up by `setup` first.
-fn transfer(backend: Backend, runtime: &Runtime, setup: fn(&Stream)) {
+fn transfer(backend: Io, runtime: &Runtime, setup: fn(&Stream)) {
     runtime
         .block_on(move |cx: Context<()>| async move {
             let (listener, addr) = listen(backend)?;
@@ -237,7 +309,7 @@ fn zero_copy_sends_the_kernel_copies_become_plain_sends() {
             .expect("the process returns")
             .expect("no I/O error");
         // Loopback delivers to a local socket, so the kernel copies.
-        let zero_copy = backend == Backend::IoUring;
+        let zero_copy = backend.kind == Backend::IoUring;
         assert_eq!(before, zero_copy, "before the first send");
         assert!(!after, "after a send over loopback");
     });
@@ -259,7 +331,7 @@ fn a_peer_close_reads_as_zero() {
                 let (stream, _) = accept(backend, &listener).await?;
                 server.await.expect("the peer reports")?;
                 let data = recv_exact(&stream, 3, 64).await?;
-                let mut buf = [0; 16];
+                let mut buf = recv_buf(16);
                 let first = recv(&stream, &mut buf).await?;
                 let second = recv(&stream, &mut buf).await?;
                 Ok::<_, io::Error>((data, [first, second]))
@@ -280,7 +352,7 @@ fn a_reset_reads_as_an_error_and_fails_sends() {
                 let client = spawn_on(&cx, other_shard(&cx), move || async move {
                     let stream = connect(backend, addr).await?;
                     send(&stream, vec![7; 1000]).await?;
-                    let mut buf = [0; 16];
+                    let mut buf = recv_buf(16);
                     let read = recv(&stream, &mut buf).await.map_err(|error| error.kind());
                     let write = send(&stream, vec![8; 1000])
                         .await
@@ -350,7 +422,7 @@ fn dropping_streams_with_plain_sends_in_flight_is_safe() {
 /// or once it is in the kernel), with a receive armed, listeners dropped
 /// with an accept pending; then the shards still work, and a runtime shut
 /// down with sends in flight stops cleanly.
-fn drop_case(backend: Backend, runtime: &Runtime) {
+fn drop_case(backend: Io, runtime: &Runtime) {
     const ROUNDS: usize = 40;
     runtime
         .block_on(move |cx: Context<()>| async move {
@@ -381,8 +453,9 @@ fn drop_case(backend: Backend, runtime: &Runtime) {
                         1 => yield_a_while().await,
                         2 => {
                             // A receive armed too.
-                            let mut buf = [0; 16];
-                            let pending = poll_once(|cx| stream.poll_recv(cx, &mut buf)).await;
+                            let mut buf = recv_buf(16);
+                            let pending =
+                                poll_once(|cx| stream.poll_recv(cx, &mut buf, 0..16)).await;
                             assert!(pending.is_none(), "the sink sends nothing");
                             yield_a_while().await;
                         }
@@ -429,7 +502,7 @@ fn drop_case(backend: Backend, runtime: &Runtime) {
     is_ready.blocking_recv().expect("the process is ready");
 }
 
-fn echo_once(backend: Backend, runtime: &Runtime) {
+fn echo_once(backend: Io, runtime: &Runtime) {
     let echo = runtime
         .block_on(move |cx: Context<()>| async move {
             let (listener, addr) = listen(backend)?;
@@ -465,7 +538,7 @@ fn many_streams_through_a_tiny_ring() {
     on_every_backend("many streams, tiny ring", options, many_streams_case);
 }
 
-fn many_streams_case(backend: Backend, runtime: &Runtime) {
+fn many_streams_case(backend: Io, runtime: &Runtime) {
     const STREAMS: usize = 200;
     let total = runtime
         .block_on(move |cx: Context<()>| async move {
@@ -521,7 +594,7 @@ fn many_streams_case(backend: Backend, runtime: &Runtime) {
 
 /// Sends back what it receives until the peer closes.
 async fn echo(stream: &Stream) {
-    let mut buf = vec![0; 4096];
+    let mut buf = recv_buf(4096);
     loop {
         match recv(stream, &mut buf).await {
             Ok(0) | Err(_) => break,
@@ -536,11 +609,35 @@ async fn echo(stream: &Stream) {
 
 // ---- harness ---------------------------------------------------------------
 
-/// Runs `case` on every backend available here, each in its own runtime
+/// What a case runs on: a backend and, on io_uring, where its streams
+/// receive.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Io {
+    kind: Backend,
+    receive: ReceiveBuffers,
+}
+
+impl std::fmt::Display for Io {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Backend::IoUring => write!(f, "{} receiving {:?}", self.kind, self.receive),
+            kind => write!(f, "{kind}"),
+        }
+    }
+}
+
+/// Runs `case` on every backend available here (io_uring in both receive
+/// modes), each in its own runtime
 /// and within [`PATIENCE`].
-fn on_every_backend(name: &str, options: IoOptions, case: fn(Backend, &Runtime)) {
-    for backend in [Backend::IoUring, Backend::Epoll] {
-        if let Err(error) = backend.probe(&options) {
+fn on_every_backend(name: &str, options: IoOptions, case: fn(Io, &Runtime)) {
+    let every = [
+        (Backend::IoUring, ReceiveBuffers::InPlace),
+        (Backend::IoUring, ReceiveBuffers::Shared),
+        (Backend::Epoll, ReceiveBuffers::InPlace),
+    ];
+    for (kind, receive) in every {
+        let backend = Io { kind, receive };
+        if let Err(error) = kind.probe(&options) {
             eprintln!("note: {name}: skipped on {backend}, whose probe failed: {error}");
             continue;
         }
@@ -553,7 +650,7 @@ fn on_every_backend(name: &str, options: IoOptions, case: fn(Backend, &Runtime))
             let runtime = Runtime::builder()
                 .shards(2)
                 .idle_spin(Duration::ZERO)
-                .driver(backend.driver_factory(options).expect("a real backend"))
+                .driver(kind.driver_factory(options).expect("a real backend"))
                 .build()
                 .expect("the runtime builds");
             case(backend, &runtime);
@@ -577,14 +674,17 @@ fn on_every_backend(name: &str, options: IoOptions, case: fn(Backend, &Runtime))
 
 /// This shard's reactor, checked to be of the backend under test (a shard
 /// whose ring could not be set up falls back to epoll).
-fn reactor(backend: Backend) -> Rc<Reactor> {
+fn reactor(backend: Io) -> Rc<Reactor> {
     let reactor = Reactor::current().expect("the shard has a transport reactor");
     let running = match *reactor {
         Reactor::Uring(_) => Backend::IoUring,
         Reactor::Epoll(_) => Backend::Epoll,
         Reactor::Sim(_) => Backend::Simulated,
     };
-    assert_eq!(running, backend, "the shard runs the backend under test");
+    assert_eq!(
+        running, backend.kind,
+        "the shard runs the backend under test"
+    );
     reactor
 }
 
@@ -616,7 +716,7 @@ where
 }
 
 /// A listener on a free port of the loopback interface, and its address.
-fn listen(backend: Backend) -> io::Result<(Listener, SocketAddr)> {
+fn listen(backend: Io) -> io::Result<(Listener, SocketAddr)> {
     let listener = std::net::TcpListener::bind(localhost())?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
@@ -624,13 +724,16 @@ fn listen(backend: Backend) -> io::Result<(Listener, SocketAddr)> {
 }
 
 /// The next connection, adopted by this shard.
-async fn accept(backend: Backend, listener: &Listener) -> io::Result<(Stream, SocketAddr)> {
+async fn accept(backend: Io, listener: &Listener) -> io::Result<(Stream, SocketAddr)> {
     let (stream, addr) = poll_fn(|cx| listener.poll_accept(cx)).await?;
-    Ok((reactor(backend).adopt(stream)?, addr))
+    let stream = reactor(backend).adopt(stream)?;
+    stream.set_receive_buffers(backend.receive);
+    Ok((stream, addr))
 }
 
-async fn connect(backend: Backend, addr: SocketAddr) -> io::Result<Stream> {
+async fn connect(backend: Io, addr: SocketAddr) -> io::Result<Stream> {
     let stream = reactor(backend).connect(addr)?;
+    stream.set_receive_buffers(backend.receive);
     poll_fn(|cx| stream.poll_connected(cx)).await?;
     Ok(stream)
 }
@@ -645,17 +748,26 @@ async fn send(stream: &Stream, buf: Vec<u8>) -> io::Result<Vec<u8>> {
     result.map(|()| buf)
 }
 
-async fn recv(stream: &Stream, buf: &mut [u8]) -> io::Result<usize> {
-    poll_fn(|cx| stream.poll_recv(cx, buf)).await
+/// Receives into all of `buf`.
+async fn recv(stream: &Stream, buf: &mut RecvBuf) -> io::Result<usize> {
+    let range = 0..buf.len();
+    poll_fn(|cx| stream.poll_recv(cx, buf, range.clone())).await
+}
+
+/// A receive buffer of `len` zeros.
+fn recv_buf(len: usize) -> RecvBuf {
+    let mut buf = RecvBuf::new();
+    buf.resize(len, 0);
+    buf
 }
 
 /// Receives exactly `len` bytes, `piece` at most at a time.
 async fn recv_exact(stream: &Stream, len: usize, piece: usize) -> io::Result<Vec<u8>> {
     let mut received = Vec::with_capacity(len);
-    let mut buf = vec![0; piece];
+    let mut buf = recv_buf(piece);
     while received.len() < len {
         let want = piece.min(len - received.len());
-        let n = recv(stream, &mut buf[..want]).await?;
+        let n = poll_fn(|cx| stream.poll_recv(cx, &mut buf, 0..want)).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }

@@ -18,10 +18,11 @@
 //! - **[`Reactor::connect`]** starts a non-blocking connect;
 //!   **[`Stream::poll_connected`]** completes when it is established or
 //!   failed.
-//! - **[`Stream::poll_recv`]** copies received bytes into the caller's slice
-//!   and returns how many (`0` means the peer closed). It holds no borrow of
-//!   the slice after returning, so the future around it may be dropped at
-//!   any time.
+//! - **[`Stream::poll_recv`]** receives bytes into a range of the caller's
+//!   buffer and returns how many (`0` means the peer closed). The buffer is
+//!   owned, and lent to the backend while a receive is pending, so that a
+//!   completion-based backend may have the kernel write into it directly,
+//!   and the future around the call may still be dropped at any time.
 //! - **[`Stream::start_send`]** hands the backend an owned buffer, and
 //!   **[`Stream::poll_sent`]** gives it back once *all* of it is written (or
 //!   the stream failed). One send is in flight per stream. The buffer is
@@ -59,11 +60,15 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use foundation_sched::driver::{Driver, DriverFactory};
+
+pub(crate) use crate::channel::ReceiveBuffers;
+use crate::frame::PAYLOAD_ALIGN;
 
 /// The environment variable that forces a backend: `io_uring` or `epoll`.
 pub const BACKEND_ENV: &str = "FOUNDATION_BACKEND";
@@ -331,6 +336,10 @@ impl Listener {
     }
 }
 
+/// The buffer a stream receives into: aligned for the frames read in place
+/// from it.
+pub(crate) type RecvBuf = rkyv::util::AlignedVec<PAYLOAD_ALIGN>;
+
 /// A TCP stream driven by the current shard's reactor.
 pub(crate) enum Stream {
     Uring(uring::Stream),
@@ -350,18 +359,36 @@ impl Stream {
         }
     }
 
-    /// Copies received bytes into `dst`; `Ready(Ok(0))` means the peer
-    /// closed its side. `dst` must not be empty: nothing copied into an
-    /// empty slice reads as `Ok(0)` too, the same as the end of the stream.
+    /// Receives bytes into `buf[range]` and returns how many arrived there;
+    /// `Ready(Ok(0))` means the peer closed its side. `range` must be a
+    /// non-empty range of `buf`.
+    ///
+    /// The buffer is lent, not borrowed: a backend that receives in place
+    /// may take it (leaving `buf` empty) while the receive is pending.
+    /// Until this returns `Ready`, call it again with the same `buf` and
+    /// `range` and neither read nor change `buf` in between; it comes back
+    /// with the bytes at `range` and the rest as it was. Dropping the
+    /// stream instead is fine: the backend keeps the buffer until the
+    /// kernel is done with it.
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
-        dst: &mut [u8],
+        buf: &mut RecvBuf,
+        range: Range<usize>,
     ) -> Poll<io::Result<usize>> {
         match self {
-            Stream::Uring(stream) => stream.poll_recv(cx, dst),
-            Stream::Epoll(stream) => stream.poll_recv(cx, dst),
-            Stream::Sim(stream) => stream.poll_recv(cx, dst),
+            Stream::Uring(stream) => stream.poll_recv(cx, buf, range),
+            Stream::Epoll(stream) => stream.poll_recv(cx, &mut buf[range]),
+            Stream::Sim(stream) => stream.poll_recv(cx, &mut buf[range]),
+        }
+    }
+
+    /// Where this stream's bytes are received: see [`ReceiveBuffers`].
+    /// Only io_uring has a choice; the others read into the caller's
+    /// buffer.
+    pub(crate) fn set_receive_buffers(&self, buffers: ReceiveBuffers) {
+        if let Stream::Uring(stream) = self {
+            stream.set_receive_buffers(buffers);
         }
     }
 

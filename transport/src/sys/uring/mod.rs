@@ -21,15 +21,21 @@
 //!   zero-copy send may still await its notification then: its operation
 //!   keeps the buffer until it arrives, but not the socket, whose unsent
 //!   data is what the notification may be waiting for.
-//! - **Receive** is one multishot `RECV` per stream, armed at its first
-//!   [`Stream::poll_recv`], reading into the shard's provided-buffer ring
-//!   ([`buf_ring`]). Each completion queues (buffer id, length) on the
-//!   stream; `poll_recv` copies out of the queue and gives each buffer back
-//!   as soon as it is used up. When the ring runs dry the kernel ends the
-//!   multishot with `ENOBUFS`: the stream waits in a list and is re-armed as
-//!   soon as any buffer comes back. A stream that holds more than a quarter
+//! - **Receive** has two modes ([`ReceiveBuffers`]). *In place*, the
+//!   default: each [`Stream::poll_recv`] that finds nothing received lends
+//!   the caller's buffer to a one-shot `RECV` into the asked range; the
+//!   operation owns the buffer until its completion, and the next call
+//!   hands it back with the bytes in it. *Shared*: one multishot `RECV`
+//!   per stream, armed at its first `poll_recv`, reading into the shard's
+//!   provided-buffer ring ([`buf_ring`]). Each completion queues (buffer
+//!   id, length) on the stream; `poll_recv` copies out of the queue and
+//!   gives each buffer back as soon as it is used up. When the ring runs
+//!   dry the kernel ends the multishot with `ENOBUFS`: the stream waits in
+//!   a list and is re-armed as soon as any buffer comes back. A stream that holds more than a quarter
 //!   of the buffers (its reader is slow) has its receive cancelled until it
 //!   drains, so one slow reader cannot starve the shard's other streams.
+//!   A switch to in place cancels the multishot receive; what it received
+//!   is read first.
 //! - **Send** is one request per stream at a time, for a slice of at most
 //!   256 KiB of the owned buffer; the next slice is submitted when the
 //!   previous one's result arrives. `SEND` below
@@ -46,9 +52,10 @@
 //! - **Submission** is batched: operations queue entries as processes poll,
 //!   and the driver submits once per pass ([`Driver::poll`]) or when it
 //!   parks ([`Driver::park`], one `io_uring_enter` that submits and waits
-//!   with a timeout). A send that finds the queue otherwise empty is
-//!   submitted and reaped at once instead: it would go alone anyway, and
-//!   its writer gets the buffer back within the same poll (completions
+//!   with a timeout). A send that finds no other send queued is
+//!   submitted (with the receives queued) and reaped at once instead: it
+//!   would go alone anyway, its writer gets the buffer back within the
+//!   same poll, and an echo's receive and answer share one call (completions
 //!   reaped that way keep the next wait from sleeping until their wakers
 //!   have run). A full submission queue is submitted on the spot; if
 //!   the kernel will not take entries even then, they wait in a backlog, in
@@ -77,6 +84,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -88,7 +96,7 @@ use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use self::buf_ring::BufRing;
-use super::{IoOptions, Reactor as AnyReactor};
+use super::{IoOptions, Reactor as AnyReactor, ReceiveBuffers, RecvBuf};
 
 /// The buffer group of the shard's provided-buffer ring.
 const GROUP: u16 = 0;
@@ -402,12 +410,35 @@ impl Stream {
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
-        dst: &mut [u8],
+        buf: &mut RecvBuf,
+        range: Range<usize>,
     ) -> Poll<io::Result<usize>> {
         this(&self.reactor)
             .state
             .borrow_mut()
-            .poll_recv(self.key, cx, dst)
+            .poll_recv(self.key, cx, buf, range)
+    }
+
+    pub(crate) fn set_receive_buffers(&self, buffers: ReceiveBuffers) {
+        let mut state = this(&self.reactor).state.borrow_mut();
+        let Some(source) = state.sources.get_mut(self.key) else {
+            return;
+        };
+        source.shared_buffers = buffers == ReceiveBuffers::Shared;
+        // A multishot receive in flight goes on filling shared buffers
+        // until cancelled; what it delivered is still read first.
+        let multishot = source.recv_op.filter(|&user_data| {
+            matches!(
+                state.ops.get(user_data),
+                Some(Op {
+                    kind: OpKind::Recv,
+                    ..
+                })
+            )
+        });
+        if let (ReceiveBuffers::InPlace, Some(user_data)) = (buffers, multishot) {
+            state.cancel(CancelBuilder::user_data(user_data));
+        }
     }
 
     pub(crate) fn start_send(&self, buf: Vec<u8>) {
@@ -549,6 +580,8 @@ struct State {
     zc_threshold: usize,
     /// Chunks a stream may queue before its receive is paused.
     recv_cap: usize,
+    /// A send request is in the submission queue, not yet submitted.
+    send_queued: bool,
     /// Set once teardown begins: nothing is armed any more.
     tearing_down: bool,
     /// Wakers collected while handling completions, woken after.
@@ -579,6 +612,7 @@ impl State {
             sqpoll: options.sqpoll,
             zc_threshold: options.send_zc_threshold,
             recv_cap: (usize::from(options.recv_buffers) / 4).max(2),
+            send_queued: false,
             tearing_down: false,
             wakers: Vec::new(),
             cqes: Vec::with_capacity(CQE_BATCH),
@@ -615,19 +649,17 @@ impl State {
 
     /// Moves the backlog onto the submission queue, as far as it fits.
     fn flush_backlog(&mut self) {
-        while let Some(entry) = self.backlog.front() {
+        while let Some(entry) = self.backlog.pop_front() {
             // SAFETY: each backlogged entry met `push`'s contract when it was
             // queued, and its request has not started since.
-            if unsafe { self.ring.submission().push(entry) }.is_err() {
-                if let Err(error) = self.ring.submit() {
-                    report_enter_error(&error);
-                }
+            if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                self.enter_submit();
                 // SAFETY: as above.
-                if unsafe { self.ring.submission().push(entry) }.is_err() {
+                if unsafe { self.ring.submission().push(&entry) }.is_err() {
+                    self.backlog.push_front(entry);
                     return;
                 }
             }
-            self.backlog.pop_front();
         }
     }
 
@@ -645,6 +677,7 @@ impl State {
     }
 
     fn enter_submit(&mut self) {
+        self.send_queued = false;
         if let Err(error) = self.ring.submit() {
             report_enter_error(&error);
         }
@@ -658,6 +691,7 @@ impl State {
             self.enter_submit();
             return;
         }
+        self.send_queued = false;
         let submitter = self.ring.submitter();
         let result = match timeout {
             Some(timeout) => {
@@ -718,6 +752,7 @@ impl State {
             UNTRACKED => {}
             _ => match self.ops.get(user_data).map(|op| &op.kind) {
                 Some(OpKind::Recv) => self.recv_done(user_data, result, flags),
+                Some(OpKind::RecvInto(_)) => self.recv_into_done(user_data, result),
                 Some(OpKind::Poll) => self.poll_done(user_data, result),
                 Some(OpKind::Send(_)) => self.send_done(user_data, result, flags),
                 None => {
@@ -815,6 +850,10 @@ impl State {
         source.recv_op = None;
         if !source.open {
             drop(self.release_if_idle(key));
+        } else if !source.shared_buffers {
+            // It was cancelled for a switch to receiving in place, which
+            // the reader now starts.
+            self.wakers.extend(source.reader.take());
         } else if source.end.is_none() && !source.paused && !self.tearing_down {
             if result == -libc::ENOBUFS && self.bufs.available() == 0 {
                 source.starved = true;
@@ -823,6 +862,45 @@ impl State {
                 self.arm_recv(key);
             }
         }
+    }
+
+    fn recv_into_done(&mut self, user_data: u64, result: i32) {
+        let Some(key) = self.ops.get(user_data).map(|op| op.source) else {
+            return;
+        };
+        let live = self.sources.get(key).is_some_and(|source| source.open) && !self.tearing_down;
+        if live && (result == -libc::EAGAIN || result == -libc::EINTR) {
+            self.submit_recv_into(user_data);
+            return;
+        }
+        let Some(Op {
+            kind: OpKind::RecvInto(recv),
+            ..
+        }) = self.ops.remove(user_data)
+        else {
+            return;
+        };
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
+        };
+        source.recv_op = None;
+        if !source.open {
+            drop(self.release_if_idle(key));
+            return;
+        }
+        let outcome = match result {
+            0 => {
+                source.end = Some(End::Eof);
+                Ok(0)
+            }
+            1.. => Ok(result as usize),
+            _ => {
+                source.end = Some(End::Error(-result));
+                Err(io::Error::from_raw_os_error(-result))
+            }
+        };
+        source.received = Some((recv.buf, outcome));
+        self.wakers.extend(source.reader.take());
     }
 
     fn poll_done(&mut self, user_data: u64, result: i32) {
@@ -986,6 +1064,7 @@ impl State {
                 .build()
         };
         send.result_pending = true;
+        self.send_queued = true;
         let entry = match background {
             true => entry.flags(squeue::Flags::ASYNC),
             false => entry,
@@ -1037,15 +1116,16 @@ impl State {
             }),
         });
         source.send_op = Some(user_data);
+        let alone = !self.send_queued && self.backlog.is_empty();
         self.submit_send(user_data, key);
-        // Alone in the queue, the send gains nothing by waiting for the
-        // driver's next poll: submit it now and take its result (a plain
-        // send to a socket with room completes inside the submitting
-        // call), so the writer has its buffer back within its own poll
-        // and sends the next batch at once, as with epoll's synchronous
-        // writes. Sends queued together with others are submitted
-        // together, one system call for all.
-        if self.ring.submission().len() == 1 && self.backlog.is_empty() {
+        // The only send in the queue gains nothing by waiting for the
+        // driver's next poll: submit it now (with whatever receives are
+        // queued) and take its result (a plain send to a socket with room
+        // completes inside the submitting call), so the writer has its
+        // buffer back within its own poll and sends the next batch at
+        // once, as with epoll's synchronous writes. Sends queued together
+        // are submitted together, one system call for all.
+        if alone {
             self.submit();
             self.reap();
         }
@@ -1069,6 +1149,85 @@ impl State {
     }
 
     fn poll_recv(
+        &mut self,
+        key: u32,
+        cx: &mut Context<'_>,
+        buf: &mut RecvBuf,
+        range: Range<usize>,
+    ) -> Poll<io::Result<usize>> {
+        let Some(source) = self.sources.get_mut(key) else {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        };
+        if let Some((owned, outcome)) = source.received.take() {
+            *buf = owned;
+            return Poll::Ready(outcome);
+        }
+        let receiving_in_place = source.recv_op.is_some_and(|user_data| {
+            matches!(
+                self.ops.get(user_data),
+                Some(Op {
+                    kind: OpKind::RecvInto(_),
+                    ..
+                })
+            )
+        });
+        if receiving_in_place {
+            store_waker(&mut source.reader, cx);
+            return Poll::Pending;
+        }
+        // Bytes already in shared buffers come first, whatever the mode.
+        if source.shared_buffers || source.recv_op.is_some() || !source.chunks.is_empty() {
+            return self.copy_received(key, cx, &mut buf[range]);
+        }
+        match source.end {
+            Some(End::Eof) => return Poll::Ready(Ok(0)),
+            Some(End::Error(code)) => return Poll::Ready(Err(io::Error::from_raw_os_error(code))),
+            None => {}
+        }
+        if range.is_empty() || range.end > buf.len() {
+            return Poll::Ready(Err(io::ErrorKind::InvalidInput.into()));
+        }
+        store_waker(&mut source.reader, cx);
+        if !source.open || self.tearing_down {
+            return Poll::Pending;
+        }
+        let user_data = self.ops.insert(Op {
+            source: key,
+            kind: OpKind::RecvInto(RecvIntoOp {
+                buf: std::mem::take(buf),
+                range,
+            }),
+        });
+        source.recv_op = Some(user_data);
+        self.submit_recv_into(user_data);
+        Poll::Pending
+    }
+
+    /// Submits (again) the receive in place `user_data`.
+    fn submit_recv_into(&mut self, user_data: u64) {
+        let Some(Op {
+            source: key,
+            kind: OpKind::RecvInto(recv),
+        }) = self.ops.get_mut(user_data)
+        else {
+            return;
+        };
+        let fd = source_fd(&self.sources, *key);
+        let target = &mut recv.buf[recv.range.clone()];
+        let entry = opcode::Recv::new(Fd(fd), target.as_mut_ptr(), target.len() as u32)
+            .build()
+            .user_data(user_data);
+        // SAFETY: the bytes belong to the buffer owned by this operation in
+        // the reactor's table; its heap block does not move when the table
+        // does, and nothing reads, writes or frees it before the request's
+        // completion has been reaped (`recv_into_done`, or teardown, which
+        // leaks it otherwise).
+        unsafe { self.push(entry) }
+    }
+
+    /// Copies what the multishot receive put in shared buffers into `dst`,
+    /// arming the receive if it is not.
+    fn copy_received(
         &mut self,
         key: u32,
         cx: &mut Context<'_>,
@@ -1101,7 +1260,7 @@ impl State {
         }
         if source.paused && source.chunks.len() * 2 < self.recv_cap {
             source.paused = false;
-            if source.recv_op.is_none() && source.end.is_none() {
+            if source.recv_op.is_none() && source.end.is_none() && source.shared_buffers {
                 self.arm_recv(key);
             }
         }
@@ -1121,7 +1280,7 @@ impl State {
         }
         store_waker(&mut source.reader, cx);
         let starved = source.starved && self.bufs.available() == 0;
-        if source.recv_op.is_none() && !starved && !source.paused {
+        if source.recv_op.is_none() && !starved && !source.paused && source.shared_buffers {
             self.arm_recv(key);
         }
         Poll::Pending
@@ -1162,6 +1321,7 @@ impl State {
                 source.poller.take(),
             ],
             _sent: source.sent.take(),
+            _received: source.received.take(),
             _source: None,
         };
         if self.requests_in_flight(key) {
@@ -1309,11 +1469,20 @@ struct Op {
 }
 
 enum OpKind {
-    /// The multishot receive of a stream.
+    /// The multishot receive of a stream, into shared buffers.
     Recv,
+    /// A receive straight into the reader's buffer.
+    RecvInto(RecvIntoOp),
     /// A one-shot poll, for connect or accept.
     Poll,
     Send(SendOp),
+}
+
+/// A receive in place in flight: the buffer is the kernel's to write
+/// (at `range`) until its completion.
+struct RecvIntoOp {
+    buf: RecvBuf,
+    range: Range<usize>,
 }
 
 /// A send in flight: the buffer is the kernel's to read while a result or
@@ -1434,8 +1603,16 @@ struct Source {
     /// What the last poll reported (`revents`), if it succeeded.
     polled: Option<u32>,
     poller: Option<Waker>,
+    /// The receive in flight: multishot into shared buffers or, for a
+    /// stream that receives in place, one read into the reader's buffer.
     recv_op: Option<u64>,
-    /// Received bytes, in order, in buffers we hold.
+    /// Receives go to the shard's shared buffers, not straight into the
+    /// reader's ([`Stream::set_receive_buffers`]).
+    shared_buffers: bool,
+    /// The finished receive in place: the reader's buffer and how many
+    /// bytes landed in it.
+    received: Option<(RecvBuf, io::Result<usize>)>,
+    /// Received bytes, in order, in shared buffers we hold.
     chunks: VecDeque<Chunk>,
     /// How the byte stream ended, once it has: reported after `chunks`.
     end: Option<End>,
@@ -1467,6 +1644,8 @@ impl Source {
             polled: None,
             poller: None,
             recv_op: None,
+            shared_buffers: false,
+            received: None,
             chunks: VecDeque::new(),
             end: None,
             starved: false,
@@ -1502,6 +1681,7 @@ impl Socket {
 struct Leftovers {
     _wakers: [Option<Waker>; 3],
     _sent: Option<(Vec<u8>, io::Result<()>)>,
+    _received: Option<(RecvBuf, io::Result<usize>)>,
     /// The source, if nothing was in flight on it (dropping it closes the
     /// socket).
     _source: Option<Source>,
