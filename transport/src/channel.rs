@@ -120,15 +120,20 @@ pub struct ChannelSpec {
     /// io_uring (epoll 175 → 118 µs), 1 MiB messages on `bulk`
     /// 2.5 → 1.6 GB/s.
     pub send_slice: u32,
-    /// The channel's sends run on the kernel's worker threads (io_uring's
-    /// `IOSQE_ASYNC`; epoll ignores it) instead of inline on the shard's
-    /// thread, so the copy into the socket — over loopback, the receiving
-    /// side's work as well — does not hold up the shard's more urgent
-    /// traffic. Costs a thread hand-off per send. Default off; on for
-    /// `bulk`. Measured with `foundation-bench hol` and `remote` on a
-    /// 2-core machine (the workers share the shard's core there): control
-    /// round trip under a saturated `bulk` p50 288 → 19 µs, p99 643 →
-    /// 345 µs; 1 MiB on `bulk` 2.7 → 2.0 GB/s.
+    /// The channel is background traffic: while its shard also carries
+    /// other channels' traffic (within the last 10 ms), its sends run on
+    /// the kernel's worker threads (io_uring's `IOSQE_ASYNC`; epoll
+    /// ignores it) instead of inline on the shard's thread, so the copy
+    /// into the socket — over loopback, the receiving side's work as well
+    /// — does not hold up the more urgent traffic. Costs a thread hand-off
+    /// per send, which is why a shard with nothing else to serve sends
+    /// inline; a lone urgent message after a quiet spell waits behind at
+    /// most one inline slice. Default off; on for `bulk`. Measured with
+    /// `foundation-bench hol` and `remote` on a 2-core machine (the
+    /// workers share the shard's core there): control round trip under a
+    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs; 1 MiB on `bulk`
+    /// alone 2.44 GB/s always inline, 1.74 always in the background,
+    /// 2.48 when only in the presence of other traffic.
     pub background_sends: bool,
     /// Where the channel's connections receive on io_uring (epoll reads
     /// into the reader's buffer regardless). [`ReceiveBuffers::Shared`],

@@ -316,6 +316,54 @@ fn zero_copy_sends_the_kernel_copies_become_plain_sends() {
 }
 
 #[test]
+fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
+    on_every_backend(
+        "background sends",
+        IoOptions::default(),
+        |backend, runtime| {
+            let (alone, after_own_send, beside_foreground) = runtime
+                .block_on(move |cx: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                        let bulk = connect(backend, addr).await?;
+                        let urgent = connect(backend, addr).await?;
+                        bulk.set_background_sends(true);
+                        let alone = bulk.sends_in_background();
+                        send(&bulk, pattern(1, 64 << 10)).await?;
+                        let after_own_send = bulk.sends_in_background();
+                        // Round trips on the other stream are foreground
+                        // traffic on the same shard. (Retried: a round trip
+                        // counts for a few milliseconds only, and a loaded
+                        // machine may hold this process longer than that.)
+                        let mut beside_foreground = false;
+                        for round in 0..100 {
+                            send(&urgent, pattern(round, 64)).await?;
+                            recv_exact(&urgent, 64, 64).await?;
+                            beside_foreground = bulk.sends_in_background();
+                            if beside_foreground {
+                                break;
+                            }
+                        }
+                        Ok::<_, io::Error>((alone, after_own_send, beside_foreground))
+                    })
+                    .await;
+                    let (bulk, _) = accept(backend, &listener).await?;
+                    let (urgent, _) = accept(backend, &listener).await?;
+                    echo(&urgent).await;
+                    drop(bulk);
+                    client.await.expect("the client reports")
+                })
+                .expect("the process returns")
+                .expect("no I/O error");
+            assert!(!alone, "nothing to make way for yet");
+            assert!(!after_own_send, "its own traffic is not foreground");
+            let io_uring = backend.kind == Backend::IoUring;
+            assert_eq!(beside_foreground, io_uring, "beside foreground traffic");
+        },
+    );
+}
+
+#[test]
 fn a_peer_close_reads_as_zero() {
     on_every_backend("peer close", IoOptions::default(), |backend, runtime| {
         let (data, ends) = runtime

@@ -415,11 +415,14 @@ impl Stream {
         }
     }
 
-    /// Sends run on the kernel's worker threads instead of the shard's
-    /// (io_uring's `IOSQE_ASYNC`): the copy into the socket — over
-    /// loopback, the receiving side's work too — leaves the shard free for
-    /// more urgent traffic, for a hand-off per send. epoll and the
-    /// simulated network write on the shard's thread regardless.
+    /// The stream is background traffic: its sends run on the kernel's
+    /// worker threads instead of the shard's (io_uring's `IOSQE_ASYNC`)
+    /// while the shard has foreground traffic — a completion on a stream
+    /// that is not background, in the last few milliseconds. The copy into
+    /// the socket (over loopback, the receiving side's work too) then
+    /// leaves the shard free for it, for a hand-off per send; with nothing
+    /// to make way for, sends stay inline. epoll and the simulated network
+    /// write on the shard's thread regardless.
     pub(crate) fn set_background_sends(&self, background: bool) {
         if let Stream::Uring(stream) = self {
             stream.set_background_sends(background);
@@ -442,6 +445,16 @@ impl Stream {
             Stream::Uring(stream) => stream.poll_sent(cx),
             Stream::Epoll(stream) => stream.poll_sent(cx),
             Stream::Sim(stream) => stream.poll_sent(cx),
+        }
+    }
+
+    /// Whether this stream's next send would run on the kernel's worker
+    /// threads (see [`Stream::set_background_sends`]); never on epoll.
+    #[cfg(test)]
+    pub(crate) fn sends_in_background(&self) -> bool {
+        match self {
+            Stream::Uring(stream) => stream.sends_in_background(),
+            Stream::Epoll(_) | Stream::Sim(_) => false,
         }
     }
 

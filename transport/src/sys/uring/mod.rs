@@ -92,6 +92,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use foundation_sched::driver::{Driver, Unpark};
+use foundation_sched::time::{Clock, Instant, SystemClock};
 use io_uring::types::{CancelBuilder, Fd, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
@@ -127,6 +128,12 @@ const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 /// `IORING_NOTIF_USAGE_ZC_COPIED`: in a notification's result, the kernel
 /// copied the data instead of sending it from our pages.
 const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+
+/// How long after the last foreground completion a stream's background
+/// sends still go to the kernel's worker threads: a lone urgent message
+/// after a quiet spell waits behind at most one inline slice, and the
+/// next ones find the way clear.
+const FOREGROUND_RECENT: Duration = Duration::from_millis(10);
 
 /// The longest single wait in the kernel.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -471,6 +478,12 @@ impl Stream {
     }
 
     #[cfg(test)]
+    pub(crate) fn sends_in_background(&self) -> bool {
+        let state = this(&self.reactor).state.borrow();
+        state.sends_in_background(self.key)
+    }
+
+    #[cfg(test)]
     pub(crate) fn sends_zero_copy(&self) -> bool {
         let state = this(&self.reactor).state.borrow();
         state
@@ -580,6 +593,13 @@ struct State {
     zc_threshold: usize,
     /// Chunks a stream may queue before its receive is paused.
     recv_cap: usize,
+    /// A completion for a foreground stream (one without background
+    /// sends) was handled in the current reap...
+    foreground_busy: bool,
+    /// ...and when the last reap that had one ended.
+    foreground_seen: Option<Instant>,
+    /// A real ring runs on the wall clock.
+    clock: SystemClock,
     /// A send request is in the submission queue, not yet submitted.
     send_queued: bool,
     /// Set once teardown begins: nothing is armed any more.
@@ -612,6 +632,9 @@ impl State {
             sqpoll: options.sqpoll,
             zc_threshold: options.send_zc_threshold,
             recv_cap: (usize::from(options.recv_buffers) / 4).max(2),
+            foreground_busy: false,
+            foreground_seen: None,
+            clock: SystemClock::new(),
             send_queued: false,
             tearing_down: false,
             wakers: Vec::new(),
@@ -725,6 +748,9 @@ impl State {
                 self.complete(user_data, result, flags);
             }
             self.cqes = cqes;
+            if std::mem::take(&mut self.foreground_busy) {
+                self.foreground_seen = Some(self.clock.now());
+            }
             if self.ring.submission().cq_overflow() {
                 // The kernel holds completions that did not fit; entering
                 // the kernel moves them into the queue we just drained.
@@ -750,7 +776,15 @@ impl State {
                 self.arm_wake();
             }
             UNTRACKED => {}
-            _ => match self.ops.get(user_data).map(|op| &op.kind) {
+            _ => match self.ops.get(user_data).map(|op| {
+                if !matches!(op.kind, OpKind::Poll) {
+                    self.foreground_busy |= self
+                        .sources
+                        .get(op.source)
+                        .is_some_and(|source| !source.background);
+                }
+                &op.kind
+            }) {
                 Some(OpKind::Recv) => self.recv_done(user_data, result, flags),
                 Some(OpKind::RecvInto(_)) => self.recv_into_done(user_data, result),
                 Some(OpKind::Poll) => self.poll_done(user_data, result),
@@ -1036,10 +1070,11 @@ impl State {
 
     /// Submits (the rest of) the send `user_data` of source `key`.
     fn submit_send(&mut self, user_data: u64, key: u32) {
-        let Some((fd, slice, background)) = self
+        let background = self.sends_in_background(key);
+        let Some((fd, slice)) = self
             .sources
             .get(key)
-            .map(|source| (source.socket.fd(), source.send_slice, source.background))
+            .map(|source| (source.socket.fd(), source.send_slice))
         else {
             return;
         };
@@ -1076,6 +1111,19 @@ impl State {
         // result and, for a zero-copy send, its notification have been
         // reaped (`send_done`, or teardown, which leaks it otherwise).
         unsafe { self.push(entry) }
+    }
+
+    /// Whether a send of stream `key` goes to the kernel's worker threads
+    /// now: only a background stream's, and only while there is foreground
+    /// traffic for it to make way for; otherwise the hand-off costs and
+    /// buys nothing.
+    fn sends_in_background(&self, key: u32) -> bool {
+        self.sources
+            .get(key)
+            .is_some_and(|source| source.background)
+            && self
+                .foreground_seen
+                .is_some_and(|seen| self.clock.now() - seen < FOREGROUND_RECENT)
     }
 
     /// Queues an `ASYNC_CANCEL`.
