@@ -148,6 +148,41 @@ fn a_receive_fills_only_its_range_of_the_buffer() {
 }
 
 #[test]
+fn a_receive_into_no_room_is_refused() {
+    on_every_backend(
+        "receive without room",
+        IoOptions::default(),
+        |backend, runtime| {
+            let refusals = runtime
+                .block_on(move |cx: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                        connect(backend, addr).await.map(drop)
+                    })
+                    .await;
+                    let (stream, _) = accept(backend, &listener).await?;
+                    let mut buf = recv_buf(16);
+                    let mut refusals = Vec::new();
+                    for range in [4..4, 8..17, 20..30] {
+                        let refused = poll_once(|cx| stream.poll_recv(cx, &mut buf, range.clone()))
+                            .await
+                            .map(|result| result.map_err(|error| error.kind()));
+                        refusals.push(refused);
+                    }
+                    assert_eq!(buf.len(), 16, "the buffer stays the caller's");
+                    client.await.expect("the client reports")?;
+                    Ok::<_, io::Error>(refusals)
+                })
+                .expect("the process returns")
+                .expect("no I/O error");
+            for refused in refusals {
+                assert_eq!(refused, Some(Err(io::ErrorKind::InvalidInput)));
+            }
+        },
+    );
+}
+
+#[test]
 fn switching_where_a_stream_receives_loses_and_reorders_nothing() {
     on_every_backend(
         "receive mode switches",

@@ -377,9 +377,11 @@ impl Stream {
         range: Range<usize>,
     ) -> Poll<io::Result<usize>> {
         match self {
+            // It checks the range itself: while it holds the buffer, the
+            // caller's is empty.
             Stream::Uring(stream) => stream.poll_recv(cx, buf, range),
-            Stream::Epoll(stream) => stream.poll_recv(cx, &mut buf[range]),
-            Stream::Sim(stream) => stream.poll_recv(cx, &mut buf[range]),
+            Stream::Epoll(stream) => stream.poll_recv(cx, receive_range(buf, range)?),
+            Stream::Sim(stream) => stream.poll_recv(cx, receive_range(buf, range)?),
         }
     }
 
@@ -480,6 +482,14 @@ impl Stream {
         };
         // Not connected (any more) is as shut down as it gets.
         drop(result);
+    }
+}
+
+/// `buf[range]`, if that is a non-empty range of it.
+fn receive_range(buf: &mut RecvBuf, range: Range<usize>) -> io::Result<&mut [u8]> {
+    match buf.get_mut(range) {
+        Some(dst) if !dst.is_empty() => Ok(dst),
+        _ => Err(io::ErrorKind::InvalidInput.into()),
     }
 }
 

@@ -31,9 +31,10 @@
 //!   id, length) on the stream; `poll_recv` copies out of the queue and
 //!   gives each buffer back as soon as it is used up. When the ring runs
 //!   dry the kernel ends the multishot with `ENOBUFS`: the stream waits in
-//!   a list and is re-armed as soon as any buffer comes back. A stream that holds more than a quarter
-//!   of the buffers (its reader is slow) has its receive cancelled until it
-//!   drains, so one slow reader cannot starve the shard's other streams.
+//!   a list and is re-armed as soon as any buffer comes back. A stream
+//!   that holds more than a quarter of the buffers (its reader is slow)
+//!   has its receive cancelled until it drains, so one slow reader cannot
+//!   starve the shard's other streams.
 //!   A switch to in place cancels the multishot receive; what it received
 //!   is read first.
 //! - **Send** is one request per stream at a time, for a slice of at most
@@ -1223,6 +1224,9 @@ impl State {
             store_waker(&mut source.reader, cx);
             return Poll::Pending;
         }
+        if range.is_empty() || range.end > buf.len() {
+            return Poll::Ready(Err(io::ErrorKind::InvalidInput.into()));
+        }
         // Bytes already in shared buffers come first, whatever the mode.
         if source.shared_buffers || source.recv_op.is_some() || !source.chunks.is_empty() {
             return self.copy_received(key, cx, &mut buf[range]);
@@ -1231,9 +1235,6 @@ impl State {
             Some(End::Eof) => return Poll::Ready(Ok(0)),
             Some(End::Error(code)) => return Poll::Ready(Err(io::Error::from_raw_os_error(code))),
             None => {}
-        }
-        if range.is_empty() || range.end > buf.len() {
-            return Poll::Ready(Err(io::ErrorKind::InvalidInput.into()));
         }
         store_waker(&mut source.reader, cx);
         if !source.open || self.tearing_down {
