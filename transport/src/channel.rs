@@ -131,9 +131,9 @@ pub struct ChannelSpec {
     /// most one inline slice. Default off; on for `bulk`. Measured with
     /// `foundation-bench hol` and `remote` on a 2-core machine (the
     /// workers share the shard's core there): control round trip under a
-    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs; 1 MiB on `bulk`
-    /// alone 2.44 GB/s always inline, 1.74 always in the background,
-    /// 2.48 when only in the presence of other traffic.
+    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs (against
+    /// inline sends); 1 MiB messages on `bulk` with no other traffic
+    /// 2.48 GB/s (inline: 2.44; always in the background: 1.74).
     pub background_sends: bool,
     /// Where the channel's connections receive on io_uring (epoll reads
     /// into the reader's buffer regardless). [`ReceiveBuffers::Shared`],
