@@ -128,12 +128,16 @@ pub struct ChannelSpec {
     /// — does not hold up the more urgent traffic. Costs a thread hand-off
     /// per send, which is why a shard with nothing else to serve sends
     /// inline; a lone urgent message after a quiet spell waits behind at
-    /// most one inline slice. Default off; on for `bulk`. Measured with
+    /// most one inline slice. The worker threads run in the `SCHED_IDLE`
+    /// class: they use the core when the shard leaves it idle, and a
+    /// sustained foreground load on the same core leaves background sends
+    /// very little of it. Default off; on for `bulk`. Measured with
     /// `foundation-bench hol` and `remote` on a 2-core machine (the
     /// workers share the shard's core there): control round trip under a
-    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs (against
-    /// inline sends); 1 MiB messages on `bulk` with no other traffic
-    /// 2.48 GB/s (inline: 2.44; always in the background: 1.74).
+    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs (against inline
+    /// sends), and with idle-class workers p99 27–44 µs (1.1–1.7× idle);
+    /// 1 MiB messages on `bulk` with no other traffic 2.48 GB/s (inline:
+    /// 2.44; always in the background: 1.74).
     pub background_sends: bool,
     /// Where the channel's connections receive on io_uring (epoll reads
     /// into the reader's buffer regardless). [`ReceiveBuffers::Shared`],

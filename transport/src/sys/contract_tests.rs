@@ -356,7 +356,7 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
         "background sends",
         IoOptions::default(),
         |backend, runtime| {
-            let (alone, after_own_send, beside_foreground) = runtime
+            let (alone, after_own_send, beside_foreground, workers_idle) = runtime
                 .block_on(move |cx: Context<()>| async move {
                     let (listener, addr) = listen(backend)?;
                     let client = spawn_on(&cx, other_shard(&cx), move || async move {
@@ -371,21 +371,31 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
                         // counts for a few milliseconds only, and a loaded
                         // machine may hold this process longer than that.)
                         let mut beside_foreground = false;
+                        let mut workers_idle = false;
                         for round in 0..100 {
                             send(&urgent, pattern(round, 64)).await?;
                             recv_exact(&urgent, 64, 64).await?;
                             beside_foreground = bulk.sends_in_background();
                             if beside_foreground {
-                                break;
+                                // A send in the background, on a worker
+                                // thread the shard puts in the idle class.
+                                send(&bulk, pattern(round, 64 << 10)).await?;
+                                workers_idle = shard_workers_idle() == Some(true);
+                                if workers_idle {
+                                    break;
+                                }
                             }
                         }
-                        Ok::<_, io::Error>((alone, after_own_send, beside_foreground))
+                        Ok::<_, io::Error>((alone, after_own_send, beside_foreground, workers_idle))
                     })
                     .await;
                     let (bulk, _) = accept(backend, &listener).await?;
                     let (urgent, _) = accept(backend, &listener).await?;
-                    echo(&urgent).await;
-                    drop(bulk);
+                    let drain = async {
+                        let mut buf = recv_buf(64 << 10);
+                        while let Ok(1..) = recv(&bulk, &mut buf).await {}
+                    };
+                    join(echo(&urgent), drain).await;
                     client.await.expect("the client reports")
                 })
                 .expect("the process returns")
@@ -394,8 +404,32 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
             assert!(!after_own_send, "its own traffic is not foreground");
             let io_uring = backend.kind == Backend::IoUring;
             assert_eq!(beside_foreground, io_uring, "beside foreground traffic");
+            assert_eq!(workers_idle, io_uring, "the workers run in the idle class");
         },
     );
+}
+
+/// Whether the io_uring worker threads of this thread's ring all run in
+/// the `SCHED_IDLE` class; `None` if it has none.
+fn shard_workers_idle() -> Option<bool> {
+    // "<pid>/task/<tid>"
+    let me = std::fs::read_link("/proc/thread-self").ok()?;
+    let tid = me.file_name()?.to_string_lossy().into_owned();
+    let worker = format!("iou-wrk-{tid}");
+    let mut idle = None;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != worker {
+            continue;
+        }
+        // The scheduling policy is the 41st field of `stat`, the 39th
+        // after the name in parentheses.
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let (_, after_name) = stat.rsplit_once(')')?;
+        let policy: i32 = after_name.split_whitespace().nth(38)?.parse().ok()?;
+        idle = Some(idle.unwrap_or(true) && policy == libc::SCHED_IDLE);
+    }
+    idle
 }
 
 #[test]

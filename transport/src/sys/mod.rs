@@ -423,8 +423,11 @@ impl Stream {
     /// that is not background, in the last few milliseconds. The copy into
     /// the socket (over loopback, the receiving side's work too) then
     /// leaves the shard free for it, for a hand-off per send; with nothing
-    /// to make way for, sends stay inline. epoll and the simulated network
-    /// write on the shard's thread regardless.
+    /// to make way for, sends stay inline. The shard puts its worker
+    /// threads in the `SCHED_IDLE` class, so that on a shared core they run
+    /// when the shard has nothing to do rather than taking turns with it.
+    /// epoll and the simulated network write on the shard's thread
+    /// regardless.
     pub(crate) fn set_background_sends(&self, background: bool) {
         if let Stream::Uring(stream) = self {
             stream.set_background_sends(background);

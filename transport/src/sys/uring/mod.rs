@@ -48,6 +48,10 @@
 //!   notifications, so that stream sends with plain `SEND` from then on,
 //!   as the kernel's `MSG_ZEROCOPY` guide advises. A kernel that rejects
 //!   the usage report (before 6.2) gets plain sends too.
+//!   A background stream's sends ([`Stream::set_background_sends`]) go to
+//!   the kernel's worker threads (`IOSQE_ASYNC`) while the shard has
+//!   foreground traffic, and the shard puts those threads in the
+//!   `SCHED_IDLE` class.
 //! - **Connect and accept** wait with a one-shot `POLL_ADD`, then make the
 //!   non-blocking syscall, as epoll does.
 //! - **Submission** is batched: operations queue entries as processes poll,
@@ -135,6 +139,12 @@ const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 /// after a quiet spell waits behind at most one inline slice, and the
 /// next ones find the way clear.
 const FOREGROUND_RECENT: Duration = Duration::from_millis(10);
+
+/// How often, while background sends go out, the shard looks for new
+/// io_uring worker threads to put in the idle class: rarely, as the look
+/// (a read of `/proc/self/task`) takes tens of microseconds of the shard,
+/// and the kernel keeps a busy worker.
+const WORKER_SCAN: Duration = Duration::from_millis(100);
 
 /// The longest single wait in the kernel.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
@@ -603,6 +613,8 @@ struct State {
     clock: SystemClock,
     /// A send request is in the submission queue, not yet submitted.
     send_queued: bool,
+    /// When the worker threads are next looked for ([`State::idle_workers`]).
+    next_worker_scan: Option<Instant>,
     /// Set once teardown begins: nothing is armed any more.
     tearing_down: bool,
     /// Wakers collected while handling completions, woken after.
@@ -637,6 +649,7 @@ impl State {
             foreground_seen: None,
             clock: SystemClock::new(),
             send_queued: false,
+            next_worker_scan: None,
             tearing_down: false,
             wakers: Vec::new(),
             cqes: Vec::with_capacity(CQE_BATCH),
@@ -1072,6 +1085,9 @@ impl State {
     /// Submits (the rest of) the send `user_data` of source `key`.
     fn submit_send(&mut self, user_data: u64, key: u32) {
         let background = self.sends_in_background(key);
+        if background {
+            self.idle_workers();
+        }
         let Some((fd, slice)) = self
             .sources
             .get(key)
@@ -1125,6 +1141,43 @@ impl State {
             && self
                 .foreground_seen
                 .is_some_and(|seen| self.clock.now() - seen < FOREGROUND_RECENT)
+    }
+
+    /// Puts this shard's io_uring worker threads (`iou-wrk-<shard tid>`,
+    /// which the kernel starts as background sends need them) in the
+    /// `SCHED_IDLE` class, at most every [`WORKER_SCAN`]: a background
+    /// send then runs when the core has nothing more urgent to do, instead
+    /// of taking turns with the shard it was meant to make way for. Until
+    /// the first worker is found (it starts with the first background
+    /// send), every background send looks.
+    fn idle_workers(&mut self) {
+        let now = self.clock.now();
+        if self.next_worker_scan.is_some_and(|next| now < next) {
+            return;
+        }
+        // SAFETY: `gettid` has no preconditions.
+        let shard = unsafe { libc::gettid() };
+        let worker = format!("iou-wrk-{shard}");
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {
+                continue;
+            };
+            if comm.trim_end() != worker {
+                continue;
+            }
+            self.next_worker_scan = Some(now + WORKER_SCAN);
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: `param` is valid for the call; `tid` is a thread of
+            // this process, whose class any thread may lower.
+            if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } != 0 {
+                let error = io::Error::last_os_error();
+                tracing::debug!(tid, "io_uring worker stays at its priority: {error}");
+            }
+        }
     }
 
     /// Queues an `ASYNC_CANCEL`.
