@@ -412,19 +412,11 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
 /// Whether the io_uring worker threads of this thread's ring all run in
 /// the `SCHED_IDLE` class; `None` if it has none.
 fn shard_workers_idle() -> Option<bool> {
-    // "<pid>/task/<tid>"
-    let me = std::fs::read_link("/proc/thread-self").ok()?;
-    let tid = me.file_name()?.to_string_lossy().into_owned();
-    let worker = format!("iou-wrk-{tid}");
     let mut idle = None;
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != worker {
-            continue;
-        }
+    for tid in super::uring::ring_workers() {
         // The scheduling policy is the 41st field of `stat`, the 39th
         // after the name in parentheses.
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
         let (_, after_name) = stat.rsplit_once(')')?;
         let policy: i32 = after_name.split_whitespace().nth(38)?.parse().ok()?;
         idle = Some(idle.unwrap_or(true) && policy == libc::SCHED_IDLE);

@@ -1155,20 +1155,7 @@ impl State {
         if self.next_worker_scan.is_some_and(|next| now < next) {
             return;
         }
-        // SAFETY: `gettid` has no preconditions.
-        let shard = unsafe { libc::gettid() };
-        let worker = format!("iou-wrk-{shard}");
-        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            let Ok(tid) = task.file_name().to_string_lossy().parse::<libc::pid_t>() else {
-                continue;
-            };
-            if comm.trim_end() != worker {
-                continue;
-            }
+        for tid in ring_workers() {
             self.next_worker_scan = Some(now + WORKER_SCAN);
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: `param` is valid for the call; `tid` is a thread of
@@ -1529,6 +1516,30 @@ impl Drop for State {
         );
         std::mem::forget(std::mem::take(&mut self.ops));
     }
+}
+
+/// The io_uring worker threads the kernel started for the calling thread's
+/// ring: the threads of this process named `iou-wrk-<caller's tid>`.
+pub(crate) fn ring_workers() -> Vec<libc::pid_t> {
+    // "<pid>/task/<tid>"
+    let Ok(me) = std::fs::read_link("/proc/thread-self") else {
+        return Vec::new();
+    };
+    let Some(tid) = me.file_name() else {
+        return Vec::new();
+    };
+    let worker = format!("iou-wrk-{}", tid.to_string_lossy());
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|comm| comm.trim_end() == worker)
+        })
+        .filter_map(|task| task.file_name().to_string_lossy().parse().ok())
+        .collect()
 }
 
 fn report_enter_error(error: &io::Error) {
