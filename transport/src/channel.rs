@@ -121,24 +121,26 @@ pub struct ChannelSpec {
     /// 2.5 → 1.6 GB/s.
     pub send_slice: u32,
     /// The channel is background traffic: while its shard also carries
-    /// other channels' traffic (within the last 10 ms), its sends run on
-    /// the kernel's worker threads (io_uring's `IOSQE_ASYNC`; epoll
-    /// ignores it) instead of inline on the shard's thread, so the copy
-    /// into the socket — over loopback, the receiving side's work as well
-    /// — does not hold up the more urgent traffic. Costs a thread hand-off
-    /// per send, which is why a shard with nothing else to serve sends
-    /// inline; a lone urgent message after a quiet spell waits behind at
-    /// most one inline slice. The worker threads run in the `SCHED_IDLE`
-    /// class: they use the core when the shard leaves it idle, and a
-    /// sustained foreground load on the same core leaves background sends
-    /// very little of it. Default off; on for `bulk`. Measured with
+    /// other channels' traffic (within the last 10 ms), its sends and its
+    /// in-place receives ([`ReceiveBuffers::InPlace`]) run on the kernel's
+    /// worker threads (io_uring's `IOSQE_ASYNC`; epoll ignores it) instead
+    /// of inline on the shard's thread, so the copies between the socket
+    /// and the process's memory — over loopback, the other side's work as
+    /// well — do not hold up the more urgent traffic. Costs a thread
+    /// hand-off per request, which is why a shard with nothing else to
+    /// serve stays inline; a lone urgent message after a quiet spell waits
+    /// behind at most one inline slice. The worker threads run in the
+    /// `SCHED_IDLE` class: they use the core when the shard leaves it idle,
+    /// and a sustained foreground load on the same core leaves background
+    /// traffic very little of it. Default off; on for `bulk`. Measured with
     /// `foundation-bench hol` and `remote` on a 2-core machine (the
     /// workers share the shard's core there): control round trip under a
-    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs (against inline
-    /// sends), and with idle-class workers p99 27–44 µs (1.1–1.7× idle);
-    /// 1 MiB messages on `bulk` with no other traffic 2.48 GB/s (inline:
-    /// 2.44; always in the background: 1.74).
-    pub background_sends: bool,
+    /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs (background
+    /// sends against inline ones), with idle-class workers p99 36–42 µs,
+    /// and with background receives as well 25–41 µs (median 33; 1.0–1.5×
+    /// idle); 1 MiB messages on `bulk` with no other traffic 2.48 GB/s
+    /// (inline: 2.44; always in the background: 1.74).
+    pub background: bool,
     /// Where the channel's connections receive on io_uring (epoll reads
     /// into the reader's buffer regardless). [`ReceiveBuffers::Shared`],
     /// the default, keeps a multishot receive armed on the shard's
@@ -175,7 +177,7 @@ impl ChannelSpec {
                 max_bytes: 4 * 1024 * 1024,
             },
             send_slice: MAX_SEND_SLICE,
-            background_sends: false,
+            background: false,
             receive_buffers: ReceiveBuffers::Shared,
         }
     }
@@ -218,10 +220,10 @@ impl ChannelSpec {
         self
     }
 
-    /// Sets whether sends run on the kernel's worker threads
-    /// ([`ChannelSpec::background_sends`](ChannelSpec#structfield.background_sends)).
-    pub fn background_sends(mut self, background: bool) -> ChannelSpec {
-        self.background_sends = background;
+    /// Sets whether the channel is background traffic
+    /// ([`ChannelSpec::background`](ChannelSpec#structfield.background)).
+    pub fn background(mut self, background: bool) -> ChannelSpec {
+        self.background = background;
         self
     }
 
@@ -278,7 +280,7 @@ impl ChannelSpec {
                 .priority(3)
                 .max_frame(1024 * 1024)
                 .credit_window(16 * 1024 * 1024)
-                .background_sends(true)
+                .background(true)
                 .receive_buffers(ReceiveBuffers::InPlace)
                 .when_disconnected(WhenDisconnected::Queue {
                     max_bytes: 16 * 1024 * 1024,

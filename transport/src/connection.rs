@@ -105,7 +105,7 @@ pub(crate) async fn dial(
                 backoff = inner.config.reconnect_min;
                 let spec = &inner.channels[usize::from(channel)];
                 stream.set_send_slice(spec.send_slice as usize);
-                stream.set_background_sends(spec.background_sends);
+                stream.set_background(spec.background);
                 // The writer reads only credit and acknowledgements.
                 stream.set_receive_buffers(ReceiveBuffers::Shared);
                 lane.connected(established.incarnation, established.delivered);
@@ -296,7 +296,7 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: Socket, addr: SocketA
     cx.set_priority(spec.process_priority());
     stream.set_receive_buffers(spec.receive_buffers);
     // Its credit frames are as much background traffic as the lane.
-    stream.set_background_sends(spec.background_sends);
+    stream.set_background(spec.background);
     let error = reader.run(&cx, &inner, &stream).await;
     if !inner.is_closed() {
         inner.connection_failed(Some(peer), addr, error);

@@ -201,8 +201,9 @@ pub struct ChannelOptions {
     pub credit_window: Option<u32>,
     /// Most bytes one send hands the kernel.
     pub send_slice: Option<u32>,
-    /// Whether sends run off the shard's thread (io_uring).
-    pub background_sends: Option<bool>,
+    /// Whether the channel is background traffic: beside other traffic,
+    /// its sends and in-place receives run off the shard's thread (io_uring).
+    pub background: Option<bool>,
 }
 
 /// A configuration that cannot start a node.
@@ -439,7 +440,7 @@ impl ChannelOptions {
             max_message,
             credit_window,
             send_slice,
-            background_sends,
+            background,
         } = self.clone();
         let mut set = std::mem::replace(spec, ChannelSpec::new(""));
         if let Some(value) = priority {
@@ -467,8 +468,8 @@ impl ChannelOptions {
         if let Some(value) = send_slice {
             set = set.send_slice(value);
         }
-        if let Some(value) = background_sends {
-            set = set.background_sends(value);
+        if let Some(value) = background {
+            set = set.background(value);
         }
         *spec = set;
     }

@@ -262,7 +262,7 @@ fn eight_mebibytes_arrive_exactly_in_small_background_slices() {
         IoOptions::default(),
         |backend, runtime| {
             let background = |stream: &Stream| {
-                stream.set_background_sends(true);
+                stream.set_background(true);
                 stream.set_send_slice(16 * 1024);
             };
             transfer(backend, runtime, background);
@@ -362,10 +362,10 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
                     let client = spawn_on(&cx, other_shard(&cx), move || async move {
                         let bulk = connect(backend, addr).await?;
                         let urgent = connect(backend, addr).await?;
-                        bulk.set_background_sends(true);
-                        let alone = bulk.sends_in_background();
+                        bulk.set_background(true);
+                        let alone = bulk.in_background();
                         send(&bulk, pattern(1, 64 << 10)).await?;
-                        let after_own_send = bulk.sends_in_background();
+                        let after_own_send = bulk.in_background();
                         // Round trips on the other stream are foreground
                         // traffic on the same shard. (Retried: a round trip
                         // counts for a few milliseconds only, and a loaded
@@ -375,7 +375,7 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
                         for round in 0..100 {
                             send(&urgent, pattern(round, 64)).await?;
                             recv_exact(&urgent, 64, 64).await?;
-                            beside_foreground = bulk.sends_in_background();
+                            beside_foreground = bulk.in_background();
                             if beside_foreground {
                                 // A send in the background, on a worker
                                 // thread the shard puts in the idle class.
@@ -405,6 +405,51 @@ fn background_sends_leave_the_shard_only_beside_foreground_traffic() {
             let io_uring = backend.kind == Backend::IoUring;
             assert_eq!(beside_foreground, io_uring, "beside foreground traffic");
             assert_eq!(workers_idle, io_uring, "the workers run in the idle class");
+        },
+    );
+}
+
+#[test]
+fn background_receives_in_place_leave_the_shard_beside_foreground_traffic() {
+    on_every_backend(
+        "background receives",
+        IoOptions::default(),
+        |backend, runtime| {
+            let workers_idle = runtime
+                .block_on(move |cx: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                        let bulk = connect(backend, addr).await?;
+                        let urgent = connect(backend, addr).await?;
+                        bulk.set_background(true);
+                        // This shard only receives on `bulk`: a worker
+                        // thread can only have come from a receive.
+                        for round in 0..100 {
+                            send(&urgent, pattern(round, 64)).await?;
+                            recv_exact(&urgent, 64, 64).await?;
+                            if bulk.in_background() {
+                                recv_exact(&bulk, 64 << 10, 64 << 10).await?;
+                                if shard_workers_idle() == Some(true) {
+                                    return Ok::<_, io::Error>(true);
+                                }
+                            }
+                        }
+                        Ok(false)
+                    })
+                    .await;
+                    let (bulk, _) = accept(backend, &listener).await?;
+                    let (urgent, _) = accept(backend, &listener).await?;
+                    // Until the client hangs up.
+                    let flood = async { while send(&bulk, pattern(0, 64 << 10)).await.is_ok() {} };
+                    join(echo(&urgent), flood).await;
+                    client.await.expect("the client reports")
+                })
+                .expect("the process returns")
+                .expect("no I/O error");
+            // A multishot receive into shared buffers stays on the shard.
+            let in_place =
+                backend.kind == Backend::IoUring && backend.receive == ReceiveBuffers::InPlace;
+            assert_eq!(workers_idle, in_place, "received on idle workers");
         },
     );
 }

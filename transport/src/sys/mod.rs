@@ -417,20 +417,21 @@ impl Stream {
         }
     }
 
-    /// The stream is background traffic: its sends run on the kernel's
-    /// worker threads instead of the shard's (io_uring's `IOSQE_ASYNC`)
-    /// while the shard has foreground traffic — a completion on a stream
-    /// that is not background, in the last few milliseconds. The copy into
-    /// the socket (over loopback, the receiving side's work too) then
-    /// leaves the shard free for it, for a hand-off per send; with nothing
-    /// to make way for, sends stay inline. The shard puts its worker
-    /// threads in the `SCHED_IDLE` class, so that on a shared core they run
-    /// when the shard has nothing to do rather than taking turns with it.
-    /// epoll and the simulated network write on the shard's thread
-    /// regardless.
-    pub(crate) fn set_background_sends(&self, background: bool) {
+    /// The stream is background traffic: its sends and in-place receives
+    /// run on the kernel's worker threads instead of the shard's
+    /// (io_uring's `IOSQE_ASYNC`) while the shard has foreground traffic —
+    /// a completion on a stream that is not background, in the last few
+    /// milliseconds. The copies between the socket and the stream's
+    /// buffers (over loopback, the other side's work too) then leave the
+    /// shard free for it, for a hand-off per request; with nothing to make
+    /// way for, they stay inline. The shard puts its worker threads in the
+    /// `SCHED_IDLE` class, so that on a shared core they run when the shard
+    /// has nothing to do rather than taking turns with it. A multishot
+    /// receive into shared buffers stays on the shard, as do epoll's and
+    /// the simulated network's reads and writes.
+    pub(crate) fn set_background(&self, background: bool) {
         if let Stream::Uring(stream) = self {
-            stream.set_background_sends(background);
+            stream.set_background(background);
         }
     }
 
@@ -453,12 +454,13 @@ impl Stream {
         }
     }
 
-    /// Whether this stream's next send would run on the kernel's worker
-    /// threads (see [`Stream::set_background_sends`]); never on epoll.
+    /// Whether this stream's next send or in-place receive would run on
+    /// the kernel's worker threads (see [`Stream::set_background`]); never
+    /// on epoll.
     #[cfg(test)]
-    pub(crate) fn sends_in_background(&self) -> bool {
+    pub(crate) fn in_background(&self) -> bool {
         match self {
-            Stream::Uring(stream) => stream.sends_in_background(),
+            Stream::Uring(stream) => stream.in_background(),
             Stream::Epoll(_) | Stream::Sim(_) => false,
         }
     }

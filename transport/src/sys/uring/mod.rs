@@ -48,10 +48,10 @@
 //!   notifications, so that stream sends with plain `SEND` from then on,
 //!   as the kernel's `MSG_ZEROCOPY` guide advises. A kernel that rejects
 //!   the usage report (before 6.2) gets plain sends too.
-//!   A background stream's sends ([`Stream::set_background_sends`]) go to
+//!   A background stream's sends ([`Stream::set_background`]) go to
 //!   the kernel's worker threads (`IOSQE_ASYNC`) while the shard has
 //!   foreground traffic, and the shard puts those threads in the
-//!   `SCHED_IDLE` class.
+//!   `SCHED_IDLE` class; so do its receives in place.
 //! - **Connect and accept** wait with a one-shot `POLL_ADD`, then make the
 //!   non-blocking syscall, as epoll does.
 //! - **Submission** is batched: operations queue entries as processes poll,
@@ -134,13 +134,13 @@ const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
 /// copied the data instead of sending it from our pages.
 const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
 
-/// How long after the last foreground completion a stream's background
-/// sends still go to the kernel's worker threads: a lone urgent message
+/// How long after the last foreground completion a background stream's
+/// requests still go to the kernel's worker threads: a lone urgent message
 /// after a quiet spell waits behind at most one inline slice, and the
 /// next ones find the way clear.
 const FOREGROUND_RECENT: Duration = Duration::from_millis(10);
 
-/// How often, while background sends go out, the shard looks for new
+/// How often, while background requests go out, the shard looks for new
 /// io_uring worker threads to put in the idle class: rarely, as the look
 /// (a read of `/proc/self/task`) takes tens of microseconds of the shard,
 /// and the kernel keeps a busy worker.
@@ -473,7 +473,7 @@ impl Stream {
         }
     }
 
-    pub(crate) fn set_background_sends(&self, background: bool) {
+    pub(crate) fn set_background(&self, background: bool) {
         let mut state = this(&self.reactor).state.borrow_mut();
         if let Some(source) = state.sources.get_mut(self.key) {
             source.background = background;
@@ -489,9 +489,9 @@ impl Stream {
     }
 
     #[cfg(test)]
-    pub(crate) fn sends_in_background(&self) -> bool {
+    pub(crate) fn in_background(&self) -> bool {
         let state = this(&self.reactor).state.borrow();
-        state.sends_in_background(self.key)
+        state.in_background(self.key)
     }
 
     #[cfg(test)]
@@ -604,8 +604,8 @@ struct State {
     zc_threshold: usize,
     /// Chunks a stream may queue before its receive is paused.
     recv_cap: usize,
-    /// A completion for a foreground stream (one without background
-    /// sends) was handled in the current reap...
+    /// A completion for a foreground stream (one that is not
+    /// background) was handled in the current reap...
     foreground_busy: bool,
     /// ...and when the last reap that had one ended.
     foreground_seen: Option<Instant>,
@@ -1084,10 +1084,6 @@ impl State {
 
     /// Submits (the rest of) the send `user_data` of source `key`.
     fn submit_send(&mut self, user_data: u64, key: u32) {
-        let background = self.sends_in_background(key);
-        if background {
-            self.idle_workers();
-        }
         let Some((fd, slice)) = self
             .sources
             .get(key)
@@ -1117,11 +1113,7 @@ impl State {
         };
         send.result_pending = true;
         self.send_queued = true;
-        let entry = match background {
-            true => entry.flags(squeue::Flags::ASYNC),
-            false => entry,
-        };
-        let entry = entry.user_data(user_data);
+        let entry = self.placed(key, entry.user_data(user_data));
         // SAFETY: the bytes belong to the `Vec` owned by this operation in
         // the reactor's table. Its heap block does not move when the table
         // does, and it is neither written nor freed before the request's
@@ -1130,11 +1122,23 @@ impl State {
         unsafe { self.push(entry) }
     }
 
-    /// Whether a send of stream `key` goes to the kernel's worker threads
-    /// now: only a background stream's, and only while there is foreground
-    /// traffic for it to make way for; otherwise the hand-off costs and
-    /// buys nothing.
-    fn sends_in_background(&self, key: u32) -> bool {
+    /// `entry`, a send or an in-place receive of stream `key`, marked to
+    /// run on the kernel's worker threads if it goes to the background now
+    /// ([`State::in_background`]), in which case the workers are put in
+    /// the idle class.
+    fn placed(&mut self, key: u32, entry: squeue::Entry) -> squeue::Entry {
+        if !self.in_background(key) {
+            return entry;
+        }
+        self.idle_workers();
+        entry.flags(squeue::Flags::ASYNC)
+    }
+
+    /// Whether a send or an in-place receive of stream `key` goes to the
+    /// kernel's worker threads now: only a background stream's, and only
+    /// while there is foreground traffic for it to make way for; otherwise
+    /// the hand-off costs and buys nothing.
+    fn in_background(&self, key: u32) -> bool {
         self.sources
             .get(key)
             .is_some_and(|source| source.background)
@@ -1144,12 +1148,12 @@ impl State {
     }
 
     /// Puts this shard's io_uring worker threads (`iou-wrk-<shard tid>`,
-    /// which the kernel starts as background sends need them) in the
+    /// which the kernel starts as background requests need them) in the
     /// `SCHED_IDLE` class, at most every [`WORKER_SCAN`]: a background
-    /// send then runs when the core has nothing more urgent to do, instead
-    /// of taking turns with the shard it was meant to make way for. Until
-    /// the first worker is found (it starts with the first background
-    /// send), every background send looks.
+    /// request then runs when the core has nothing more urgent to do,
+    /// instead of taking turns with the shard it was meant to make way
+    /// for. Until the first worker is found (it starts with the first
+    /// background request), every background request looks.
     fn idle_workers(&mut self) {
         let now = self.clock.now();
         if self.next_worker_scan.is_some_and(|next| now < next) {
@@ -1301,11 +1305,13 @@ impl State {
         else {
             return;
         };
-        let fd = source_fd(&self.sources, *key);
+        let key = *key;
+        let fd = source_fd(&self.sources, key);
         let target = &mut recv.buf[recv.range.clone()];
         let entry = opcode::Recv::new(Fd(fd), target.as_mut_ptr(), target.len() as u32)
             .build()
             .user_data(user_data);
+        let entry = self.placed(key, entry);
         // SAFETY: the bytes belong to the buffer owned by this operation in
         // the reactor's table; its heap block does not move when the table
         // does, and nothing reads, writes or frees it before the request's
@@ -1743,8 +1749,9 @@ struct Source {
     copies: bool,
     /// Most bytes one send request carries ([`Stream::set_send_slice`]).
     send_slice: usize,
-    /// Sends run on the kernel's worker threads (`IOSQE_ASYNC`) rather
-    /// than inline in the submitting call ([`Stream::set_background_sends`]).
+    /// Sends and in-place receives run on the kernel's worker threads
+    /// (`IOSQE_ASYNC`) rather than inline in the submitting call
+    /// ([`Stream::set_background`]).
     background: bool,
 }
 
