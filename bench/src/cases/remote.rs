@@ -56,6 +56,17 @@ fn subject(backend: Backend) -> &'static str {
     }
 }
 
+/// The kernel's TCP congestion control, which every subject's connections
+/// use, so that figures from machines set up differently are not compared
+/// as like for like: with `bbr` and no `fq` queueing discipline (loopback
+/// has none), TCP paces each socket with its own timers, and on a 2-core
+/// VM that cost every subject 30–40 % of its throughput at 1 KiB and
+/// 1 MiB against `cubic`.
+fn congestion_control() -> String {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".to_owned(), |name| name.trim().to_owned())
+}
+
 /// Picks one figure out of a ping-pong's round trips.
 type Figure = fn(&RoundTrips) -> f64;
 
@@ -102,8 +113,9 @@ pub(crate) fn run_remote(context: &Context) -> Vec<Measurement> {
             bandwidth.peer("erlang", erlang.median("remote_mb_per_s"));
         }
         rate.note(&format!(
-            "{msgs} messages of {size} B one way per repetition, {} channel; {FOUNDATION} is io_uring; targets: 64 B >= 20M msgs/s, 64 KiB >= 80% of raw TCP MB/s.",
-            if channel == ChannelId::DATA { "data" } else { "bulk" }
+            "{msgs} messages of {size} B one way per repetition, {} channel; {FOUNDATION} is io_uring; TCP congestion control {}; targets: 64 B >= 20M msgs/s, 64 KiB >= 80% of raw TCP MB/s.",
+            if channel == ChannelId::DATA { "data" } else { "bulk" },
+            congestion_control(),
         ));
         measurements.push(rate);
         measurements.push(bandwidth);
