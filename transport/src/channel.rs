@@ -137,9 +137,10 @@ pub struct ChannelSpec {
     /// workers share the shard's core there): control round trip under a
     /// saturated `bulk` p50 280 → 19 µs, p99 471 → 286 µs (background
     /// sends against inline ones), with idle-class workers p99 36–42 µs,
-    /// and with background receives as well 25–41 µs (median 29; 0.9–1.5×
-    /// idle over nine runs); 1 MiB messages on `bulk` with no other
-    /// traffic 2.48 GB/s (inline: 2.44; always in the background: 1.74).
+    /// and with background receives as well 25–41 µs (median 29; 0.9–1.8×
+    /// idle over twelve runs, median 1.15×); 1 MiB messages on `bulk` with
+    /// no other traffic 2.48 GB/s (inline: 2.44; always in the
+    /// background: 1.74).
     pub background: bool,
     /// Where the channel's connections receive on io_uring (epoll reads
     /// into the reader's buffer regardless). [`ReceiveBuffers::Shared`],

@@ -295,7 +295,8 @@ async fn serve(cx: Context<()>, inner: Arc<Inner>, socket: Socket, addr: SocketA
     let spec = &inner.channels[usize::from(reader.channel)];
     cx.set_priority(spec.process_priority());
     stream.set_receive_buffers(spec.receive_buffers);
-    // Its credit frames are as much background traffic as the lane.
+    // Background both ways: the lane's bytes it receives in place, and
+    // the credit frames it sends back.
     stream.set_background(spec.background);
     let error = reader.run(&cx, &inner, &stream).await;
     if !inner.is_closed() {
