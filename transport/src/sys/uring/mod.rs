@@ -146,6 +146,11 @@ const FOREGROUND_RECENT: Duration = Duration::from_millis(10);
 /// and the kernel keeps a busy worker.
 const WORKER_SCAN: Duration = Duration::from_millis(100);
 
+/// How soon the shard looks again after finding no worker: soon, as the
+/// first background request starts one, but not on every request, which
+/// a kernel that names its workers otherwise would make pay for a look.
+const WORKER_RETRY: Duration = Duration::from_millis(1);
+
 /// The longest single wait in the kernel.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
 
@@ -1153,14 +1158,19 @@ impl State {
     /// request then runs when the core has nothing more urgent to do,
     /// instead of taking turns with the shard it was meant to make way
     /// for. Until the first worker is found (it starts with the first
-    /// background request), every background request looks.
+    /// background request), the shard looks every [`WORKER_RETRY`].
     fn idle_workers(&mut self) {
         let now = self.clock.now();
         if self.next_worker_scan.is_some_and(|next| now < next) {
             return;
         }
-        for tid in ring_workers() {
-            self.next_worker_scan = Some(now + WORKER_SCAN);
+        let workers = ring_workers();
+        let wait = match workers.is_empty() {
+            true => WORKER_RETRY,
+            false => WORKER_SCAN,
+        };
+        self.next_worker_scan = Some(now + wait);
+        for tid in workers {
             let param = libc::sched_param { sched_priority: 0 };
             // SAFETY: `param` is valid for the call; `tid` is a thread of
             // this process, whose class any thread may lower.
