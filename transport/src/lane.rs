@@ -15,6 +15,17 @@
 //!   would push it past the channel's window waits (or gets
 //!   [`Push::WouldBlock`]), so memory held for a slow peer stays bounded on
 //!   both ends.
+//! - **Unsent bytes.** Beside credit, a connected lane holds at most
+//!   [`PENDING_LIMIT`] bytes of frames its connection has not taken yet
+//!   (more only when one frame alone is larger), as a socket's send buffer
+//!   bounds what a writer may queue: the rest of the window lives in the
+//!   kernel's socket buffers and the peer's. Frames are then copied into the
+//!   socket while they are still in the cache they were encoded into. Without
+//!   the bound, a sender ahead of its connection filled the whole window
+//!   (4 MiB on `data`) before anything went out, and every byte was written
+//!   to memory and read back after it had left the caches: 1 KiB messages
+//!   went at 2.6 M msgs/s on io_uring and 3.1 M on epoll, against 3.2 M and
+//!   4.8 M with it.
 //! - **Acknowledged delivery.** Frames get sequence numbers; buffers
 //!   written to the socket stay in `unacked` until the receiver acknowledges
 //!   their last frame; a new connection starts by sending again everything
@@ -29,10 +40,16 @@ use foundation_sched::Pid;
 
 use crate::frame::{self, FrameHeader, FIRST_CHUNK, HEADER_LEN, PAYLOAD_ALIGN};
 
+/// Most bytes of frames a connected lane holds before its connection takes
+/// them (see the module docs): the most one send request carries, so the
+/// connection takes a batch about as large as it writes at once.
+pub(crate) const PENDING_LIMIT: usize = 256 * 1024;
+
 /// Why frames could not be appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Push {
-    /// Out of credit (or queue room while disconnected): try again later.
+    /// Out of credit or pending room (or queue room while disconnected):
+    /// try again later.
     WouldBlock,
     /// Disconnected, and the channel fails sends while disconnected.
     NotConnected,
@@ -210,7 +227,13 @@ impl Lane {
             return Err(Push::WouldBlock);
         }
         let room = if state.connected {
-            self.window.saturating_sub(state.in_flight)
+            let credit = self.window.saturating_sub(state.in_flight);
+            if state.pending.is_empty() {
+                // A frame larger than the limit goes alone.
+                credit
+            } else {
+                credit.min(PENDING_LIMIT.saturating_sub(state.pending.len()) as u64)
+            }
         } else {
             match self.when_disconnected {
                 WhenDisconnected::Fail => return Err(Push::NotConnected),
@@ -260,7 +283,12 @@ impl Lane {
             return Poll::Pending;
         }
         let spare = state.spare.pop().unwrap_or_default();
-        Poll::Ready(Some(std::mem::replace(&mut state.pending, spare)))
+        let batch = std::mem::replace(&mut state.pending, spare);
+        // Senders waiting for room in the pending bytes have it now.
+        let blocked = std::mem::take(&mut state.blocked);
+        drop(state);
+        blocked.into_iter().for_each(Waker::wake);
+        Poll::Ready(Some(batch))
     }
 
     /// A batch from [`Lane::poll_batch`] was written.
@@ -418,6 +446,9 @@ fn frame_len_at(frames: &[u8], at: usize) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use foundation_sched::{NodeId, ShardId};
 
     use super::*;
@@ -484,6 +515,63 @@ mod tests {
                 (b, FrameKind::Message, 4),
             ]
         );
+    }
+
+    /// Counts its wake-ups.
+    struct Counting(AtomicUsize);
+
+    impl std::task::Wake for Counting {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// With credit to spare, a connected lane still holds no more than
+    /// `PENDING_LIMIT` unsent bytes; a sender that waits for room is woken
+    /// when the connection takes the batch, and a frame larger than the
+    /// limit goes when the lane is empty.
+    #[test]
+    fn unsent_bytes_stay_within_the_pending_limit() {
+        let window = 8 * PENDING_LIMIT as u32;
+        let lane = Lane::new(&ChannelSpec::new("test").credit_window(window));
+        lane.connected(1, 0);
+        let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+        let mut message = Vec::new();
+        frame::encode(
+            header(source, FrameKind::Message, 0),
+            &[7_u8; 1000],
+            &mut message,
+        )
+        .unwrap();
+        let counting = Arc::new(Counting(AtomicUsize::new(0)));
+        let waker = Waker::from(counting.clone());
+        let mut cx = Context::from_waker(&waker);
+
+        let mut taken = 0;
+        while lane.push(&message, false, Some(&mut cx)).is_ok() {
+            taken += message.len();
+        }
+        assert!(taken <= PENDING_LIMIT, "{taken} bytes unsent");
+        assert!(taken + message.len() > PENDING_LIMIT, "stopped early");
+        assert_eq!(counting.0.load(Ordering::Relaxed), 0);
+
+        let Poll::Ready(Some(batch)) = lane.poll_batch(&mut cx) else {
+            panic!("a batch is pending");
+        };
+        assert_eq!(batch.len(), taken);
+        assert_eq!(counting.0.load(Ordering::Relaxed), 1, "the sender is woken");
+        assert_eq!(lane.push(&message, false, None), Ok(message.len()));
+        lane.written(batch);
+
+        let Poll::Ready(Some(batch)) = lane.poll_batch(&mut cx) else {
+            panic!("a batch is pending");
+        };
+        lane.written(batch);
+        let mut large = Vec::new();
+        let payload = vec![1_u8; 2 * PENDING_LIMIT];
+        frame::encode(header(source, FrameKind::Message, 0), &payload, &mut large).unwrap();
+        assert_eq!(lane.push(&large, false, None), Ok(large.len()));
+        assert_eq!(lane.push(&message, false, None), Err(Push::WouldBlock));
     }
 
     /// Sequence numbers of the frames waiting on `lane`.
