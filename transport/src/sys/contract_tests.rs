@@ -221,6 +221,62 @@ fn switching_where_a_stream_receives_loses_and_reorders_nothing() {
 }
 
 #[test]
+fn an_adaptive_stream_receives_in_place_while_behind_and_shared_once_caught_up() {
+    on_every_backend(
+        "adaptive receives",
+        IoOptions::default(),
+        |backend, runtime| {
+            const LEN: usize = 1 << 20;
+            let (behind, caught_up) = runtime
+                .block_on(move |cx: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                        let stream = connect(backend, addr).await?;
+                        send(&stream, pattern(5, LEN)).await?;
+                        recv_exact(&stream, 1, 1).await?;
+                        send(&stream, pattern(6, 100)).await?;
+                        Ok::<_, io::Error>(())
+                    })
+                    .await;
+                    let (stream, _) = accept(backend, &listener).await?;
+                    // Let the megabyte pile up in the socket.
+                    recv_exact(&stream, 1, 1).await?;
+                    cx.sleep(Duration::from_millis(50)).await;
+                    let mut received = vec![pattern(5, 1)[0]];
+                    let mut behind = false;
+                    while received.len() < LEN {
+                        let piece = (64 << 10).min(LEN - received.len());
+                        received.extend(recv_exact(&stream, piece, piece).await?);
+                        behind |= stream.receives_in_place();
+                    }
+                    assert!(received == pattern(5, LEN), "the bytes arrive in order");
+                    send(&stream, vec![1]).await?;
+                    // Reads with room for more than arrives.
+                    let (mut small, mut buf) = (Vec::new(), recv_buf(4096));
+                    while small.len() < 100 {
+                        let n = recv(&stream, &mut buf).await?;
+                        small.extend_from_slice(&buf[..n]);
+                    }
+                    assert_eq!(small, pattern(6, 100));
+                    let caught_up = !stream.receives_in_place();
+                    client.await.expect("the client reports")?;
+                    Ok::<_, io::Error>((behind, caught_up))
+                })
+                .expect("the process returns")
+                .expect("no I/O error");
+            match (backend.kind, backend.receive) {
+                (Backend::IoUring, ReceiveBuffers::Adaptive) => {
+                    assert!(behind, "in place while a megabyte waits");
+                    assert!(caught_up, "shared again after a small read");
+                }
+                (Backend::IoUring, ReceiveBuffers::Shared) => assert!(!behind && caught_up),
+                _ => assert!(behind && !caught_up, "in place throughout"),
+            }
+        },
+    );
+}
+
+#[test]
 fn eight_mebibytes_arrive_exactly_both_ways() {
     on_every_backend("8 MiB", IoOptions::default(), big_transfer_case);
 }
@@ -446,9 +502,10 @@ fn background_receives_in_place_leave_the_shard_beside_foreground_traffic() {
                 })
                 .expect("the process returns")
                 .expect("no I/O error");
-            // A multishot receive into shared buffers stays on the shard.
+            // A multishot receive into shared buffers stays on the shard;
+            // an adaptive one goes in place under the flood.
             let in_place =
-                backend.kind == Backend::IoUring && backend.receive == ReceiveBuffers::InPlace;
+                backend.kind == Backend::IoUring && backend.receive != ReceiveBuffers::Shared;
             assert_eq!(workers_idle, in_place, "received on idle workers");
         },
     );
@@ -780,13 +837,14 @@ impl std::fmt::Display for Io {
     }
 }
 
-/// Runs `case` on every backend available here (io_uring in both receive
-/// modes), each in its own runtime
+/// Runs `case` on every backend available here (io_uring in each receive
+/// mode), each in its own runtime
 /// and within [`PATIENCE`].
 fn on_every_backend(name: &str, options: IoOptions, case: fn(Io, &Runtime)) {
     let every = [
         (Backend::IoUring, ReceiveBuffers::InPlace),
         (Backend::IoUring, ReceiveBuffers::Shared),
+        (Backend::IoUring, ReceiveBuffers::Adaptive),
         (Backend::Epoll, ReceiveBuffers::InPlace),
     ];
     for (kind, receive) in every {

@@ -394,6 +394,16 @@ impl Stream {
         }
     }
 
+    /// Whether the stream's next receive goes straight into the reader's
+    /// buffer: always on epoll, as [`ReceiveBuffers`] says on io_uring.
+    #[cfg(test)]
+    pub(crate) fn receives_in_place(&self) -> bool {
+        match self {
+            Stream::Uring(stream) => stream.receives_in_place(),
+            Stream::Epoll(_) | Stream::Sim(_) => true,
+        }
+    }
+
     /// Starts writing all of `buf`. One send at a time: call only when no
     /// send is in flight (after [`Stream::poll_sent`] returned).
     pub(crate) fn start_send(&self, buf: Vec<u8>) {

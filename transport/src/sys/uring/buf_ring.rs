@@ -125,6 +125,11 @@ impl BufRing {
 
     /// How many buffers are on the ring, as far as completions reaped so far
     /// tell.
+    /// Bytes in each buffer.
+    pub(super) fn buffer_size(&self) -> usize {
+        self.size as usize
+    }
+
     pub(super) fn available(&self) -> usize {
         usize::from(self.count) - self.held_count
     }

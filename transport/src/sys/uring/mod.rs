@@ -21,8 +21,8 @@
 //!   zero-copy send may still await its notification then: its operation
 //!   keeps the buffer until it arrives, but not the socket, whose unsent
 //!   data is what the notification may be waiting for.
-//! - **Receive** has two modes ([`ReceiveBuffers`]). *In place*, the
-//!   default: each [`Stream::poll_recv`] that finds nothing received lends
+//! - **Receive** has two modes ([`ReceiveBuffers`]). *In place*: each
+//!   [`Stream::poll_recv`] that finds nothing received lends
 //!   the caller's buffer to a one-shot `RECV` into the asked range; the
 //!   operation owns the buffer until its completion, and the next call
 //!   hands it back with the bytes in it. *Shared*: one multishot `RECV`
@@ -36,7 +36,9 @@
 //!   has its receive cancelled until it drains, so one slow reader cannot
 //!   starve the shard's other streams.
 //!   A switch to in place cancels the multishot receive; what it received
-//!   is read first.
+//!   is read first. An *adaptive* stream switches by itself: to in place
+//!   when a multishot completion fills a whole buffer, back to shared when
+//!   a read in place finds less than an eighth of one waiting.
 //! - **Send** is one request per stream at a time, for a slice of at most
 //!   256 KiB of the owned buffer; the next slice is submitted when the
 //!   previous one's result arrives. `SEND` below
@@ -447,21 +449,22 @@ impl Stream {
         let Some(source) = state.sources.get_mut(self.key) else {
             return;
         };
-        source.shared_buffers = buffers == ReceiveBuffers::Shared;
-        // A multishot receive in flight goes on filling shared buffers
-        // until cancelled; what it delivered is still read first.
-        let multishot = source.recv_op.filter(|&user_data| {
-            matches!(
-                state.ops.get(user_data),
-                Some(Op {
-                    kind: OpKind::Recv,
-                    ..
-                })
-            )
-        });
-        if let (ReceiveBuffers::InPlace, Some(user_data)) = (buffers, multishot) {
-            state.cancel(CancelBuilder::user_data(user_data));
-        }
+        source.adaptive = buffers == ReceiveBuffers::Adaptive;
+        // An adaptive stream starts shared, as a stream that has received
+        // nothing yet is not behind.
+        let shared = buffers != ReceiveBuffers::InPlace;
+        state.receive_shared(self.key, shared);
+    }
+
+    /// Whether the stream's next receive goes straight into the reader's
+    /// buffer (for tests of the adaptive mode).
+    #[cfg(test)]
+    pub(crate) fn receives_in_place(&self) -> bool {
+        let state = this(&self.reactor).state.borrow();
+        state
+            .sources
+            .get(self.key)
+            .is_some_and(|source| !source.shared_buffers)
     }
 
     pub(crate) fn start_send(&self, buf: Vec<u8>) {
@@ -845,6 +848,7 @@ impl State {
             return;
         };
         let mut wake = false;
+        let mut behind = false;
         match (result, cqueue::buffer_select(flags)) {
             (len @ 1.., Some(id)) => match self.bufs.take(id, len as usize) {
                 Ok(()) if source.open => {
@@ -854,6 +858,9 @@ impl State {
                         end: len as usize,
                     });
                     wake = true;
+                    // A whole buffer's worth was waiting: an adaptive
+                    // stream is behind, and goes in place.
+                    behind = source.adaptive && len as usize == self.bufs.buffer_size();
                 }
                 Ok(()) => self.bufs.give_back(id),
                 Err(_) => {
@@ -890,6 +897,15 @@ impl State {
         if wake {
             self.wakers.extend(source.reader.take());
         }
+        if behind && source.shared_buffers {
+            self.receive_shared(key, false);
+            if more {
+                return;
+            }
+        }
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
+        };
         if more {
             if source.open && !source.paused && source.chunks.len() >= self.recv_cap {
                 // A slow reader: stop filling buffers for it until it drains.
@@ -914,6 +930,29 @@ impl State {
             } else {
                 self.arm_recv(key);
             }
+        }
+    }
+
+    /// Switches stream `key` to receiving into shared buffers or in
+    /// place. A multishot receive in flight goes on filling shared buffers
+    /// until its cancellation lands; what it delivered is still read
+    /// first.
+    fn receive_shared(&mut self, key: u32, shared: bool) {
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
+        };
+        source.shared_buffers = shared;
+        let multishot = source.recv_op.filter(|&user_data| {
+            matches!(
+                self.ops.get(user_data),
+                Some(Op {
+                    kind: OpKind::Recv,
+                    ..
+                })
+            )
+        });
+        if let (false, Some(user_data)) = (shared, multishot) {
+            self.cancel(CancelBuilder::user_data(user_data));
         }
     }
 
@@ -946,7 +985,15 @@ impl State {
                 source.end = Some(End::Eof);
                 Ok(0)
             }
-            1.. => Ok(result as usize),
+            1.. => {
+                // An adaptive stream whose read found little waiting has
+                // caught up: back to the armed multishot receive.
+                let len = result as usize;
+                if source.adaptive && len < recv.range.len() && len < self.bufs.buffer_size() / 8 {
+                    source.shared_buffers = true;
+                }
+                Ok(len)
+            }
             _ => {
                 source.end = Some(End::Error(-result));
                 Err(io::Error::from_raw_os_error(-result))
@@ -1738,6 +1785,8 @@ struct Source {
     /// Receives go to the shard's shared buffers, not straight into the
     /// reader's ([`Stream::set_receive_buffers`]).
     shared_buffers: bool,
+    /// `shared_buffers` follows the traffic ([`ReceiveBuffers::Adaptive`]).
+    adaptive: bool,
     /// The finished receive in place: the reader's buffer and how many
     /// bytes landed in it.
     received: Option<(RecvBuf, io::Result<usize>)>,
@@ -1775,6 +1824,7 @@ impl Source {
             poller: None,
             recv_op: None,
             shared_buffers: false,
+            adaptive: false,
             received: None,
             chunks: VecDeque::new(),
             end: None,
