@@ -24,7 +24,11 @@
 //!   looks at its run queue again.
 //! - **Backpressure**: credit per (peer, channel, lane), granted back as the
 //!   receiving processes drop what they received; [`Transport::try_send`]
-//!   says [`SendError::WouldBlock`], [`Transport::send`] waits.
+//!   says [`SendError::WouldBlock`], [`Transport::send`] waits. Beside
+//!   credit, a lane holds at most 256 KiB of frames its connection has not
+//!   taken yet, as a socket's send buffer would: a sender far ahead of its
+//!   connection would otherwise fill the whole window with frames that are
+//!   out of the cache by the time they are written.
 //! - **Large messages** are cut into chunk frames of the channel's maximum
 //!   and reassembled before delivery. They travel on the channel they were
 //!   sent on, which keeps that channel's order (a small message sent after
