@@ -805,8 +805,10 @@ impl Transport {
 
     /// Sends `message` from local process `from` to `to` on another node,
     /// on `channel`, without waiting: [`SendError::WouldBlock`] when the
-    /// lane is out of credit, or busy with another process's message that
-    /// is going out in chunks. Order is kept per (from, to, channel).
+    /// lane is out of credit, holds as much unsent as it takes (256 KiB;
+    /// see *Backpressure* in the crate docs), or is busy with another
+    /// process's message that is going out in chunks. Order is kept per
+    /// (from, to, channel).
     ///
     /// A `to` on this node gets the message as a peer's would be delivered
     /// (encoded, validated, a [`Remote`]) without a socket, so a process
