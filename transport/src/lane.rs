@@ -284,8 +284,13 @@ impl Lane {
         }
         let spare = state.spare.pop().unwrap_or_default();
         let batch = std::mem::replace(&mut state.pending, spare);
-        // Senders waiting for room in the pending bytes have it now.
-        let blocked = std::mem::take(&mut state.blocked);
+        // Senders waiting for room in the pending bytes have it now; those
+        // out of credit are woken by the credit that comes back.
+        let blocked = if state.in_flight < self.window {
+            std::mem::take(&mut state.blocked)
+        } else {
+            Vec::new()
+        };
         drop(state);
         blocked.into_iter().for_each(Waker::wake);
         Poll::Ready(Some(batch))
