@@ -12,6 +12,11 @@
 //!
 //! Outside a process (another executor, a plain thread) nothing is
 //! charged and nothing yields.
+//!
+//! Such a library may also batch work across the operations of one poll
+//! and finish it when the poll ends ([`at_poll_end`]): the transport
+//! stages a process's small sends on the shard and hands them to their
+//! connection in one piece, instead of taking a lock per message.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,6 +38,17 @@ pub fn reductions_for(bytes: usize) -> u32 {
 /// outside a process.
 pub fn charge(reductions: u32) -> bool {
     waker::with_current_shard(|shard| shard.charge_running(reductions)).unwrap_or(false)
+}
+
+/// Runs `hook` once, on this shard, as soon as the running process's
+/// current poll ends (whether it yields, finishes or panics), before the
+/// shard polls anything else. Returns `false` outside a process: nothing is
+/// deferred, and the caller must do its work now.
+///
+/// Every call defers one more run: a caller that may call it many times in
+/// one poll remembers that it already did.
+pub fn at_poll_end(hook: fn()) -> bool {
+    waker::with_current_shard(|shard| shard.at_poll_end(hook)).unwrap_or(false)
 }
 
 /// Charges `reductions` and, if that used up the budget, yields once so

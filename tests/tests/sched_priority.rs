@@ -131,3 +131,38 @@ fn a_low_priority_poll_has_an_eighth_of_the_budget() {
     assert_eq!(charges_per_poll(Priority::High), REDUCTIONS);
     assert_eq!(charges_per_poll(Priority::Low), REDUCTIONS / 8);
 }
+
+thread_local! {
+    /// What the poll-end hook saw: one entry per run.
+    static HOOK_RUNS: std::cell::RefCell<Vec<&'static str>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn record_poll_end() {
+    HOOK_RUNS.with(|runs| runs.borrow_mut().push("hook"));
+}
+
+/// A hook deferred with `coop::at_poll_end` runs once per deferral, on
+/// the process's shard, after its poll and before it runs again; outside a
+/// process nothing is deferred.
+#[test]
+fn a_poll_end_hook_runs_after_the_poll_that_deferred_it() {
+    assert!(!foundation::coop::at_poll_end(record_poll_end));
+    let runtime = Runtime::builder().shards(1).build().unwrap();
+    let runs = runtime
+        .block_on(|cx: Context<()>| async move {
+            let log = |event| HOOK_RUNS.with(|runs| runs.borrow_mut().push(event));
+            assert!(foundation::coop::at_poll_end(record_poll_end));
+            assert!(foundation::coop::at_poll_end(record_poll_end));
+            log("poll 1");
+            cx.yield_now().await;
+            log("poll 2");
+            assert!(foundation::coop::at_poll_end(record_poll_end));
+            cx.yield_now().await;
+            log("poll 3");
+            cx.yield_now().await;
+            HOOK_RUNS.with(|runs| runs.borrow().clone())
+        })
+        .unwrap();
+    assert_eq!(runs, ["poll 1", "hook", "hook", "poll 2", "hook", "poll 3"]);
+}

@@ -6,6 +6,9 @@
 //! batch with one send. Appending is a short critical section (a copy of
 //! already-encoded bytes), so a `Mutex` serves; the batching is what makes
 //! small messages cheap on the wire, as one `send` carries hundreds of them.
+//! A process sending many messages in one poll does not even take the lock
+//! per message: its shard stages them under a [`Grant`] of room taken in
+//! advance and commits them at once ([`crate::stage`]).
 //!
 //! The lane also keeps the two promises of its channel:
 //!
@@ -91,6 +94,27 @@ struct State {
     /// The process whose message is going on in chunks: until its hold
     /// ends, only its pushes are taken.
     held_by: Option<Pid>,
+    /// Room granted to stages ([`crate::stage`]) and not yet committed:
+    /// counted against the pending limit (or the queue) as if it were
+    /// pending, and in `in_flight` while connected.
+    granted: u64,
+    /// Counts connects and disconnects, each of which starts the credit
+    /// count afresh and forgets what was granted before it.
+    epoch: u64,
+}
+
+/// Room a stage may fill without taking the lane's lock again: granted
+/// credit (and pending room) as [`Lane::push`] would have taken it.
+#[derive(Debug, Default)]
+pub(crate) struct Grant {
+    bytes: u64,
+    epoch: u64,
+}
+
+impl Grant {
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes as usize
+    }
 }
 
 /// The lane held for one process's chunked message; released on drop.
@@ -130,6 +154,8 @@ impl Lane {
                 blocked: Vec::new(),
                 spare: Vec::new(),
                 held_by: None,
+                granted: 0,
+                epoch: 0,
             }),
         }
     }
@@ -219,29 +245,16 @@ impl Lane {
         if state.closed {
             return Err(Push::Closed);
         }
-        if state.held_by.is_some_and(|holder| Some(holder) != source) {
-            // Another process's message is half-way on the lane.
+        if state.held_by.is_some_and(|holder| Some(holder) != source) || hold && state.granted > 0 {
+            // Another process's message is half-way on the lane, or (for a
+            // first chunk) stages may still commit frames that would land
+            // between the chunks.
             if let Some(cx) = cx {
                 state.blocked.push(cx.waker().clone());
             }
             return Err(Push::WouldBlock);
         }
-        let room = if state.connected {
-            let credit = self.window.saturating_sub(state.in_flight);
-            if state.pending.is_empty() {
-                // A frame larger than the limit goes alone.
-                credit
-            } else {
-                credit.min(PENDING_LIMIT.saturating_sub(state.pending.len()) as u64)
-            }
-        } else {
-            match self.when_disconnected {
-                WhenDisconnected::Fail => return Err(Push::NotConnected),
-                WhenDisconnected::Queue { max_bytes } => {
-                    (max_bytes as u64).saturating_sub(state.pending.len() as u64)
-                }
-            }
-        };
+        let room = self.room(&state)?;
         let take = take(room);
         if take == 0 {
             if let Some(cx) = cx {
@@ -271,6 +284,105 @@ impl Lane {
         }
         Ok(take)
     }
+    /// Bytes that may be appended now: credit and pending room while
+    /// connected, queue room while not.
+    fn room(&self, state: &State) -> Result<u64, Push> {
+        let unsent = state.pending.len() as u64 + state.granted;
+        if state.connected {
+            let credit = self.window.saturating_sub(state.in_flight);
+            if unsent == 0 {
+                // A frame larger than the limit goes alone.
+                Ok(credit)
+            } else {
+                Ok(credit.min((PENDING_LIMIT as u64).saturating_sub(unsent)))
+            }
+        } else {
+            match self.when_disconnected {
+                WhenDisconnected::Fail => Err(Push::NotConnected),
+                WhenDisconnected::Queue { max_bytes } => {
+                    Ok((max_bytes as u64).saturating_sub(unsent))
+                }
+            }
+        }
+    }
+
+    /// Grows `grant` to cover at least `total` bytes, and by up to `more`
+    /// beyond that as the room allows; `false` (and the grant as it was)
+    /// when there is not room for `total`, the lane is held for a
+    /// process's chunks, or the grant is from before a connect or
+    /// disconnect.
+    pub(crate) fn extend_grant(&self, grant: &mut Grant, total: usize, more: usize) -> bool {
+        let need = (total as u64).saturating_sub(grant.bytes);
+        let mut state = self.state();
+        if state.closed || state.held_by.is_some() || grant.bytes > 0 && grant.epoch != state.epoch
+        {
+            return false;
+        }
+        let Ok(room) = self.room(&state) else {
+            return false;
+        };
+        if room < need {
+            return false;
+        }
+        let added = room.min(need + more as u64);
+        state.granted += added;
+        if state.connected {
+            state.in_flight += added;
+        }
+        grant.bytes += added;
+        grant.epoch = state.epoch;
+        true
+    }
+
+    /// Appends `frames`, staged within `grant` (whole frames, at most the
+    /// grant's bytes), and gives back what the grant did not use. `frames`
+    /// is left empty: when the lane had nothing pending, the staged buffer
+    /// itself becomes the pending batch and `frames` gets an empty one.
+    /// Frames committed to a closed lane are dropped, as pushes to it
+    /// fail.
+    pub(crate) fn commit(&self, grant: Grant, frames: &mut Vec<u8>) {
+        debug_assert!(
+            frames.len() as u64 <= grant.bytes,
+            "staged within the grant"
+        );
+        let mut state = self.state();
+        let used = frames.len() as u64;
+        if grant.epoch == state.epoch {
+            state.granted -= grant.bytes;
+            if state.connected {
+                state.in_flight -= grant.bytes - used;
+            }
+        } else if state.connected {
+            // Granted before the connection started: count it now, as
+            // `connected` counted what was pending then.
+            state.in_flight += used;
+        }
+        if state.closed {
+            frames.clear();
+            return;
+        }
+        if self.acknowledged {
+            let mut sequence = state.next_sequence;
+            number_frames(frames, &mut sequence);
+            state.next_sequence = sequence;
+        }
+        let writer = if used == 0 {
+            None
+        } else if state.pending.is_empty() {
+            std::mem::swap(&mut state.pending, frames);
+            state.writer.take()
+        } else {
+            state.pending.extend_from_slice(frames);
+            frames.clear();
+            None
+        };
+        // Room the grant did not use is free again, and a chunked message
+        // waiting for stages to commit may start.
+        let blocked = std::mem::take(&mut state.blocked);
+        drop(state);
+        writer.into_iter().chain(blocked).for_each(Waker::wake);
+    }
+
     /// The connection process takes the next batch to write, or registers
     /// to be woken when there is one. `Ready(None)` once the lane closed.
     pub(crate) fn poll_batch(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
@@ -371,6 +483,8 @@ impl Lane {
         state.in_flight = state.pending.len() as u64;
         state.consumed = 0;
         state.connected = true;
+        state.epoch += 1;
+        state.granted = 0;
         let blocked = std::mem::take(&mut state.blocked);
         drop(state);
         blocked.into_iter().for_each(Waker::wake);
@@ -382,6 +496,8 @@ impl Lane {
         let mut state = self.state();
         state.connected = false;
         state.in_flight = 0;
+        state.epoch += 1;
+        state.granted = 0;
         let blocked = std::mem::take(&mut state.blocked);
         drop(state);
         blocked.into_iter().for_each(Waker::wake);
@@ -577,6 +693,92 @@ mod tests {
         frame::encode(header(source, FrameKind::Message, 0), &payload, &mut large).unwrap();
         assert_eq!(lane.push(&large, false, None), Ok(large.len()));
         assert_eq!(lane.push(&message, false, None), Err(Push::WouldBlock));
+    }
+
+    /// A grant is room taken in advance: it counts against the pending
+    /// limit and the credit until committed, when what it did not use
+    /// returns; staged frames become the pending batch as they are.
+    #[test]
+    fn a_grant_holds_room_until_its_frames_are_committed() {
+        let lane = Lane::new(&ChannelSpec::new("test").credit_window(1 << 20));
+        lane.connected(1, 0);
+        let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+        let mut message = Vec::new();
+        frame::encode(
+            header(source, FrameKind::Message, 0),
+            &[7_u8; 64],
+            &mut message,
+        )
+        .unwrap();
+
+        let mut grant = Grant::default();
+        assert!(lane.extend_grant(&mut grant, message.len(), 4096));
+        assert_eq!(grant.bytes(), message.len() + 4096);
+        assert!(
+            !lane.extend_grant(&mut grant, PENDING_LIMIT + 1, 0),
+            "the pending limit counts what is granted"
+        );
+        assert!(lane.extend_grant(&mut grant, PENDING_LIMIT, 0));
+        assert_eq!(lane.push(&message, false, None), Err(Push::WouldBlock));
+
+        let mut staged = message.repeat(3);
+        let buffer = staged.as_ptr();
+        lane.commit(grant, &mut staged);
+        assert!(staged.is_empty());
+        let state = lane.state();
+        assert_eq!(state.pending.as_ptr(), buffer, "handed over, not copied");
+        assert_eq!(
+            state.in_flight,
+            3 * message.len() as u64,
+            "the rest returned"
+        );
+        assert_eq!(state.granted, 0);
+    }
+
+    /// A chunked message does not start while a stage could still commit
+    /// frames into the middle of it.
+    #[test]
+    fn a_chunked_message_waits_for_outstanding_grants() {
+        let lane = Lane::new(&ChannelSpec::new("test"));
+        lane.connected(1, 0);
+        let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+        let mut grant = Grant::default();
+        assert!(lane.extend_grant(&mut grant, 64, 0));
+        let first = header(source, FrameKind::Chunk, FIRST_CHUNK);
+        assert_eq!(
+            lane.push_chunk(first, &[1; 40], None),
+            Err(Push::WouldBlock)
+        );
+        lane.commit(grant, &mut Vec::new());
+        assert_eq!(lane.push_chunk(first, &[1; 40], None), Ok(()));
+        let mut late = Grant::default();
+        assert!(!lane.extend_grant(&mut late, 64, 0), "held for the chunks");
+    }
+
+    /// Room granted before a disconnect was forgotten with the credit
+    /// count: committed after the next connect, what was staged is counted
+    /// in flight there and nothing is given back twice.
+    #[test]
+    fn a_grant_from_an_earlier_connection_counts_what_it_staged() {
+        let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
+        lane.connected(1, 0);
+        let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+        let mut message = Vec::new();
+        frame::encode(header(source, FrameKind::Message, 0), &7_u64, &mut message).unwrap();
+        let mut grant = Grant::default();
+        assert!(lane.extend_grant(&mut grant, message.len(), 4096));
+        lane.disconnected();
+        lane.connected(1, 0);
+        assert!(
+            !lane.extend_grant(&mut grant, 2 * message.len(), 0),
+            "a stale grant does not grow"
+        );
+        lane.commit(grant, &mut message.clone());
+        let state = lane.state();
+        assert_eq!(state.in_flight, message.len() as u64);
+        assert_eq!(state.granted, 0);
+        drop(state);
+        assert_eq!(pending_sequences(&lane), [1], "numbered when committed");
     }
 
     /// Sequence numbers of the frames waiting on `lane`.

@@ -29,6 +29,11 @@
 //!   taken yet, as a socket's send buffer would: a sender far ahead of its
 //!   connection would otherwise fill the whole window with frames that are
 //!   out of the cache by the time they are written.
+//! - **Batching**: a process's messages to one lane within one poll after
+//!   the first are staged on its shard and handed to the lane together
+//!   when the poll ends, under room reserved in advance, so a process
+//!   sending small messages in a loop takes the lane's lock once per poll
+//!   rather than per message; backpressure is the same as unstaged.
 //! - **Large messages** are cut into chunk frames of the channel's maximum
 //!   and reassembled before delivery. They travel on the channel they were
 //!   sent on, which keeps that channel's order (a small message sent after
@@ -93,6 +98,7 @@ mod handshake;
 mod inbound;
 mod lane;
 mod route;
+mod stage;
 mod sys;
 
 pub use channel::{
@@ -828,7 +834,7 @@ impl Transport {
                 .with_encoded(from, to, channel, message, |scratch, header| {
                     // All chunks at once, or none.
                     let frames = scratch.frames(header, self.inner.max_frame(channel))?;
-                    lane.push(frames, false, None).map_err(SendError::from)?;
+                    stage::push(lane, frames).map_err(SendError::from)?;
                     Ok(frames.len())
                 })
         })?;
@@ -864,8 +870,8 @@ impl Transport {
                         let large = std::mem::take(frame);
                         Rest::Chunks(Box::new(Large(lane.clone(), header, large)))
                     } else {
-                        match lane.push(frame, false, None) {
-                            Ok(_) => Rest::Nothing,
+                        match stage::push(lane, frame) {
+                            Ok(()) => Rest::Nothing,
                             Err(Push::WouldBlock) => Rest::Frame(lane.clone(), frame.to_vec()),
                             Err(error) => return Err(SendError::from(error)),
                         }
@@ -1034,6 +1040,8 @@ fn chunks(payload: &[u8], max_frame: usize) -> impl Iterator<Item = (&[u8], u8)>
 /// is done; then gives the frame's buffer back to the scratch.
 async fn send_chunks(large: Large, max_frame: usize) -> Result<(), SendError> {
     let Large(lane, header, frame) = large;
+    // What this process staged for the lane goes before the chunks.
+    stage::commit(&lane);
     let payload = &frame[HEADER_LEN..HEADER_LEN + header.length as usize];
     // The lane is held from the first chunk to the last (released early
     // if this send ends before), so the message's chunks are contiguous on

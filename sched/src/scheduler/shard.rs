@@ -66,6 +66,8 @@ pub(crate) struct Shard {
     /// process's count when the poll ends (not per charge: a process that
     /// sends small messages charges once per send).
     charged: Cell<u64>,
+    /// What runs when the current poll ends (see [`crate::coop::at_poll_end`]).
+    poll_end: RefCell<Vec<fn()>>,
     next_monitor: Cell<u64>,
     polls: Cell<u64>,
     /// Processes that ended after shutdown began, whatever ended them (the
@@ -121,6 +123,7 @@ impl Shard {
             waiting_for_room: RefCell::new(Vec::new()),
             budget: Cell::new(0),
             charged: Cell::new(0),
+            poll_end: RefCell::new(Vec::new()),
             next_monitor: Cell::new(0),
             polls: Cell::new(0),
             ended_in_shutdown: Cell::new(0),
@@ -251,6 +254,7 @@ impl Shard {
         watch.polls.store(polls + 1, Ordering::Release);
         self.polls.set(polls + 1);
         self.running.set(None);
+        self.run_poll_end_hooks();
 
         let finished = match polled {
             Ok(Poll::Pending) => None,
@@ -376,6 +380,34 @@ impl Shard {
     /// The running process asks to run again after other processes.
     pub(crate) fn yield_running(&self) {
         self.running_woken.set(true);
+    }
+
+    /// Defers `hook` to the end of the running process's poll; `false`
+    /// when no process is running.
+    pub(crate) fn at_poll_end(&self, hook: fn()) -> bool {
+        if self.running.get().is_none() {
+            return false;
+        }
+        self.poll_end.borrow_mut().push(hook);
+        true
+    }
+
+    fn run_poll_end_hooks(&self) {
+        if self.poll_end.borrow().is_empty() {
+            return;
+        }
+        // Taken out first: a hook may wake processes, which borrows the
+        // shard again, but cannot defer more (no process is running).
+        let hooks = std::mem::take(&mut *self.poll_end.borrow_mut());
+        for hook in &hooks {
+            hook();
+        }
+        let mut kept = self.poll_end.borrow_mut();
+        if kept.is_empty() {
+            // Keep the allocation for the next poll.
+            *kept = hooks;
+            kept.clear();
+        }
     }
 
     /// Charges `reductions` to the running process's budget (see
