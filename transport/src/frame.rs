@@ -279,6 +279,7 @@ impl<T> Wire for T where
 /// archive out relative to the start of `out`, so the payload reads in
 /// place wherever the receiver puts it on a 16-byte boundary. On error
 /// `out` is left as it was.
+#[inline(always)]
 pub fn encode<T: Wire>(
     mut header: FrameHeader,
     value: &T,

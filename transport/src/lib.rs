@@ -1099,6 +1099,14 @@ impl Inner {
 
     /// Calls `f` with the lane a message from `from` to `to` on `channel`
     /// travels on.
+    ///
+    /// This, [`route::with_peer`], `with_encoded`, `encode` and
+    /// [`frame::encode`] are the layers of every send, and always inlined
+    /// into it: called, each handed its result (a header, a `Result` with
+    /// an error that holds a `String`) back through memory, to be read
+    /// back at once, which cost the sender of 64-byte messages more than
+    /// the encoding itself (`remote` 64 B 13.3 -> 15.3 M msgs/s).
+    #[inline(always)]
     fn with_lane<R>(
         &self,
         from: Pid,
@@ -1132,6 +1140,7 @@ impl Inner {
 
     /// Encodes `message` into this thread's scratch and hands `f` the
     /// scratch and the frame's header.
+    #[inline(always)]
     fn with_encoded<T: Wire, R>(
         &self,
         from: Pid,
@@ -1149,6 +1158,7 @@ impl Inner {
 
     /// Encodes `message` as one frame into `out`, whatever its size, and
     /// returns its header.
+    #[inline(always)]
     fn encode<T: Wire>(
         &self,
         from: Pid,

@@ -40,6 +40,7 @@ pub(crate) fn transport_id() -> u64 {
 /// Calls `f` with the peer `node` of transport `transport`, found in this
 /// thread's routes or, on a miss, by `lookup` (and then remembered).
 /// `None` if there is no such peer.
+#[inline(always)]
 pub(crate) fn with_peer<R>(
     transport: u64,
     node: NodeId,
