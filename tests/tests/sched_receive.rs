@@ -10,7 +10,9 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use common::{down_reason, eventually, exit_signal, Where, PATIENCE, QUIET};
-use foundation::{Context, Envelope, Exit, ExitReason, Runtime, SpawnOptions, TimerRef};
+use foundation::{
+    Context, Envelope, Exit, ExitReason, Placement, Runtime, ShardId, SpawnOptions, TimerRef,
+};
 
 // ---- selective receive -----------------------------------------------------
 
@@ -286,6 +288,60 @@ fn messages_from_outside_arrive_in_order() {
         runtime.send(&receiver, n);
     }
     assert_eq!(rx.recv_timeout(PATIENCE), Ok(None));
+}
+
+/// `Handle::send_all` delivers a batch in order, whether the receiver is
+/// on the sender's shard (one mailbox append), on another shard or
+/// reached from outside the runtime; a batch for a process that is gone
+/// is counted as undelivered, message by message.
+#[test]
+fn a_batch_sent_at_once_arrives_in_order_wherever_it_comes_from() {
+    const BATCH: u64 = 1000;
+    let runtime = runtime();
+    let (tx, rx) = mpsc::channel();
+    let on = |shard| SpawnOptions::new().placement(Placement::Shard(ShardId(shard)));
+    let receiver = runtime
+        .spawn_with(on(0), move |cx: Context<u64>| async move {
+            let mut seen = Vec::new();
+            while seen.len() < 3 * BATCH as usize {
+                seen.push(cx.recv().await.into_msg().unwrap());
+            }
+            tx.send(seen).unwrap();
+        })
+        .unwrap();
+    // Batch 0 from the receiver's shard, 1 from the other, 2 from outside.
+    for shard in [0, 1] {
+        runtime
+            .spawn_with(on(shard), move |cx: Context<()>| async move {
+                let first = BATCH * u64::from(shard);
+                cx.runtime().send_all(&receiver, first..first + BATCH);
+            })
+            .unwrap();
+    }
+    runtime.handle().send_all(&receiver, 2 * BATCH..3 * BATCH);
+    let seen = rx.recv_timeout(PATIENCE).unwrap();
+    for batch in 0..3 {
+        let range = batch * BATCH..(batch + 1) * BATCH;
+        let arrived = seen.iter().copied().filter(|n| range.contains(n));
+        assert!(
+            arrived.eq(range.clone()),
+            "batch {batch} whole and in order"
+        );
+    }
+
+    eventually("the receiver ends", || {
+        runtime.process_info(receiver.pid()).is_none()
+    });
+    let before = runtime.undelivered();
+    runtime.handle().send_all(&receiver, 0..10);
+    runtime
+        .block_on(move |cx: Context<()>| async move {
+            cx.runtime().send_all(&receiver, 0..5);
+        })
+        .unwrap();
+    eventually("each lost message is counted", || {
+        runtime.undelivered() == before + 15
+    });
 }
 
 #[test]

@@ -32,7 +32,7 @@ use crate::frame::{
 use crate::handshake::{
     self, Dialer, Established, HandshakeError, IDENTIFY_CHANNEL, MAX_HANDSHAKE_PAYLOAD,
 };
-use crate::inbound::{Block, EndpointCache, Feedback};
+use crate::inbound::{Block, EndpointCache, Feedback, Received};
 use crate::lane::Lane;
 use crate::sys::{Bound, Listener, Reactor, ReceiveBuffers, Socket, Stream};
 use crate::{ConnectionError, Inner, Peer};
@@ -396,7 +396,7 @@ struct Reader {
     /// reuse the allocation).
     headers: Vec<FrameHeader>,
     /// The messages of the batch being delivered, in arrival order.
-    deliveries: Vec<(FrameHeader, Whole)>,
+    deliveries: Vec<Received>,
 }
 
 impl Reader {
@@ -542,8 +542,12 @@ impl Reader {
             }
             match header.kind {
                 FrameKind::Message => {
-                    let whole = Whole::InBatch(payload);
-                    match self.interpose(inner, header, whole, &mut deliveries) {
+                    let message = Received {
+                        header,
+                        own: None,
+                        payload,
+                    };
+                    match self.interpose(inner, message, &mut deliveries) {
                         Interposed::Delivered => held += len as u64,
                         Interposed::Lost => released += len as u64,
                         Interposed::Cut => {
@@ -585,10 +589,13 @@ impl Reader {
                         let (message, held_credit) =
                             self.reassembly.remove(&key).unwrap_or_default();
                         self.chunk_held -= held_credit;
-                        let block = Block::new(message, held_credit, self.feedback.clone());
-                        let whole = Whole::Reassembled(block);
-                        if self.interpose(inner, header, whole, &mut deliveries) == Interposed::Cut
-                        {
+                        let len = message.len();
+                        let message = Received {
+                            header,
+                            own: Some(Block::new(message, held_credit, self.feedback.clone())),
+                            payload: 0..len,
+                        };
+                        if self.interpose(inner, message, &mut deliveries) == Interposed::Cut {
                             cut = true;
                             break;
                         }
@@ -603,26 +610,25 @@ impl Reader {
         self.endpoints.refresh(&inner.endpoints);
         let attempted = deliveries.len() as u64;
         let mut delivered = 0;
-        for (header, whole) in deliveries.drain(..) {
-            let found = match whole {
-                Whole::InBatch(payload) => {
-                    inner.deliver(&mut self.endpoints, &batch, header, payload)
-                }
-                Whole::Reassembled(block) => {
-                    inner.deliver(&mut self.endpoints, &block, header, 0..block.len())
-                }
-            };
-            match found {
-                Ok(found) => delivered += u64::from(found),
-                // A well-framed message that is not what its process takes
-                // (a caller's mistake, or a newer peer's message this
-                // build does not know) is dropped and reported; closing
-                // the connection would only bring it back, forever, on an
-                // acknowledged channel.
-                Err(ConnectionError::Frame(error)) => inner.message_refused(self.peer, error),
-                Err(error) => return Err(error),
+        let mut refused = Vec::new();
+        // Consecutive messages for one process go to it together.
+        for run in deliveries.chunk_by(|a, b| a.header.destination == b.header.destination) {
+            let found = inner.deliver(&mut self.endpoints, &batch, run, &mut |error| {
+                refused.push(error);
+            });
+            if found {
+                delivered += run.len() as u64;
             }
         }
+        // A well-framed message that is not what its process takes (a
+        // caller's mistake, or a newer peer's message this build does not
+        // know) is dropped and reported; closing the connection would only
+        // bring it back, forever, on an acknowledged channel.
+        delivered -= refused.len() as u64;
+        for error in refused {
+            inner.message_refused(self.peer, error);
+        }
+        deliveries.clear();
         inner.counters.delivered.add(delivered);
         inner.counters.undeliverable.add(attempted - delivered);
         self.headers = headers;
@@ -646,9 +652,8 @@ impl Reader {
     fn interpose(
         &mut self,
         inner: &Inner,
-        header: FrameHeader,
-        whole: Whole,
-        deliveries: &mut Vec<(FrameHeader, Whole)>,
+        message: Received,
+        deliveries: &mut Vec<Received>,
     ) -> Interposed {
         let verdict = inner
             .faults
@@ -660,12 +665,12 @@ impl Reader {
             Verdict::Drop if self.acknowledged => return Interposed::Cut,
             Verdict::Drop => return Interposed::Lost,
             Verdict::Duplicate if !self.acknowledged => {
-                deliveries.push((header, whole.clone()));
+                deliveries.push(message.clone());
             }
             Verdict::Duplicate | Verdict::Deliver => {}
         }
-        self.delivered = header.sequence;
-        deliveries.push((header, whole));
+        self.delivered = message.header.sequence;
+        deliveries.push(message);
         Interposed::Delivered
     }
 }
@@ -676,15 +681,6 @@ enum Interposed {
     Delivered,
     Lost,
     Cut,
-}
-
-/// Where a message to deliver lies.
-#[derive(Clone)]
-enum Whole {
-    /// In the batch of frames just received, at this payload range.
-    InBatch(std::ops::Range<usize>),
-    /// In its own block, reassembled from chunks.
-    Reassembled(Arc<Block>),
 }
 
 /// A complete frame in a [`FrameBuffer`]: its checked header and where it

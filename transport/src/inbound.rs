@@ -134,10 +134,6 @@ impl Block {
             feedback,
         })
     }
-
-    pub(crate) fn len(&self) -> usize {
-        self.bytes.len()
-    }
 }
 
 impl Drop for Block {
@@ -246,19 +242,41 @@ impl Feedback {
     }
 }
 
+/// A received message to deliver: its frame's header and where its
+/// payload lies, in the batch of frames it came in or, reassembled from
+/// chunks, in a block of its own.
+#[derive(Clone)]
+pub(crate) struct Received {
+    pub(crate) header: FrameHeader,
+    pub(crate) own: Option<Arc<Block>>,
+    pub(crate) payload: Range<usize>,
+}
+
+impl Received {
+    /// Makes the message a [`Remote<T>`], if its payload is a valid `T`.
+    fn remote<T: Wire>(&self, batch: &Arc<Block>) -> Result<Remote<T>, FrameError> {
+        let block = self.own.as_ref().unwrap_or(batch);
+        remote(block, self.header, self.payload.clone())
+    }
+}
+
 /// Where frames for a local process go: validates the payload as the
 /// process's message type and delivers it.
 pub(crate) trait Endpoint: Send + Sync {
     /// The process delivered to.
     fn pid(&self) -> Pid;
 
+    /// Delivers `run`, messages for this endpoint in order whose payloads
+    /// lie in `batch` unless they have their own block. A payload that is
+    /// not the process's message type is left out and its error handed to
+    /// `refused`.
     fn deliver(
         &self,
         handle: &Handle,
-        block: &Arc<Block>,
-        header: FrameHeader,
-        payload: Range<usize>,
-    ) -> Result<(), FrameError>;
+        batch: &Arc<Block>,
+        run: &[Received],
+        refused: &mut dyn FnMut(FrameError),
+    );
 }
 
 struct TypedEndpoint<T: Wire> {
@@ -273,12 +291,16 @@ impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
     fn deliver(
         &self,
         handle: &Handle,
-        block: &Arc<Block>,
-        header: FrameHeader,
-        payload: Range<usize>,
-    ) -> Result<(), FrameError> {
-        handle.send(&self.addr, remote(block, header, payload)?);
-        Ok(())
+        batch: &Arc<Block>,
+        run: &[Received],
+        refused: &mut dyn FnMut(FrameError),
+    ) {
+        // Into the mailbox together: the process is looked up and woken
+        // once per run rather than per message.
+        let remotes = run
+            .iter()
+            .filter_map(|delivery| delivery.remote(batch).map_err(&mut *refused).ok());
+        handle.send_all(&self.addr, remotes);
     }
 }
 
@@ -330,12 +352,16 @@ where
     fn deliver(
         &self,
         _: &Handle,
-        block: &Arc<Block>,
-        header: FrameHeader,
-        payload: Range<usize>,
-    ) -> Result<(), FrameError> {
-        (self.handler)(remote(block, header, payload)?);
-        Ok(())
+        batch: &Arc<Block>,
+        run: &[Received],
+        refused: &mut dyn FnMut(FrameError),
+    ) {
+        for delivery in run {
+            match delivery.remote(batch) {
+                Ok(remote) => (self.handler)(remote),
+                Err(error) => refused(error),
+            }
+        }
     }
 }
 

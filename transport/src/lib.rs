@@ -114,7 +114,6 @@ use std::fmt;
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Poll, Waker};
@@ -127,7 +126,7 @@ use foundation_sched::{
 use crate::fault::Faults;
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
 use crate::handshake::{Accepted, Entropy, Identity};
-use crate::inbound::{Block, EndpointCache, Endpoints};
+use crate::inbound::{Block, EndpointCache, Endpoints, Received};
 use crate::lane::{Lane, Push};
 use crate::sys::{Bound, Reactor};
 
@@ -1197,22 +1196,25 @@ impl Inner {
             .map_or(usize::MAX, |spec| spec.max_frame as usize)
     }
 
-    /// Delivers the frame at `payload` of `block` to its local endpoint,
-    /// found through `endpoints`; `false` if it has none.
+    /// Delivers `run`, received messages for one process (payloads in
+    /// `batch` unless they have their own block), to its local endpoint,
+    /// found through `endpoints`; `false` if it has none. Messages that are
+    /// not what the process takes go to `refused`.
     fn deliver(
         &self,
         endpoints: &mut EndpointCache,
-        block: &Arc<Block>,
-        header: FrameHeader,
-        payload: Range<usize>,
-    ) -> Result<bool, ConnectionError> {
-        let Some(endpoint) = endpoints.get(&self.endpoints, header.destination) else {
-            return Ok(false);
+        batch: &Arc<Block>,
+        run: &[Received],
+        refused: &mut dyn FnMut(FrameError),
+    ) -> bool {
+        let Some(first) = run.first() else {
+            return true;
         };
-        endpoint
-            .deliver(&self.handle, block, header, payload)
-            .map_err(ConnectionError::Frame)?;
-        Ok(true)
+        let Some(endpoint) = endpoints.get(&self.endpoints, first.header.destination) else {
+            return false;
+        };
+        endpoint.deliver(&self.handle, batch, run, refused);
+        true
     }
 
     /// Delivers a message for a process of this node as a frame from a
@@ -1243,16 +1245,26 @@ impl Inner {
         coop::charge(coop::reductions_for(payload.len()));
         let len = payload.len();
         let block = Block::new(payload, 0, self.here.clone());
-        let delivered = self
-            .endpoints
-            .get(to)
-            .map(|endpoint| endpoint.deliver(&self.handle, &block, header, 0..len));
-        match delivered {
-            Some(Ok(())) => self.counters.delivered.increment(),
-            Some(Err(error)) => return Err(SendError::Encode(error)),
-            None => self.counters.undeliverable.increment(),
+        let Some(endpoint) = self.endpoints.get(to) else {
+            self.counters.undeliverable.increment();
+            return Ok(());
+        };
+        let message = Received {
+            header,
+            own: None,
+            payload: 0..len,
+        };
+        let mut refused = None;
+        endpoint.deliver(&self.handle, &block, &[message], &mut |error| {
+            refused = Some(error);
+        });
+        match refused {
+            Some(error) => Err(SendError::Encode(error)),
+            None => {
+                self.counters.delivered.increment();
+                Ok(())
+            }
         }
-        Ok(())
     }
 
     /// The receive state of a dialer's lane.

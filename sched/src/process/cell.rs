@@ -52,6 +52,14 @@ impl<M> ProcessCell<M> {
     pub(crate) fn push(&self, envelope: Envelope<M>) {
         self.mailbox.borrow_mut().push_back(envelope);
     }
+
+    /// Appends `envelopes` in order; how many there were.
+    pub(crate) fn push_all(&self, envelopes: impl Iterator<Item = Envelope<M>>) -> usize {
+        let mut mailbox = self.mailbox.borrow_mut();
+        let before = mailbox.len();
+        mailbox.extend(envelopes);
+        mailbox.len() - before
+    }
 }
 
 impl<M: 'static> AnyCell for ProcessCell<M> {

@@ -774,6 +774,29 @@ impl Handle {
             .inject(to.shard(), Packet::Message { to, message });
     }
 
+    /// Sends every message of `messages` to `to`, in order, as [`Handle::send`]
+    /// does one at a time. On the destination's own shard the process is
+    /// looked up, and woken, once for all of them: a connection handing a
+    /// batch of received messages to one process pays per message only
+    /// for the mailbox entry. `messages` is consumed there while the
+    /// shard's process table is borrowed, so producing a message must not
+    /// send, spawn or signal.
+    pub fn send_all<T: Send + 'static>(&self, to: &Addr<T>, messages: impl IntoIterator<Item = T>) {
+        let pid = to.pid();
+        let mut messages = Some(messages);
+        waker::with_shard_of(&self.shared, |shard| {
+            if pid.node() == shard.node && pid.shard() == shard.id {
+                if let Some(messages) = messages.take() {
+                    shard.deliver_all(pid, messages);
+                }
+            }
+        });
+        // Elsewhere, one at a time.
+        for message in messages.into_iter().flatten() {
+            self.send(to, message);
+        }
+    }
+
     /// Sends `pid` an exit signal with `reason`, as [`Context::exit`] does.
     pub fn exit(&self, pid: Pid, reason: ExitReason) {
         self.signal(pid, reason, ExitKind::Signal);

@@ -532,6 +532,40 @@ impl Shard {
         }
     }
 
+    /// Delivers every message of `messages` to `to`, a process of this
+    /// shard, in order: looked up, and woken, once for all of them. The
+    /// messages are taken while the process table is borrowed, so
+    /// producing them must not reach the shard. Without such a process,
+    /// they are dropped and counted.
+    pub(crate) fn deliver_all<T: Send + 'static>(
+        &self,
+        to: Pid,
+        messages: impl IntoIterator<Item = T>,
+    ) {
+        let mut table = self.table.borrow_mut();
+        let Some(process) = table
+            .get_mut(to.slot(), to.generation())
+            .filter(|process| process.exit.is_none())
+        else {
+            return self.lose(messages);
+        };
+        let Some(cell) = process.cell.as_any().downcast_ref::<ProcessCell<T>>() else {
+            return self.lose(messages);
+        };
+        let delivered = cell.push_all(messages.into_iter().map(Envelope::Msg));
+        if delivered > 0 && self.after_delivery(process) {
+            let priority = process.priority;
+            drop(table);
+            self.enqueue(to.slot(), priority);
+        }
+    }
+
+    /// Drops messages for a process that is not there, counted.
+    fn lose<T>(&self, messages: impl IntoIterator<Item = T>) {
+        let lost = messages.into_iter().count() as u64;
+        self.shared.undelivered.fetch_add(lost, Ordering::Relaxed);
+    }
+
     /// Sends `signal` to `to`, on this shard or another.
     pub(crate) fn send_signal(&self, to: Pid, signal: Signal) {
         if to.node() != self.node {
