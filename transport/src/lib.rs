@@ -26,9 +26,10 @@
 //!   receiving processes drop what they received; [`Transport::try_send`]
 //!   says [`SendError::WouldBlock`], [`Transport::send`] waits. Beside
 //!   credit, a lane holds at most 256 KiB of frames its connection has not
-//!   taken yet, as a socket's send buffer would: a sender far ahead of its
-//!   connection would otherwise fill the whole window with frames that are
-//!   out of the cache by the time they are written.
+//!   taken yet (eight frames, up to 1 MiB, when they are large), as a
+//!   socket's send buffer would: a sender far ahead of its connection would
+//!   otherwise fill the whole window with frames that are out of the cache
+//!   by the time they are written.
 //! - **Batching**: a process's messages to one lane within one poll after
 //!   the first are staged on its shard and handed to the lane together
 //!   when the poll ends, under room reserved in advance, so a process
@@ -810,10 +811,10 @@ impl Transport {
 
     /// Sends `message` from local process `from` to `to` on another node,
     /// on `channel`, without waiting: [`SendError::WouldBlock`] when the
-    /// lane is out of credit, holds as much unsent as it takes (256 KiB;
-    /// see *Backpressure* in the crate docs), or is busy with another
-    /// process's message that is going out in chunks. Order is kept per
-    /// (from, to, channel).
+    /// lane is out of credit, holds as much unsent as it takes (256 KiB,
+    /// more for large frames; see *Backpressure* in the crate docs), or is
+    /// busy with another process's message that is going out in chunks.
+    /// Order is kept per (from, to, channel).
     ///
     /// A `to` on this node gets the message as a peer's would be delivered
     /// (encoded, validated, a [`Remote`]) without a socket, so a process
