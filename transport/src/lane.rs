@@ -364,6 +364,11 @@ impl Lane {
             frames.len() as u64 <= grant.bytes,
             "staged within the grant"
         );
+        if grant.bytes == 0 {
+            // Nothing was granted, so nothing was staged (a stage opened by
+            // a process's lone send): the lock is not needed.
+            return;
+        }
         let mut state = self.state();
         let used = frames.len() as u64;
         if grant.epoch == state.epoch {

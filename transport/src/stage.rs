@@ -3,9 +3,9 @@
 //! piece when the poll ends.
 //!
 //! A lane is shared by every shard, so appending to it takes its mutex: two
-//! atomic instructions per message, about a fifth of what sending a 64-byte
-//! message costs. A process that sends many messages in one poll pays that
-//! once per poll instead:
+//! atomic instructions per message, each of which waits for the sender's
+//! earlier stores to drain. A process that sends many messages in one poll
+//! pays that once per poll instead:
 //!
 //! - its first send to a lane in the poll goes to the lane directly, as a
 //!   lone message (a request, an answer) should;
