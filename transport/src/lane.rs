@@ -107,13 +107,18 @@ struct State {
     /// The process whose message is going on in chunks: until its hold
     /// ends, only its pushes are taken.
     held_by: Option<Pid>,
-    /// Room granted to stages ([`crate::stage`]) and not yet committed:
-    /// counted against the pending limit (or the queue) as if it were
-    /// pending, and in `in_flight` while connected.
+    /// Room granted to stages ([`crate::stage`]) and not yet committed,
+    /// whatever connection it was granted under: counted against the
+    /// pending limit (or the queue) as if it were pending, and keeps a
+    /// chunked message from starting (its chunks must be contiguous).
     granted: u64,
     /// Counts connects and disconnects, each of which starts the credit
-    /// count afresh and forgets what was granted before it.
+    /// count afresh: a grant from an earlier epoch is not in `in_flight`.
     epoch: u64,
+    /// A chunked message waits for the grants out to be committed: no
+    /// more are given meanwhile, so that stages on busy shards cannot keep
+    /// it waiting for ever.
+    chunks_waiting: bool,
 }
 
 /// Room a stage may fill without taking the lane's lock again: granted
@@ -139,6 +144,8 @@ pub(crate) struct Hold<'a> {
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
         let mut state = self.lane.state();
+        // Taken or given up, the hold no longer waits.
+        state.chunks_waiting = false;
         if state.held_by == Some(self.holder) {
             state.held_by = None;
             let blocked = std::mem::take(&mut state.blocked);
@@ -169,6 +176,7 @@ impl Lane {
                 held_by: None,
                 granted: 0,
                 epoch: 0,
+                chunks_waiting: false,
             }),
         }
     }
@@ -261,10 +269,12 @@ impl Lane {
         if state.closed {
             return Err(Push::Closed);
         }
-        if state.held_by.is_some_and(|holder| Some(holder) != source) || hold && state.granted > 0 {
+        let granted_out = hold && state.granted > 0;
+        if state.held_by.is_some_and(|holder| Some(holder) != source) || granted_out {
             // Another process's message is half-way on the lane, or (for a
             // first chunk) stages may still commit frames that would land
             // between the chunks.
+            state.chunks_waiting |= granted_out;
             if let Some(cx) = cx {
                 state.blocked.push(cx.waker().clone());
             }
@@ -280,6 +290,7 @@ impl Lane {
         }
         if hold {
             state.held_by = source;
+            state.chunks_waiting = false;
         }
         let start = state.pending.len();
         write(&mut state.pending, take);
@@ -328,13 +339,13 @@ impl Lane {
     /// Grows `grant` to cover at least `total` bytes, and by up to `more`
     /// beyond that as the room allows; `false` (and the grant as it was)
     /// when there is not room for `total`, the lane is held for a
-    /// process's chunks, or the grant is from before a connect or
-    /// disconnect.
+    /// process's chunks or a chunked message waits to start, or the grant
+    /// is from before a connect or disconnect.
     pub(crate) fn extend_grant(&self, grant: &mut Grant, total: usize, more: usize) -> bool {
         let need = (total as u64).saturating_sub(grant.bytes);
         let mut state = self.state();
-        if state.closed || state.held_by.is_some() || grant.bytes > 0 && grant.epoch != state.epoch
-        {
+        let stale = grant.bytes > 0 && grant.epoch != state.epoch;
+        if state.closed || state.held_by.is_some() || state.chunks_waiting || stale {
             return false;
         }
         let Ok(room) = self.room(&state, need as usize) else {
@@ -371,8 +382,8 @@ impl Lane {
         }
         let mut state = self.state();
         let used = frames.len() as u64;
+        state.granted -= grant.bytes;
         if grant.epoch == state.epoch {
-            state.granted -= grant.bytes;
             if state.connected {
                 state.in_flight -= grant.bytes - used;
             }
@@ -508,7 +519,6 @@ impl Lane {
         state.consumed = 0;
         state.connected = true;
         state.epoch += 1;
-        state.granted = 0;
         let blocked = std::mem::take(&mut state.blocked);
         drop(state);
         blocked.into_iter().for_each(Waker::wake);
@@ -521,7 +531,6 @@ impl Lane {
         state.connected = false;
         state.in_flight = 0;
         state.epoch += 1;
-        state.granted = 0;
         let blocked = std::mem::take(&mut state.blocked);
         drop(state);
         blocked.into_iter().for_each(Waker::wake);
@@ -761,7 +770,8 @@ mod tests {
     }
 
     /// A chunked message does not start while a stage could still commit
-    /// frames into the middle of it.
+    /// frames into the middle of it, and no stage is granted more room
+    /// while it waits, so busy stages cannot keep it out.
     #[test]
     fn a_chunked_message_waits_for_outstanding_grants() {
         let lane = Lane::new(&ChannelSpec::new("test"));
@@ -774,6 +784,11 @@ mod tests {
             lane.push_chunk(first, &[1; 40], None),
             Err(Push::WouldBlock)
         );
+        let mut busy = Grant::default();
+        assert!(
+            !lane.extend_grant(&mut busy, 64, 0),
+            "no new grants while chunks wait"
+        );
         lane.commit(grant, &mut Vec::new());
         assert_eq!(lane.push_chunk(first, &[1; 40], None), Ok(()));
         let mut late = Grant::default();
@@ -782,7 +797,8 @@ mod tests {
 
     /// Room granted before a disconnect was forgotten with the credit
     /// count: committed after the next connect, what was staged is counted
-    /// in flight there and nothing is given back twice.
+    /// in flight there and nothing is given back twice. Until then the
+    /// grant still keeps a chunked message from starting.
     #[test]
     fn a_grant_from_an_earlier_connection_counts_what_it_staged() {
         let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
@@ -798,12 +814,20 @@ mod tests {
             !lane.extend_grant(&mut grant, 2 * message.len(), 0),
             "a stale grant does not grow"
         );
+        let chunker = Pid::new(NodeId(1), ShardId(1), 2, 1);
+        let first = header(chunker, FrameKind::Chunk, FIRST_CHUNK);
+        assert_eq!(
+            lane.push_chunk(first, &[1; 40], None),
+            Err(Push::WouldBlock),
+            "the stale grant's frames could land between the chunks"
+        );
         lane.commit(grant, &mut message.clone());
         let state = lane.state();
         assert_eq!(state.in_flight, message.len() as u64);
         assert_eq!(state.granted, 0);
         drop(state);
         assert_eq!(pending_sequences(&lane), [1], "numbered when committed");
+        assert_eq!(lane.push_chunk(first, &[1; 40], None), Ok(()));
     }
 
     /// The limit on unsent bytes grows with the frames: eight 64 KiB frames

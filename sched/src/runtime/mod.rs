@@ -780,7 +780,10 @@ impl Handle {
     /// batch of received messages to one process pays per message only
     /// for the mailbox entry. `messages` is consumed there while the
     /// shard's process table is borrowed, so producing a message must not
-    /// send, spawn or signal.
+    /// send, spawn or signal; and a process's heap limit
+    /// ([`SpawnOptions::max_heap_bytes`](crate::SpawnOptions::max_heap_bytes))
+    /// is checked once the whole batch is in its mailbox, so a batch that
+    /// crosses it ends the process with the batch unread.
     pub fn send_all<T: Send + 'static>(&self, to: &Addr<T>, messages: impl IntoIterator<Item = T>) {
         let pid = to.pid();
         let mut messages = Some(messages);

@@ -536,7 +536,8 @@ impl Shard {
     /// shard, in order: looked up, and woken, once for all of them. The
     /// messages are taken while the process table is borrowed, so
     /// producing them must not reach the shard. Without such a process,
-    /// they are dropped and counted.
+    /// they are dropped and counted. A heap limit is checked once the
+    /// whole batch is in the mailbox.
     pub(crate) fn deliver_all<T: Send + 'static>(
         &self,
         to: Pid,
