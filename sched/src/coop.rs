@@ -47,6 +47,30 @@ pub fn charge(reductions: u32) -> bool {
 ///
 /// Every call defers one more run: a caller that may call it many times in
 /// one poll remembers that it already did.
+///
+/// # Example
+///
+/// ```
+/// use foundation_sched::{coop, Context, Runtime};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+///
+/// static FLUSHES: AtomicUsize = AtomicUsize::new(0);
+///
+/// fn flush() {
+///     FLUSHES.fetch_add(1, Ordering::Relaxed);
+/// }
+///
+/// let runtime = Runtime::builder().shards(1).build().unwrap();
+/// runtime
+///     .block_on(|cx: Context<()>| async move {
+///         assert!(coop::at_poll_end(flush));
+///         assert_eq!(FLUSHES.load(Ordering::Relaxed), 0, "not yet");
+///         cx.yield_now().await; // The poll ends here.
+///         assert_eq!(FLUSHES.load(Ordering::Relaxed), 1);
+///     })
+///     .unwrap();
+/// assert!(!coop::at_poll_end(flush), "outside a process");
+/// ```
 pub fn at_poll_end(hook: fn()) -> bool {
     waker::with_current_shard(|shard| shard.at_poll_end(hook)).unwrap_or(false)
 }

@@ -784,6 +784,26 @@ impl Handle {
     /// ([`SpawnOptions::max_heap_bytes`](crate::SpawnOptions::max_heap_bytes))
     /// is checked once the whole batch is in its mailbox, so a batch that
     /// crosses it ends the process with the batch unread.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use foundation_sched::{Context, Runtime};
+    ///
+    /// let runtime = Runtime::builder().shards(1).build().unwrap();
+    /// let (total, summed) = std::sync::mpsc::channel();
+    /// let adder = runtime
+    ///     .spawn(move |cx: Context<u64>| async move {
+    ///         let mut sum = 0;
+    ///         for _ in 0..3 {
+    ///             sum += cx.recv().await.into_msg().unwrap_or(0);
+    ///         }
+    ///         total.send(sum).unwrap();
+    ///     })
+    ///     .unwrap();
+    /// runtime.handle().send_all(&adder, [1, 2, 3]);
+    /// assert_eq!(summed.recv().unwrap(), 6);
+    /// ```
     pub fn send_all<T: Send + 'static>(&self, to: &Addr<T>, messages: impl IntoIterator<Item = T>) {
         let pid = to.pid();
         let mut messages = Some(messages);
