@@ -622,6 +622,13 @@ mod tests {
         }
     }
 
+    /// `value` encoded as one message frame from `source`.
+    fn message_from<T: frame::Wire>(source: Pid, value: &T) -> Vec<u8> {
+        let mut frame = Vec::new();
+        frame::encode(header(source, FrameKind::Message, 0), value, &mut frame).unwrap();
+        frame
+    }
+
     /// While one process's message goes on in chunks, another's waits: the
     /// chunks stay contiguous on the lane, and numbered in order.
     #[test]
@@ -632,8 +639,7 @@ mod tests {
             Pid::new(NodeId(1), ShardId(0), 1, 1),
             Pid::new(NodeId(1), ShardId(0), 2, 1),
         );
-        let mut small = Vec::new();
-        frame::encode(header(b, FrameKind::Message, 0), &7_u64, &mut small).unwrap();
+        let small = message_from(b, &7_u64);
 
         let hold = lane.hold_for(a);
         // Before its first chunk, the lane is not held yet.
@@ -690,13 +696,7 @@ mod tests {
         let lane = Lane::new(&ChannelSpec::new("test").credit_window(window));
         lane.connected(1, 0);
         let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
-        let mut message = Vec::new();
-        frame::encode(
-            header(source, FrameKind::Message, 0),
-            &[7_u8; 1000],
-            &mut message,
-        )
-        .unwrap();
+        let message = message_from(source, &[7_u8; 1000]);
         let counting = Arc::new(Counting(AtomicUsize::new(0)));
         let waker = Waker::from(counting.clone());
         let mut cx = Context::from_waker(&waker);
@@ -721,9 +721,7 @@ mod tests {
             panic!("a batch is pending");
         };
         lane.written(batch);
-        let mut large = Vec::new();
-        let payload = vec![1_u8; 2 * PENDING_LIMIT];
-        frame::encode(header(source, FrameKind::Message, 0), &payload, &mut large).unwrap();
+        let large = message_from(source, &vec![1_u8; 2 * PENDING_LIMIT]);
         assert_eq!(lane.push(&large, false, None), Ok(large.len()));
         assert_eq!(lane.push(&message, false, None), Err(Push::WouldBlock));
     }
@@ -736,13 +734,7 @@ mod tests {
         let lane = Lane::new(&ChannelSpec::new("test").credit_window(1 << 20));
         lane.connected(1, 0);
         let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
-        let mut message = Vec::new();
-        frame::encode(
-            header(source, FrameKind::Message, 0),
-            &[7_u8; 64],
-            &mut message,
-        )
-        .unwrap();
+        let message = message_from(source, &[7_u8; 64]);
 
         let mut grant = Grant::default();
         assert!(lane.extend_grant(&mut grant, message.len(), 4096));
@@ -804,8 +796,7 @@ mod tests {
         let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
         lane.connected(1, 0);
         let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
-        let mut message = Vec::new();
-        frame::encode(header(source, FrameKind::Message, 0), &7_u64, &mut message).unwrap();
+        let message = message_from(source, &7_u64);
         let mut grant = Grant::default();
         assert!(lane.extend_grant(&mut grant, message.len(), 4096));
         lane.disconnected();
@@ -837,14 +828,7 @@ mod tests {
         let lane = Lane::new(&ChannelSpec::new("test").credit_window(16 << 20));
         lane.connected(1, 0);
         let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
-        let mut message = Vec::new();
-        let payload = vec![7_u8; 64 * 1024];
-        frame::encode(
-            header(source, FrameKind::Message, 0),
-            &payload,
-            &mut message,
-        )
-        .unwrap();
+        let message = message_from(source, &vec![7_u8; 64 * 1024]);
         let mut taken = 0;
         while lane.push(&message, false, None).is_ok() {
             taken += 1;
@@ -872,8 +856,7 @@ mod tests {
     fn a_restarted_peer_is_numbered_afresh() {
         let lane = Lane::new(&ChannelSpec::new("test").delivery(Delivery::Acknowledged));
         let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
-        let mut message = Vec::new();
-        frame::encode(header(source, FrameKind::Message, 0), &7_u64, &mut message).unwrap();
+        let message = message_from(source, &7_u64);
         lane.connected(1, 0);
         // Frame 1 written alone, then frames 2 and 3; the peer
         // acknowledges 1.

@@ -57,6 +57,24 @@ thread_local! {
     static STAGES: RefCell<Stages> = RefCell::new(Stages::default());
 }
 
+impl Stages {
+    /// The open stage for `lane`, if there is one.
+    fn find(&mut self, lane: &Arc<Lane>) -> Option<&mut Stage> {
+        self.open
+            .iter_mut()
+            .find(|stage| Arc::ptr_eq(&stage.lane, lane))
+    }
+}
+
+impl Stage {
+    /// Hands what is staged to the lane and gives back what the grant did
+    /// not use; the stage stays open, with nothing granted.
+    fn commit(&mut self) {
+        let grant = std::mem::take(&mut self.grant);
+        self.lane.commit(grant, &mut self.frames);
+    }
+}
+
 /// Appends `frames` (whole encoded frames, all or none) for `lane`, as
 /// [`Lane::push`] would without `partial`, but on this thread's stage when
 /// the running process already sent to the lane in this poll.
@@ -65,11 +83,7 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
         let Ok(mut stages) = stages.try_borrow_mut() else {
             return lane.push(frames, false, None).map(drop);
         };
-        let Some(stage) = stages
-            .open
-            .iter_mut()
-            .find(|stage| Arc::ptr_eq(&stage.lane, lane))
-        else {
+        let Some(stage) = stages.find(lane) else {
             lane.push(frames, false, None)?;
             // The next frame to this lane in this poll is staged, if the
             // poll's end can commit it.
@@ -91,8 +105,7 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
         }
         // No room for these: what is staged goes first, then the lane
         // decides (and counts the sender among those waiting, if it waits).
-        let grant = std::mem::take(&mut stage.grant);
-        lane.commit(grant, &mut stage.frames);
+        stage.commit();
         lane.push(frames, false, None).map(drop)
     })
 }
@@ -104,13 +117,8 @@ pub(crate) fn commit(lane: &Arc<Lane>) {
         let Ok(mut stages) = stages.try_borrow_mut() else {
             return;
         };
-        if let Some(stage) = stages
-            .open
-            .iter_mut()
-            .find(|stage| Arc::ptr_eq(&stage.lane, lane))
-        {
-            let grant = std::mem::take(&mut stage.grant);
-            lane.commit(grant, &mut stage.frames);
+        if let Some(stage) = stages.find(lane) {
+            stage.commit();
         }
     });
 }
@@ -121,7 +129,7 @@ fn commit_all() {
         let mut stages = stages.borrow_mut();
         let Stages { open, spare } = &mut *stages;
         for mut stage in open.drain(..) {
-            stage.lane.commit(stage.grant, &mut stage.frames);
+            stage.commit();
             if spare.len() < SPARES {
                 spare.push(stage.frames);
             }

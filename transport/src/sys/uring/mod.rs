@@ -460,11 +460,13 @@ impl Stream {
     /// buffer (for tests of the adaptive mode).
     #[cfg(test)]
     pub(crate) fn receives_in_place(&self) -> bool {
+        self.source_is(|source| !source.shared_buffers)
+    }
+
+    /// Whether the stream's source is there and passes `test`.
+    fn source_is(&self, test: impl FnOnce(&Source) -> bool) -> bool {
         let state = this(&self.reactor).state.borrow();
-        state
-            .sources
-            .get(self.key)
-            .is_some_and(|source| !source.shared_buffers)
+        state.sources.get(self.key).is_some_and(test)
     }
 
     pub(crate) fn start_send(&self, buf: Vec<u8>) {
@@ -489,11 +491,7 @@ impl Stream {
     }
 
     pub(crate) fn sending(&self) -> bool {
-        let state = this(&self.reactor).state.borrow();
-        state
-            .sources
-            .get(self.key)
-            .is_some_and(|source| source.send_op.is_some() || source.sent.is_some())
+        self.source_is(|source| source.send_op.is_some() || source.sent.is_some())
     }
 
     #[cfg(test)]
@@ -504,11 +502,7 @@ impl Stream {
 
     #[cfg(test)]
     pub(crate) fn sends_zero_copy(&self) -> bool {
-        let state = this(&self.reactor).state.borrow();
-        state
-            .sources
-            .get(self.key)
-            .is_some_and(|source| !source.copies)
+        self.source_is(|source| !source.copies)
     }
 
     pub(crate) fn shutdown(&self) -> io::Result<()> {
