@@ -24,6 +24,7 @@ use std::time::Duration;
 use foundation_sched::{coop, Context, NodeId, Pid, Sleep};
 use rkyv::util::AlignedVec;
 
+use crate::block::Block;
 use crate::channel::ChannelId;
 use crate::fault::Verdict;
 use crate::frame::{
@@ -32,7 +33,7 @@ use crate::frame::{
 use crate::handshake::{
     self, Dialer, Established, HandshakeError, IDENTIFY_CHANNEL, MAX_HANDSHAKE_PAYLOAD,
 };
-use crate::inbound::{Block, EndpointCache, Feedback, Received};
+use crate::inbound::{EndpointCache, Feedback, Received};
 use crate::lane::Lane;
 use crate::sys::{Bound, Listener, Reactor, ReceiveBuffers, Socket, Stream};
 use crate::{ConnectionError, Inner, Peer};

@@ -1,7 +1,7 @@
 //! The receiving side: receive blocks, in-place messages and endpoints.
 //!
-//! A connection reads into a *block*, an aligned buffer that becomes
-//! immutable and shared (`Arc`) once the frames in it are parsed. Each
+//! A connection reads into a *block* ([`crate::block`]), an aligned buffer
+//! that becomes immutable and shared once the frames in it are parsed. Each
 //! message delivered from it is a [`Remote<T>`]: a reference to the block
 //! and the payload's place in it, through which the receiving process reads
 //! the archived value in place — no copy, no deserialization. When the last
@@ -33,6 +33,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rustc_hash::FxHashMap;
 
+use crate::block::{Block, Shares};
 use crate::channel::ChannelId;
 use crate::frame::{FrameError, FrameHeader, Wire, PAYLOAD_ALIGN};
 
@@ -47,7 +48,7 @@ use crate::frame::{FrameError, FrameHeader, Wire, PAYLOAD_ALIGN};
 /// # }
 /// ```
 pub struct Remote<T: Wire> {
-    block: Arc<Block>,
+    block: Block,
     // Only what a receiver asks of the header: a `Remote` is moved
     // through the mailbox, so every byte of it is copied a few times.
     source: Pid,
@@ -78,7 +79,7 @@ impl<T: Wire> Remote<T> {
     /// The archived bytes, for forwarding or storing as they are.
     pub fn bytes(&self) -> &[u8] {
         let start = self.start as usize;
-        &self.block.bytes[start..start + self.len as usize]
+        &self.block.bytes()[start..start + self.len as usize]
     }
 
     /// Deserializes an owned `T`.
@@ -111,35 +112,6 @@ impl<T: Wire> fmt::Debug for Remote<T> {
             .field("channel", &self.channel)
             .field("bytes", &self.len)
             .finish()
-    }
-}
-
-/// An immutable receive buffer shared by the messages read from it.
-pub(crate) struct Block {
-    bytes: AlignedVec<PAYLOAD_ALIGN>,
-    /// Frame bytes this block accounts for, returned as credit on drop.
-    frame_bytes: u64,
-    feedback: Arc<Feedback>,
-}
-
-impl Block {
-    pub(crate) fn new(
-        bytes: AlignedVec<PAYLOAD_ALIGN>,
-        frame_bytes: u64,
-        feedback: Arc<Feedback>,
-    ) -> Arc<Block> {
-        Arc::new(Block {
-            bytes,
-            frame_bytes,
-            feedback,
-        })
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        self.feedback.consume(self.frame_bytes);
-        self.feedback.recycle(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -192,7 +164,7 @@ impl Feedback {
 
     /// Keeps `bytes` for [`Feedback::block_buffer`] if it is a block
     /// buffer and there is room.
-    fn recycle(&self, bytes: AlignedVec<PAYLOAD_ALIGN>) {
+    pub(crate) fn recycle(&self, bytes: AlignedVec<PAYLOAD_ALIGN>) {
         if bytes.len() != self.block_bytes {
             return;
         }
@@ -248,15 +220,28 @@ impl Feedback {
 #[derive(Clone)]
 pub(crate) struct Received {
     pub(crate) header: FrameHeader,
-    pub(crate) own: Option<Arc<Block>>,
+    pub(crate) own: Option<Block>,
     pub(crate) payload: Range<usize>,
 }
 
 impl Received {
-    /// Makes the message a [`Remote<T>`], if its payload is a valid `T`.
-    fn remote<T: Wire>(&self, batch: &Arc<Block>) -> Result<Remote<T>, FrameError> {
-        let block = self.own.as_ref().unwrap_or(batch);
-        remote(block, self.header, self.payload.clone())
+    /// Makes the message a [`Remote<T>`], if its payload is a valid `T`,
+    /// with a reference from `batch` unless it has its own block.
+    fn remote<T: Wire>(&self, batch: &mut Shares<'_>) -> Result<Remote<T>, FrameError> {
+        let block = self.own.as_ref().unwrap_or(batch.block());
+        let (start, len) = validate::<T>(block, self.payload.clone())?;
+        Ok(Remote {
+            block: match &self.own {
+                Some(own) => own.clone(),
+                None => batch.take(),
+            },
+            source: self.header.source,
+            trace_id: self.header.trace_id,
+            start,
+            len,
+            channel: self.header.channel,
+            message: PhantomData,
+        })
     }
 }
 
@@ -273,7 +258,7 @@ pub(crate) trait Endpoint: Send + Sync {
     fn deliver(
         &self,
         handle: &Handle,
-        batch: &Arc<Block>,
+        batch: &Block,
         run: &[Received],
         refused: &mut dyn FnMut(FrameError),
     );
@@ -291,45 +276,35 @@ impl<T: Wire + 'static> Endpoint for TypedEndpoint<T> {
     fn deliver(
         &self,
         handle: &Handle,
-        batch: &Arc<Block>,
+        batch: &Block,
         run: &[Received],
         refused: &mut dyn FnMut(FrameError),
     ) {
         // Into the mailbox together: the process is looked up and woken
-        // once per run rather than per message.
+        // once per run rather than per message, and the run's references
+        // to the batch are taken at once.
+        let mut shares = batch.share(run.len());
         let remotes = run
             .iter()
-            .filter_map(|delivery| delivery.remote(batch).map_err(&mut *refused).ok());
+            .filter_map(|delivery| delivery.remote(&mut shares).map_err(&mut *refused).ok());
         handle.send_all(&self.addr, remotes);
     }
 }
 
-/// Validates the payload at `payload` of `block` as a `T` and makes it a
-/// [`Remote<T>`].
-fn remote<T: Wire>(
-    block: &Arc<Block>,
-    header: FrameHeader,
-    payload: Range<usize>,
-) -> Result<Remote<T>, FrameError> {
-    rkyv::access::<T::Archived, rancor::Error>(&block.bytes[payload.clone()])
+/// Validates the payload at `payload` of `block` as a `T`; where it lies,
+/// as a [`Remote`] keeps it.
+fn validate<T: Wire>(block: &Block, payload: Range<usize>) -> Result<(u32, u32), FrameError> {
+    rkyv::access::<T::Archived, rancor::Error>(&block.bytes()[payload.clone()])
         .map_err(|error| FrameError::InvalidPayload(error.to_string()))?;
     // A block (a batch of frames, or a message reassembled from chunks
     // within the channel's maximum message) is far below 4 GiB.
-    let (Ok(start), Ok(len)) = (u32::try_from(payload.start), u32::try_from(payload.len())) else {
-        return Err(FrameError::Oversized {
+    match (u32::try_from(payload.start), u32::try_from(payload.len())) {
+        (Ok(start), Ok(len)) => Ok((start, len)),
+        _ => Err(FrameError::Oversized {
             length: u32::MAX,
             max: u32::MAX,
-        });
-    };
-    Ok(Remote {
-        block: block.clone(),
-        source: header.source,
-        trace_id: header.trace_id,
-        start,
-        len,
-        channel: header.channel,
-        message: PhantomData,
-    })
+        }),
+    }
 }
 
 /// Frames for an alias that a function takes on the receiving thread, as
@@ -352,12 +327,13 @@ where
     fn deliver(
         &self,
         _: &Handle,
-        batch: &Arc<Block>,
+        batch: &Block,
         run: &[Received],
         refused: &mut dyn FnMut(FrameError),
     ) {
+        let mut shares = batch.share(run.len());
         for delivery in run {
-            match delivery.remote(batch) {
+            match delivery.remote(&mut shares) {
                 Ok(remote) => (self.handler)(remote),
                 Err(error) => refused(error),
             }

@@ -89,6 +89,7 @@
 
 #![deny(unsafe_code)]
 
+mod block;
 mod channel;
 mod connection;
 pub mod fault;
@@ -124,10 +125,11 @@ use foundation_sched::{
     coop, Addr, Builder, Context, Handle, NodeId, Pid, Placement, Runtime, ShardId, SpawnOptions,
 };
 
+use crate::block::Block;
 use crate::fault::Faults;
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
 use crate::handshake::{Accepted, Entropy, Identity};
-use crate::inbound::{Block, EndpointCache, Endpoints, Received};
+use crate::inbound::{EndpointCache, Endpoints, Received};
 use crate::lane::{Lane, Push};
 use crate::sys::{Bound, Reactor};
 
@@ -1204,7 +1206,7 @@ impl Inner {
     fn deliver(
         &self,
         endpoints: &mut EndpointCache,
-        batch: &Arc<Block>,
+        batch: &Block,
         run: &[Received],
         refused: &mut dyn FnMut(FrameError),
     ) -> bool {
