@@ -831,15 +831,19 @@ impl Transport {
         if to.node() == self.node() {
             return self.inner.deliver_here(from, to, channel, message);
         }
-        let encoded = self.inner.with_lane(from, to, channel, |lane| {
-            self.inner
-                .with_encoded(from, to, channel, message, |scratch, header| {
-                    // All chunks at once, or none.
-                    let frames = scratch.frames(header, self.inner.max_frame(channel))?;
-                    stage::push(lane, frames).map_err(SendError::from)?;
-                    Ok(frames.len())
-                })
-        })?;
+        let max_frame = self.inner.max_frame(channel);
+        let encoded = match self.inner.try_stage(from, to, channel, message, max_frame) {
+            Some(encoded) => encoded,
+            None => self.inner.with_lane(from, to, channel, |lane| {
+                self.inner
+                    .with_encoded(from, to, channel, message, |scratch, header| {
+                        // All chunks at once, or none.
+                        let frames = scratch.frames(header, max_frame)?;
+                        stage::push(lane, frames).map_err(SendError::from)?;
+                        Ok(frames.len())
+                    })
+            })?,
+        };
         // Counted, so the sender's next receive or checkpoint yields once
         // it has done a poll's worth of work.
         coop::charge(coop::reductions_for(encoded));
@@ -861,8 +865,13 @@ impl Transport {
             return self.inner.deliver_here(from, to, channel, message);
         }
         let max_frame = self.inner.max_frame(channel);
-        // Encode into the thread's scratch and try at once; only a send
-        // that must wait copies its frame out.
+        // Most sends of a process sending many end here, staged.
+        if let Some(encoded) = self.inner.try_stage(from, to, channel, message, max_frame) {
+            coop::consume(coop::reductions_for(encoded)).await;
+            return Ok(());
+        }
+        // Otherwise encode into the thread's scratch and try at once; only
+        // a send that must wait copies its frame out.
         let (encoded, rest) = self.inner.with_lane(from, to, channel, |lane| {
             self.inner
                 .with_encoded(from, to, channel, message, |scratch, header| {
@@ -1119,25 +1128,56 @@ impl Inner {
         if self.is_closed() {
             return Err(SendError::Closed);
         }
+        self.with_route(from, to, channel, |lane| {
+            f(lane.ok_or(SendError::UnknownChannel(channel))?)
+        })
+        .unwrap_or(Err(SendError::UnknownPeer(to.node())))
+    }
+
+    /// Calls `f` with the lane that carries what `from` sends to `to` on
+    /// `channel` (`None` if there is no such channel), through this
+    /// thread's routes; `None` if `to`'s node is not a peer.
+    #[inline(always)]
+    fn with_route<R>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        f: impl FnOnce(Option<&Arc<Lane>>) -> R,
+    ) -> Option<R> {
         let node = to.node();
         route::with_peer(
             self.id,
             node,
             || self.peer(node),
-            |peer| {
-                let lanes = peer
-                    .lanes
-                    .get(usize::from(channel.0))
-                    .ok_or(SendError::UnknownChannel(channel))?;
-                let mix = (from.to_bits() ^ to.to_bits().rotate_left(29))
-                    .wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                // The high 32 bits of the mix scaled to the lane count: a
-                // multiply where `%` would divide on every send.
-                let lane = ((mix >> 32) * lanes.len() as u64) >> 32;
-                f(&lanes[lane as usize])
-            },
+            |peer| f(peer.lane_for(channel, from, to)),
         )
-        .unwrap_or(Err(SendError::UnknownPeer(node)))
+    }
+
+    /// Encodes `message` straight onto this poll's stage for its lane, if
+    /// it has one and the frame fits ([`stage::encode`]); the frame's
+    /// length, or `None` for a send that must go the general way (which
+    /// also reports errors). Every result fits in registers: a send that
+    /// returns through memory reads it back at once, and on this path that
+    /// read waited for the stage's stores to reach the cache.
+    #[inline(always)]
+    fn try_stage<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+        max_frame: usize,
+    ) -> Option<usize> {
+        if self.is_closed() {
+            return None;
+        }
+        self.with_route(from, to, channel, |lane| {
+            stage::encode(lane?, max_frame, |out| {
+                self.encode(from, to, channel, message, out).ok()
+            })
+        })
+        .flatten()
     }
 
     /// Encodes `message` into this thread's scratch and hands `f` the
@@ -1153,12 +1193,13 @@ impl Inner {
     ) -> Result<R, SendError> {
         SCRATCH.with(|scratch| {
             let mut scratch = scratch.borrow_mut();
+            scratch.message.clear();
             let header = self.encode(from, to, channel, message, &mut scratch.message)?;
             f(&mut scratch, header)
         })
     }
 
-    /// Encodes `message` as one frame into `out`, whatever its size, and
+    /// Appends `message` as one frame to `out`, whatever its size, and
     /// returns its header.
     #[inline(always)]
     fn encode<T: Wire>(
@@ -1180,7 +1221,6 @@ impl Inner {
             trace_id: 0,
             sequence: 0,
         };
-        out.clear();
         let header = frame::encode(header, message, out).map_err(SendError::Encode)?;
         let size = header.length as usize;
         if size > spec.max_message {
@@ -1349,6 +1389,20 @@ pub(crate) struct Peer {
 impl Peer {
     fn lane(&self, channel: u16, lane: u16) -> &Arc<Lane> {
         &self.lanes[usize::from(channel)][usize::from(lane)]
+    }
+
+    /// The lane of `channel` that carries what `from` sends to `to`: the
+    /// same one every time, so their order holds. `None` for a channel
+    /// this node does not have.
+    #[inline(always)]
+    fn lane_for(&self, channel: ChannelId, from: Pid, to: Pid) -> Option<&Arc<Lane>> {
+        let lanes = self.lanes.get(usize::from(channel.0))?;
+        let mix =
+            (from.to_bits() ^ to.to_bits().rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The high 32 bits of the mix scaled to the lane count: a multiply
+        // where `%` would divide on every send.
+        let lane = ((mix >> 32) * lanes.len() as u64) >> 32;
+        lanes.get(lane as usize)
     }
 
     fn is_removed(&self) -> bool {

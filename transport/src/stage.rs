@@ -13,7 +13,9 @@
 //!   a [`Grant`] of credit and pending room taken from the lane in advance
 //!   (one lock per [`GRANT`] bytes), so backpressure holds exactly as if
 //!   each frame had been pushed: a frame the grant cannot cover, and the
-//!   lane will not grant more for, is refused like a push;
+//!   lane will not grant more for, is refused like a push. A small frame
+//!   is encoded straight onto the stage ([`encode`]) rather than into a
+//!   scratch buffer and copied;
 //! - when the poll ends ([`coop::at_poll_end`]) every stage is committed:
 //!   its frames go to the lane in order, usually by handing over the staged
 //!   buffer as the next batch (the connection took the previous one), and
@@ -30,6 +32,7 @@ use std::sync::Arc;
 
 use foundation_sched::coop;
 
+use crate::frame::FrameHeader;
 use crate::lane::{Grant, Lane, Push};
 
 /// Credit a stage asks for at once beyond what its next frame needs: 256
@@ -39,11 +42,18 @@ const GRANT: usize = 32 * 1024;
 /// Emptied buffers kept for the next stages.
 const SPARES: usize = 4;
 
+/// The largest frame after which the next one is encoded straight onto the
+/// stage ([`encode`]). Above it a frame is likely to be large again, and
+/// one that turns out not to fit would be encoded twice.
+const ENCODE_IN_PLACE_MAX: usize = 4096;
+
 /// Frames staged for one lane.
 struct Stage {
     lane: Arc<Lane>,
     grant: Grant,
     frames: Vec<u8>,
+    /// Bytes of the last frame staged, or sent when the stage opened.
+    last_frame: usize,
 }
 
 /// This thread's stages for the running poll.
@@ -95,11 +105,13 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
                 lane: lane.clone(),
                 grant: Grant::default(),
                 frames: buffer,
+                last_frame: frames.len(),
             });
             return Ok(());
         };
+        stage.last_frame = frames.len();
         let staged = stage.frames.len() + frames.len();
-        if staged <= stage.grant.bytes() || lane.extend_grant(&mut stage.grant, staged, GRANT) {
+        if covers(lane, &mut stage.grant, staged) {
             stage.frames.extend_from_slice(frames);
             return Ok(());
         }
@@ -108,6 +120,75 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
         stage.commit();
         lane.push(frames, false, None).map(drop)
     })
+}
+
+/// Encodes a frame with `encode` straight onto this thread's stage for
+/// `lane`, when the running process already sent to the lane in this poll
+/// and its last frame was small. Returns the frame's length, or `None`
+/// when nothing was staged: there is no such stage, `encode` failed, the
+/// frame's payload is larger than `max_frame`, or the grant cannot cover
+/// it. The caller then sends it the general way, which encodes it again
+/// and reports what went wrong ([`push`], chunks, errors).
+///
+/// Encoding in place spares a copy, and more: the frame's header and the
+/// archive's small fields are written by narrow stores, and copying them
+/// at once reads them back with wide loads, which the CPU cannot serve
+/// from its store buffer; each such load waits for every earlier store to
+/// reach the cache, including the previous frames' stores to the stage.
+pub(crate) fn encode(
+    lane: &Arc<Lane>,
+    max_frame: usize,
+    encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
+) -> Option<usize> {
+    STAGES.with(|stages| {
+        let mut stages = stages.try_borrow_mut().ok()?;
+        let Stage {
+            lane,
+            grant,
+            frames,
+            last_frame,
+        } = stages.find(lane)?;
+        if *last_frame > ENCODE_IN_PLACE_MAX {
+            return None;
+        }
+        let start = frames.len();
+        // Until it is known to stay, the frame is taken back off the
+        // stage however this ends, a panic in a `Serialize` included.
+        let unstage = Unstage { frames, start };
+        let header = encode(unstage.frames)?;
+        let staged = unstage.frames.len();
+        *last_frame = staged - start;
+        if header.length as usize > max_frame || !covers(lane, grant, staged) {
+            return None;
+        }
+        unstage.keep();
+        Some(staged - start)
+    })
+}
+
+/// A frame being encoded onto a stage, removed again when dropped unless
+/// kept.
+struct Unstage<'a> {
+    frames: &'a mut Vec<u8>,
+    start: usize,
+}
+
+impl Unstage<'_> {
+    fn keep(mut self) {
+        self.start = self.frames.len();
+    }
+}
+
+impl Drop for Unstage<'_> {
+    fn drop(&mut self) {
+        self.frames.truncate(self.start);
+    }
+}
+
+/// Whether `staged` bytes for `lane` are within `grant`, extended if need
+/// be.
+fn covers(lane: &Lane, grant: &mut Grant, staged: usize) -> bool {
+    staged <= grant.bytes() || lane.extend_grant(grant, staged, GRANT)
 }
 
 /// Commits this thread's stage for `lane`, if it has one, before a frame
@@ -135,4 +216,84 @@ fn commit_all() {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::task::{Context as TaskContext, Poll, Waker};
+
+    use foundation_sched::{Context, NodeId, Pid, Runtime, ShardId};
+
+    use crate::channel::ChannelSpec;
+    use crate::frame::{self, FrameKind};
+
+    fn encode_value(value: u64) -> impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader> {
+        move |out| {
+            let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+            let header = FrameHeader {
+                flags: 0,
+                channel: 0,
+                kind: FrameKind::Message,
+                length: 0,
+                source,
+                destination: source,
+                trace_id: 0,
+                sequence: 0,
+            };
+            frame::encode(header, &value, out).ok()
+        }
+    }
+
+    fn frame_of(value: u64) -> Vec<u8> {
+        let mut frame = Vec::new();
+        encode_value(value)(&mut frame).unwrap();
+        frame
+    }
+
+    /// A frame encoded onto a stage stays there only if it is whole, fits
+    /// in a frame and is granted: one whose encoding fails or panics, or
+    /// that is too large, leaves the stage as it was. What stays reaches
+    /// the lane when the poll ends, after the poll's first frame.
+    #[test]
+    fn only_whole_frames_that_fit_stay_on_the_stage() {
+        let lane = Arc::new(Lane::new(&ChannelSpec::new("test")));
+        lane.connected(1, 0);
+        let staging = lane.clone();
+        let runtime = Runtime::builder().shards(1).build().unwrap();
+        runtime
+            .block_on(move |cx: Context<()>| async move {
+                let lane = staging;
+                let frame = frame_of(0).len();
+                assert_eq!(encode(&lane, 1 << 20, encode_value(1)), None, "no stage");
+                push(&lane, &frame_of(1)).unwrap(); // Goes to the lane; opens a stage.
+                assert_eq!(encode(&lane, 1 << 20, encode_value(2)), Some(frame));
+                let failed = |out: &mut Vec<u8>| {
+                    out.extend_from_slice(&[9; 40]);
+                    None
+                };
+                assert_eq!(encode(&lane, 1 << 20, failed), None);
+                let panicking = |out: &mut Vec<u8>| -> Option<FrameHeader> {
+                    out.extend_from_slice(&[9; 40]);
+                    panic!("a Serialize that panics");
+                };
+                let panicked = catch_unwind(AssertUnwindSafe(|| {
+                    encode(&lane, 1 << 20, panicking);
+                }));
+                assert!(panicked.is_err());
+                assert_eq!(encode(&lane, 4, encode_value(3)), None, "above max_frame");
+                assert_eq!(encode(&lane, 1 << 20, encode_value(4)), Some(frame));
+                cx.yield_now().await; // The poll ends: the stage is committed.
+            })
+            .unwrap();
+        runtime.shutdown();
+
+        let mut task = TaskContext::from_waker(Waker::noop());
+        let Poll::Ready(Some(batch)) = lane.poll_batch(&mut task) else {
+            panic!("a batch is pending");
+        };
+        assert_eq!(batch, [frame_of(1), frame_of(2), frame_of(4)].concat());
+    }
 }
