@@ -27,7 +27,7 @@
 //!   kernel's socket buffers and the peer's. Frames are then copied into the
 //!   socket while they are still in the cache they were encoded into. Without
 //!   the bound, a sender ahead of its connection filled the whole window
-//!   (4 MiB on `data`) before anything went out, and every byte was written
+//!   (then 4 MiB on `data`) before anything went out, and every byte was written
 //!   to memory and read back after it had left the caches: 1 KiB messages
 //!   went at 2.6 M msgs/s on io_uring and 3.1 M on epoll, against 3.2 M and
 //!   4.8 M with it. A batch of a few large frames is another matter: each
