@@ -1155,7 +1155,7 @@ impl Inner {
     }
 
     /// Encodes `message` straight onto this poll's stage for its lane, if
-    /// it has one and the frame fits ([`stage::encode`]); the frame's
+    /// it has one and the frame fits ([`stage::Stages::encode`]); the frame's
     /// length, or `None` for a send that must go the general way (which
     /// also reports errors). Every result fits in registers: a send that
     /// returns through memory reads it back at once, and on this path that
@@ -1172,12 +1172,14 @@ impl Inner {
         if self.is_closed() {
             return None;
         }
-        self.with_route(from, to, channel, |lane| {
-            stage::encode(lane?, max_frame, |out| {
-                self.encode(from, to, channel, message, out).ok()
+        stage::with_open(|stages| {
+            self.with_route(from, to, channel, |lane| {
+                stages.encode(lane?, max_frame, |out| {
+                    self.encode(from, to, channel, message, out).ok()
+                })
             })
+            .flatten()
         })
-        .flatten()
     }
 
     /// Encodes `message` into this thread's scratch and hands `f` the

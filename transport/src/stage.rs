@@ -14,7 +14,7 @@
 //!   (one lock per [`GRANT`] bytes), so backpressure holds exactly as if
 //!   each frame had been pushed: a frame the grant cannot cover, and the
 //!   lane will not grant more for, is refused like a push. A small frame
-//!   is encoded straight onto the stage ([`encode`]) rather than into a
+//!   is encoded straight onto the stage ([`Stages::encode`]) rather than into a
 //!   scratch buffer and copied;
 //! - when the poll ends ([`coop::at_poll_end`]) every stage is committed:
 //!   its frames go to the lane in order, usually by handing over the staged
@@ -43,7 +43,7 @@ const GRANT: usize = 32 * 1024;
 const SPARES: usize = 4;
 
 /// The largest frame after which the next one is encoded straight onto the
-/// stage ([`encode`]). Above it a frame is likely to be large again, and
+/// stage ([`Stages::encode`]). Above it a frame is likely to be large again, and
 /// one that turns out not to fit would be encoded twice.
 const ENCODE_IN_PLACE_MAX: usize = 4096;
 
@@ -52,13 +52,13 @@ struct Stage {
     lane: Arc<Lane>,
     grant: Grant,
     frames: Vec<u8>,
-    /// Bytes of the last frame staged, or sent when the stage opened.
+    /// Bytes of the last frame the process sent to the lane in this poll.
     last_frame: usize,
 }
 
 /// This thread's stages for the running poll.
 #[derive(Default)]
-struct Stages {
+pub(crate) struct Stages {
     open: Vec<Stage>,
     spare: Vec<Vec<u8>>,
 }
@@ -122,32 +122,46 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
     })
 }
 
-/// Encodes a frame with `encode` straight onto this thread's stage for
-/// `lane`, when the running process already sent to the lane in this poll
-/// and its last frame was small. Returns the frame's length, or `None`
-/// when nothing was staged: there is no such stage, `encode` failed, the
-/// frame's payload is larger than `max_frame`, or the grant cannot cover
-/// it. The caller then sends it the general way, which encodes it again
-/// and reports what went wrong ([`push`], chunks, errors).
-///
-/// Encoding in place spares a copy, and more: the frame's header and the
-/// archive's small fields are written by narrow stores, and copying them
-/// at once reads them back with wide loads, which the CPU cannot serve
-/// from its store buffer; each such load waits for every earlier store to
-/// reach the cache, including the previous frames' stores to the stage.
-pub(crate) fn encode(
-    lane: &Arc<Lane>,
-    max_frame: usize,
-    encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
-) -> Option<usize> {
+/// Calls `f` with this thread's stages if any is open, as
+/// [`Stages::encode`] needs one: a send that finds none (a process's first
+/// in a poll, a lone request or answer) need not look up its lane for it.
+pub(crate) fn with_open<R>(f: impl FnOnce(&mut Stages) -> Option<R>) -> Option<R> {
     STAGES.with(|stages| {
         let mut stages = stages.try_borrow_mut().ok()?;
+        if stages.open.is_empty() {
+            return None;
+        }
+        f(&mut stages)
+    })
+}
+
+impl Stages {
+    /// Encodes a frame with `encode` straight onto the stage for `lane`,
+    /// when the running process already sent to the lane in this poll and
+    /// its last frame was small. Returns the frame's length, or `None`
+    /// when nothing was staged: there is no such stage, `encode` failed,
+    /// the frame's payload is larger than `max_frame`, or the grant cannot
+    /// cover it. The caller then sends it the general way, which encodes
+    /// it again and reports what went wrong ([`push`], chunks, errors).
+    ///
+    /// Encoding in place spares a copy, and more: the frame's header and
+    /// the archive's small fields are written by narrow stores, and
+    /// copying them at once reads them back with wide loads, which the CPU
+    /// cannot serve from its store buffer; each such load waits for every
+    /// earlier store to reach the cache, including the previous frames'
+    /// stores to the stage.
+    pub(crate) fn encode(
+        &mut self,
+        lane: &Arc<Lane>,
+        max_frame: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
+    ) -> Option<usize> {
         let Stage {
             lane,
             grant,
             frames,
             last_frame,
-        } = stages.find(lane)?;
+        } = self.find(lane)?;
         if *last_frame > ENCODE_IN_PLACE_MAX {
             return None;
         }
@@ -163,7 +177,7 @@ pub(crate) fn encode(
         }
         unstage.keep();
         Some(staged - start)
-    })
+    }
 }
 
 /// A frame being encoded onto a stage, removed again when dropped unless
@@ -247,6 +261,14 @@ mod tests {
         }
     }
 
+    fn stage_encode(
+        lane: &Arc<Lane>,
+        max_frame: usize,
+        encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
+    ) -> Option<usize> {
+        with_open(|stages| stages.encode(lane, max_frame, encode))
+    }
+
     fn frame_of(value: u64) -> Vec<u8> {
         let mut frame = Vec::new();
         encode_value(value)(&mut frame).unwrap();
@@ -267,24 +289,32 @@ mod tests {
             .block_on(move |cx: Context<()>| async move {
                 let lane = staging;
                 let frame = frame_of(0).len();
-                assert_eq!(encode(&lane, 1 << 20, encode_value(1)), None, "no stage");
+                assert_eq!(
+                    stage_encode(&lane, 1 << 20, encode_value(1)),
+                    None,
+                    "no stage"
+                );
                 push(&lane, &frame_of(1)).unwrap(); // Goes to the lane; opens a stage.
-                assert_eq!(encode(&lane, 1 << 20, encode_value(2)), Some(frame));
+                assert_eq!(stage_encode(&lane, 1 << 20, encode_value(2)), Some(frame));
                 let failed = |out: &mut Vec<u8>| {
                     out.extend_from_slice(&[9; 40]);
                     None
                 };
-                assert_eq!(encode(&lane, 1 << 20, failed), None);
+                assert_eq!(stage_encode(&lane, 1 << 20, failed), None);
                 let panicking = |out: &mut Vec<u8>| -> Option<FrameHeader> {
                     out.extend_from_slice(&[9; 40]);
                     panic!("a Serialize that panics");
                 };
                 let panicked = catch_unwind(AssertUnwindSafe(|| {
-                    encode(&lane, 1 << 20, panicking);
+                    stage_encode(&lane, 1 << 20, panicking);
                 }));
                 assert!(panicked.is_err());
-                assert_eq!(encode(&lane, 4, encode_value(3)), None, "above max_frame");
-                assert_eq!(encode(&lane, 1 << 20, encode_value(4)), Some(frame));
+                assert_eq!(
+                    stage_encode(&lane, 4, encode_value(3)),
+                    None,
+                    "above max_frame"
+                );
+                assert_eq!(stage_encode(&lane, 1 << 20, encode_value(4)), Some(frame));
                 cx.yield_now().await; // The poll ends: the stage is committed.
             })
             .unwrap();
