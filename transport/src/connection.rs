@@ -106,6 +106,11 @@ pub(crate) async fn dial(
                 backoff = inner.config.reconnect_min;
                 let spec = &inner.channels[usize::from(channel)];
                 stream.set_send_slice(spec.send_slice as usize);
+                if let Some(bytes) = spec.unsent_low_water {
+                    if let Err(error) = stream.set_unsent_low_water(bytes) {
+                        tracing::debug!(channel = %spec.name, "unsent bytes not capped: {error}");
+                    }
+                }
                 stream.set_background(spec.background);
                 // The writer reads only credit and acknowledgements.
                 stream.set_receive_buffers(ReceiveBuffers::Shared);

@@ -326,6 +326,27 @@ fn eight_mebibytes_arrive_exactly_in_small_background_slices() {
     );
 }
 
+#[test]
+fn eight_mebibytes_arrive_exactly_with_little_unsent_in_the_kernel() {
+    // Each send runs into the cap many times: epoll's writes come back
+    // short, io_uring's requests wait for room and go on.
+    on_every_backend(
+        "8 MiB, 16 KiB unsent",
+        IoOptions::default(),
+        |backend, runtime| {
+            let capped = |stream: &Stream| {
+                assert_eq!(stream.unsent_low_water().map(Result::ok), Some(Some(0)));
+                stream
+                    .set_unsent_low_water(16 * 1024)
+                    .expect("a TCP socket");
+                let cap = stream.unsent_low_water().map(Result::ok);
+                assert_eq!(cap, Some(Some(16 * 1024)));
+            };
+            transfer(backend, runtime, capped);
+        },
+    );
+}
+
 /// Each end sends 8 MiB in one buffer while it receives the other's 8 MiB,
 /// reading in odd-sized pieces, then both check every byte.
 fn big_transfer_case(backend: Io, runtime: &Runtime) {

@@ -11,6 +11,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -346,6 +347,11 @@ impl Stream {
 
     pub(crate) fn set_send_slice(&self, bytes: usize) {
         self.send_slice.set(bytes.clamp(1, SEND_SLICE));
+    }
+
+    /// Runs `f` on the stream's socket.
+    pub(crate) fn with_socket<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> R {
+        f(self.stream.borrow().as_fd())
     }
 
     pub(crate) fn sending(&self) -> bool {

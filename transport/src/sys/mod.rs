@@ -54,6 +54,7 @@
 mod contract_tests;
 pub(crate) mod epoll;
 pub mod sim;
+mod sockopt;
 pub(crate) mod uring;
 
 use std::cell::RefCell;
@@ -61,6 +62,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::os::fd::BorrowedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -424,6 +426,30 @@ impl Stream {
             Stream::Epoll(stream) => stream.set_send_slice(bytes),
             // The simulated network takes a send whole, at once.
             Stream::Sim(_) => {}
+        }
+    }
+
+    /// The kernel holds at most `bytes` of this stream's unsent data
+    /// ([`ChannelSpec::unsent_low_water`](crate::ChannelSpec#structfield.unsent_low_water));
+    /// the simulated network has no such queue.
+    pub(crate) fn set_unsent_low_water(&self, bytes: u32) -> io::Result<()> {
+        self.with_socket(|socket| sockopt::set_unsent_low_water(socket, bytes))
+            .unwrap_or(Ok(()))
+    }
+
+    /// The stream's `TCP_NOTSENT_LOWAT` (0: the system's), if it has a
+    /// socket.
+    #[cfg(test)]
+    pub(crate) fn unsent_low_water(&self) -> Option<io::Result<u32>> {
+        self.with_socket(sockopt::unsent_low_water)
+    }
+
+    /// Runs `f` on the stream's socket; `None` on the simulated network.
+    fn with_socket<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+        match self {
+            Stream::Uring(stream) => stream.with_socket(f),
+            Stream::Epoll(stream) => Some(stream.with_socket(f)),
+            Stream::Sim(_) => None,
         }
     }
 

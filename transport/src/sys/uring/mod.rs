@@ -92,7 +92,7 @@ use std::io;
 use std::mem::ManuallyDrop;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -480,6 +480,16 @@ impl Stream {
         let mut state = this(&self.reactor).state.borrow_mut();
         if let Some(source) = state.sources.get_mut(self.key) {
             source.send_slice = bytes.clamp(1, MAX_SEND);
+        }
+    }
+
+    /// Runs `f` on the stream's socket (always there while the handle
+    /// lives).
+    pub(crate) fn with_socket<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
+        let state = this(&self.reactor).state.borrow();
+        match state.sources.get(self.key).map(|source| &source.socket) {
+            Some(Socket::Stream(stream)) => Some(f(stream.as_fd())),
+            _ => None,
         }
     }
 
