@@ -13,9 +13,10 @@
 //!   a [`Grant`] of credit and pending room taken from the lane in advance
 //!   (one lock per [`GRANT`] bytes), so backpressure holds exactly as if
 //!   each frame had been pushed: a frame the grant cannot cover, and the
-//!   lane will not grant more for, is refused like a push. A small frame
-//!   is encoded straight onto the stage ([`Stages::encode`]) rather than into a
-//!   scratch buffer and copied;
+//!   lane will not grant more for, is refused like a push. A frame is
+//!   encoded straight onto the stage ([`Stages::encode`]) rather than into
+//!   a scratch buffer and copied, when the grant covers one the size of
+//!   the process's last;
 //! - when the poll ends ([`coop::at_poll_end`]) every stage is committed:
 //!   its frames go to the lane in order, usually by handing over the staged
 //!   buffer as the next batch (the connection took the previous one), and
@@ -32,7 +33,7 @@ use std::sync::Arc;
 
 use foundation_sched::coop;
 
-use crate::frame::FrameHeader;
+use crate::frame::{self, FrameHeader};
 use crate::lane::{Grant, Lane, Push};
 
 /// Credit a stage asks for at once beyond what its next frame needs: 256
@@ -41,11 +42,6 @@ const GRANT: usize = 32 * 1024;
 
 /// Emptied buffers kept for the next stages.
 const SPARES: usize = 4;
-
-/// The largest frame after which the next one is encoded straight onto the
-/// stage ([`Stages::encode`]). Above it a frame is likely to be large again, and
-/// one that turns out not to fit would be encoded twice.
-const ENCODE_IN_PLACE_MAX: usize = 4096;
 
 /// Frames staged for one lane.
 struct Stage {
@@ -138,7 +134,7 @@ pub(crate) fn with_open<R>(f: impl FnOnce(&mut Stages) -> Option<R>) -> Option<R
 impl Stages {
     /// Encodes a frame with `encode` straight onto the stage for `lane`,
     /// when the running process already sent to the lane in this poll and
-    /// its last frame was small. Returns the frame's length, or `None`
+    /// the grant covers another frame the size of its last. Returns the frame's length, or `None`
     /// when nothing was staged: there is no such stage, `encode` failed,
     /// the frame's payload is larger than `max_frame`, or the grant cannot
     /// cover it. The caller then sends it the general way, which encodes
@@ -162,10 +158,13 @@ impl Stages {
             frames,
             last_frame,
         } = self.find(lane)?;
-        if *last_frame > ENCODE_IN_PLACE_MAX {
+        let start = frames.len();
+        // The frame is likely the size of the process's last one to this
+        // lane: one that would go in chunks, or that the grant will not
+        // cover, is not encoded only to be taken back and encoded again.
+        if *last_frame > frame::padded_len(max_frame) || !covers(lane, grant, start + *last_frame) {
             return None;
         }
-        let start = frames.len();
         // Until it is known to stay, the frame is taken back off the
         // stage however this ends, a panic in a `Serialize` included.
         let unstage = Unstage { frames, start };
@@ -325,5 +324,37 @@ mod tests {
             panic!("a batch is pending");
         };
         assert_eq!(batch, [frame_of(1), frame_of(2), frame_of(4)].concat());
+    }
+
+    /// A frame the size of the last that the grant cannot cover, or that
+    /// would go in chunks, is not encoded at all: it would only be taken
+    /// back off the stage and encoded again the general way.
+    #[test]
+    fn a_frame_that_cannot_stay_is_not_encoded_onto_the_stage() {
+        let frame = frame_of(0).len();
+        // Credit for two frames: the one pushed and one staged.
+        let spec = ChannelSpec::new("test").credit_window(2 * frame as u32);
+        let lane = Arc::new(Lane::new(&spec));
+        lane.connected(1, 0);
+        let runtime = Runtime::builder().shards(1).build().unwrap();
+        runtime
+            .block_on(move |cx: Context<()>| async move {
+                let encodes = std::cell::Cell::new(0);
+                let counted = |value| {
+                    encodes.set(encodes.get() + 1);
+                    encode_value(value)
+                };
+                push(&lane, &frame_of(1)).unwrap();
+                assert_eq!(stage_encode(&lane, 1 << 20, counted(2)), Some(frame));
+                let skipped = |out: &mut Vec<u8>| {
+                    encodes.set(encodes.get() + 1);
+                    encode_value(3)(out)
+                };
+                assert_eq!(stage_encode(&lane, 1 << 20, skipped), None, "no credit");
+                assert_eq!(encodes.get(), 1);
+                cx.yield_now().await;
+            })
+            .unwrap();
+        runtime.shutdown();
     }
 }
