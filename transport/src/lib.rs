@@ -20,8 +20,8 @@
 //!   priority ([`ChannelSpec::process_priority`]): each shard's run queue
 //!   is the priority-ordered send scheduler, so a control frame is written
 //!   and read before the bulk traffic queued on the same shard, and sends
-//!   and receives go in slices of at most 256 KiB between which the shard
-//!   looks at its run queue again.
+//!   and receives go in slices (receives of at most 256 KiB, sends as the
+//!   channel says) between which the shard looks at its run queue again.
 //! - **Backpressure**: credit per (peer, channel, lane), granted back as the
 //!   receiving processes drop what they received; [`Transport::try_send`]
 //!   says [`SendError::WouldBlock`], [`Transport::send`] waits. Beside

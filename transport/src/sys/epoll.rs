@@ -22,6 +22,7 @@ use foundation_sched::driver::{Driver, Unpark};
 use mio::{Events, Interest, Token};
 
 use super::Reactor as AnyReactor;
+use crate::channel::{DEFAULT_SEND_SLICE, MAX_SEND_SLICE};
 
 /// The token of the driver's own waker.
 const WAKE: Token = Token(usize::MAX);
@@ -221,11 +222,6 @@ impl Reactor {
     }
 }
 
-/// Most bytes one poll of a send writes: copying a large buffer into the
-/// socket happens in slices, between which the shard runs its other
-/// processes (a control frame's reader among them).
-const SEND_SLICE: usize = 256 * 1024;
-
 #[derive(Clone, Copy)]
 enum Direction {
     Read,
@@ -300,7 +296,7 @@ impl Stream {
             token,
             send: RefCell::new(None),
             connected: Cell::new(None),
-            send_slice: Cell::new(SEND_SLICE),
+            send_slice: Cell::new(DEFAULT_SEND_SLICE as usize),
         })
     }
 
@@ -346,7 +342,7 @@ impl Stream {
     }
 
     pub(crate) fn set_send_slice(&self, bytes: usize) {
-        self.send_slice.set(bytes.clamp(1, SEND_SLICE));
+        self.send_slice.set(bytes.clamp(1, MAX_SEND_SLICE as usize));
     }
 
     /// Runs `f` on the stream's socket.

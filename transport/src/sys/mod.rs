@@ -417,7 +417,7 @@ impl Stream {
     }
 
     /// Sends go out at most `bytes` at a time (one system call or request
-    /// each, default and most 256 KiB), with the shard's other work in
+    /// each; default 256 KiB, at most 1 MiB), with the shard's other work in
     /// between: smaller slices for low-priority bulk traffic let a
     /// high-priority connection's send or receive in sooner.
     pub(crate) fn set_send_slice(&self, bytes: usize) {

@@ -39,9 +39,11 @@
 //!   is read first. An *adaptive* stream switches by itself: to in place
 //!   when a multishot completion fills a whole buffer, back to shared when
 //!   a read in place finds less than an eighth of one waiting.
-//! - **Send** is one request per stream at a time, for a slice of at most
-//!   256 KiB of the owned buffer; the next slice is submitted when the
-//!   previous one's result arrives. `SEND` below
+//! - **Send** is one request per stream at a time, for a slice of the
+//!   owned buffer ([`Stream::set_send_slice`]); the next slice is submitted
+//!   when the previous one's result arrives. The kernel makes a request's
+//!   first attempt inside the submitting `io_uring_enter`, on the shard's
+//!   thread, so the slice bounds how long that holds the shard. `SEND` below
 //!   [`IoOptions::send_zc_threshold`] and `SEND_ZC` from it up; the buffer
 //!   goes back to the stream once every slice's zero-copy notification is
 //!   in. A notification may report that the kernel copied the data anyway
@@ -105,6 +107,7 @@ use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 
 use self::buf_ring::BufRing;
 use super::{IoOptions, Reactor as AnyReactor, ReceiveBuffers, RecvBuf};
+use crate::channel::{DEFAULT_SEND_SLICE, MAX_SEND_SLICE};
 
 /// The buffer group of the shard's provided-buffer ring.
 const GROUP: u16 = 0;
@@ -121,12 +124,6 @@ const DETACHED: u32 = u32::MAX;
 
 /// Milliseconds the SQPOLL thread spins without work before it sleeps.
 const SQPOLL_IDLE_MS: u32 = 100;
-
-/// Largest slice of a buffer one send request carries. The kernel does a
-/// request's first attempt inside the submitting `io_uring_enter`, on the
-/// shard's thread; over loopback that includes the receiving side's work,
-/// so a request of many megabytes would hold the shard for as long.
-const MAX_SEND: usize = 256 * 1024;
 
 /// `IORING_SEND_ZC_REPORT_USAGE` (a `SEND_ZC` flag, Linux 6.2): the
 /// notification says whether the kernel had to copy the data after all.
@@ -479,7 +476,7 @@ impl Stream {
     pub(crate) fn set_send_slice(&self, bytes: usize) {
         let mut state = this(&self.reactor).state.borrow_mut();
         if let Some(source) = state.sources.get_mut(self.key) {
-            source.send_slice = bytes.clamp(1, MAX_SEND);
+            source.send_slice = bytes.clamp(1, MAX_SEND_SLICE as usize);
         }
     }
 
@@ -1833,7 +1830,7 @@ impl Source {
             chunks: VecDeque::new(),
             end: None,
             starved: false,
-            send_slice: MAX_SEND,
+            send_slice: DEFAULT_SEND_SLICE as usize,
             background: false,
             paused: false,
             reader: None,
