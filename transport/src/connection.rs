@@ -359,7 +359,6 @@ async fn accept(
             chunk_budget: window.saturating_sub(frame_max),
             chunk_held: 0,
             endpoints: EndpointCache::default(),
-            headers: Vec::new(),
             deliveries: Vec::new(),
         };
         // Bytes after the handshake already belong to the lane.
@@ -398,9 +397,6 @@ struct Reader {
     /// Credit the partial messages hold now.
     chunk_held: u64,
     endpoints: EndpointCache,
-    /// The headers of the frames of the batch being delivered (kept to
-    /// reuse the allocation).
-    headers: Vec<FrameHeader>,
     /// The messages of the batch being delivered, in arrival order.
     deliveries: Vec<Received>,
 }
@@ -486,28 +482,23 @@ impl Reader {
         .await
     }
 
-    /// Delivers every complete frame in the buffer.
+    /// Delivers every complete frame in the buffer, checking each header
+    /// as it goes: one pass over the frames, which a run of small messages
+    /// feels.
     fn deliver_frames(&mut self, inner: &Inner) -> Result<(), ConnectionError> {
-        // First pass: find the complete frames and check their headers.
-        let mut end = 0;
-        let mut headers = std::mem::take(&mut self.headers);
-        let mut deliveries = std::mem::take(&mut self.deliveries);
-        headers.clear();
-        deliveries.clear();
-        while let Some(frame) = self.buffer.complete_frame_at(end, self.max_frame) {
-            let frame = frame.map_err(ConnectionError::Frame)?;
-            end = frame.range.end;
-            headers.push(frame.header);
-        }
-        if headers.is_empty() {
-            self.headers = headers;
-            self.deliveries = deliveries;
+        let start = self.buffer.start;
+        if self
+            .buffer
+            .complete_frame_at(start, self.max_frame)
+            .is_none()
+        {
             return Ok(());
         }
-        let bytes = self.buffer.split_off_frames(end, &self.feedback);
+        let mut deliveries = std::mem::take(&mut self.deliveries);
+        deliveries.clear();
         let mut released = 0;
         let mut held = 0;
-        let mut at = 0;
+        let mut end = start;
         // The lane's state is locked while this batch is delivered, so a
         // newer connection of the same lane cannot read a stale
         // `delivered` in between.
@@ -519,10 +510,13 @@ impl Reader {
         // A fault rule may cut the connection at a message: the ones
         // before it are delivered, it and the rest are not.
         let mut cut = false;
-        for &header in &headers {
-            let len = header.frame_len();
-            let payload = at + HEADER_LEN..at + HEADER_LEN + header.length as usize;
-            at += len;
+        while let Some(frame) = self.buffer.complete_frame_at(end, self.max_frame) {
+            let Framed { header, range } = frame.map_err(ConnectionError::Frame)?;
+            end = range.end;
+            let len = range.len();
+            // Where the payload will be in the frames taken out below.
+            let at = range.start - start + HEADER_LEN;
+            let payload = at..at + header.length as usize;
             if header.channel != self.channel {
                 return Err(ConnectionError::WrongChannel(header.channel));
             }
@@ -578,7 +572,8 @@ impl Reader {
                         released += len as u64;
                         continue;
                     };
-                    message.extend_from_slice(&bytes[payload]);
+                    let from = range.start + HEADER_LEN;
+                    message.extend_from_slice(self.buffer.frame(from..from + payload.len()));
                     if message.len() > self.max_message {
                         return Err(ConnectionError::MessageTooLarge(message.len()));
                     }
@@ -610,6 +605,7 @@ impl Reader {
                 kind => return Err(ConnectionError::UnexpectedFrame(kind)),
             }
         }
+        let bytes = self.buffer.split_off_frames(end, &self.feedback);
         // Delivered in arrival order, so a message that was reassembled
         // does not overtake the ones sent before it.
         let batch = Block::new(bytes, held, self.feedback.clone());
@@ -637,7 +633,6 @@ impl Reader {
         deliveries.clear();
         inner.counters.delivered.add(delivered);
         inner.counters.undeliverable.add(attempted - delivered);
-        self.headers = headers;
         self.deliveries = deliveries;
         if self.acknowledged {
             lane.set_delivered(self.delivered);
