@@ -29,7 +29,10 @@
 //!   taken yet (eight frames, up to 1 MiB, when they are large), as a
 //!   socket's send buffer would: a sender far ahead of its connection would
 //!   otherwise fill the whole window with frames that are out of the cache
-//!   by the time they are written.
+//!   by the time they are written. Below the lane, the kernel holds at most
+//!   16 KiB unsent per connection of `control`, `data` and `gossip`
+//!   ([`ChannelSpec::unsent_low_water`](ChannelSpec#structfield.unsent_low_water)),
+//!   so what waits, waits in the lane, under credit.
 //! - **Batching**: a process's messages to one lane within one poll after
 //!   the first are staged on its shard and handed to the lane together
 //!   when the poll ends, under room reserved in advance, so a process
