@@ -200,11 +200,12 @@ pub struct ChannelSpec {
     ///
     /// It also lets the socket run dry now and then, which TCP's BBR needs
     /// to tell a sender that cannot fill the path from a full path. With
-    /// the send buffer always full, BBR on a 2-core VM's loopback settled
-    /// on a pacing rate below what loopback carries and paced every 64 KiB
-    /// segment with a timer (BBR paces per socket unless the `fq` queueing
-    /// discipline does it, and loopback has none): 3.2 GB/s with both
-    /// cores mostly idle, against 6 GB/s when it did not pace.
+    /// the send buffer always full, BBR on a 2-core VM's loopback left its
+    /// start-up phase and paced every 64 KiB segment with a timer (BBR
+    /// paces per socket unless the `fq` queueing discipline does it, and
+    /// loopback has none), and the timers cost more than the spacing they
+    /// asked for: 3.2 GB/s with both cores mostly idle, against 6 GB/s
+    /// when it did not pace.
     ///
     /// 16 KiB on `control`, `data` and `gossip`. `foundation-bench remote`
     /// on io_uring, medians of fifteen repetitions without and with it:
