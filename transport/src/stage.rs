@@ -134,11 +134,12 @@ pub(crate) fn with_open<R>(f: impl FnOnce(&mut Stages) -> Option<R>) -> Option<R
 impl Stages {
     /// Encodes a frame with `encode` straight onto the stage for `lane`,
     /// when the running process already sent to the lane in this poll and
-    /// the grant covers another frame the size of its last. Returns the frame's length, or `None`
-    /// when nothing was staged: there is no such stage, `encode` failed,
-    /// the frame's payload is larger than `max_frame`, or the grant cannot
-    /// cover it. The caller then sends it the general way, which encodes
-    /// it again and reports what went wrong ([`push`], chunks, errors).
+    /// the grant covers another frame the size of its last. Returns the
+    /// frame's length, or `None` when nothing was staged: there is no such
+    /// stage, `encode` failed, the frame's payload is larger than
+    /// `max_frame`, or the grant cannot cover it. The caller then sends it
+    /// the general way, which encodes it again and reports what went wrong
+    /// ([`push`], chunks, errors).
     ///
     /// Encoding in place spares a copy, and more: the frame's header and
     /// the archive's small fields are written by narrow stores, and
