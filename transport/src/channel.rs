@@ -81,14 +81,15 @@ pub enum ReceiveBuffers {
     /// arrive faster than it reads them (`data`'s choice). A stream goes in
     /// place when one multishot completion fills a whole provided buffer
     /// (a buffer's worth was waiting in the socket), and back to shared
-    /// when a read in place brings less than an eighth of a buffer without
-    /// filling what it asked for (it has caught up). So a ping-pong keeps
-    /// its armed multishot receive (p50 15.3 µs on the bench's `latency`,
-    /// against 16.0 µs in place), and a stream of small messages has each
-    /// byte copied once and lands in the reader's own, cache-warm buffer
-    /// instead of a ring of buffers that cycles through 16 MiB (1 KiB
-    /// messages on the bench's `remote`: 4.1–4.8 M msgs/s against 3.2 M
-    /// shared).
+    /// when four reads in place in a row bring less than an eighth of a
+    /// buffer without filling what they asked for (it has caught up; one
+    /// such read is only the short segment that ends a sender's write). So
+    /// a ping-pong keeps its armed multishot receive (p50 15.3 µs on the
+    /// bench's `latency`, against 16.0 µs in place), and a stream of small
+    /// messages has each byte copied once and lands in the reader's own,
+    /// cache-warm buffer instead of a ring of buffers that cycles through
+    /// 16 MiB (1 KiB messages on the bench's `remote`: 4.1–4.8 M msgs/s
+    /// against 3.2 M shared).
     Adaptive,
 }
 
