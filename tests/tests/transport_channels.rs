@@ -20,6 +20,7 @@ on_each_backend!(
     a_message_crosses_to_another_node,
     each_senders_order_is_kept,
     chunked_messages_arrive_intact_and_in_order,
+    messages_of_every_size_arrive_in_order,
     try_send_takes_a_chunked_message_whole,
     acknowledged_delivery_survives_cut_connections,
     chunked_messages_on_an_acknowledged_channel_survive_cuts,
@@ -96,6 +97,44 @@ fn chunked_messages_arrive_intact_and_in_order(backend: Backend) {
             seq if seq % 5 == 2 => 140 * 1024,
             _ => 32,
         }
+    }
+}
+
+/// Senders whose messages change size from one to the next, across the
+/// ways a frame reaches the lane (staged when small, encoded straight onto
+/// the lane when large, in chunks above the frame): each sender's messages
+/// arrive intact and in order, however the ways interleave.
+fn messages_of_every_size_arrive_in_order(backend: Backend) {
+    const SENDERS: u32 = 3;
+    const COUNT: u64 = 200;
+    let (a, b) = pair(backend);
+    let (receiver, rx) = b.receiver(Seen::of);
+    let seen = send_from_each(&a, receiver.pid(), &rx, SENDERS, COUNT, len_of);
+    assert_each_sender_in_order(&seen, SENDERS, |_| COUNT, |_, seq| len_of(seq));
+    assert!(rx.recv_timeout(QUIET).is_err(), "no message arrives twice");
+
+    /// Runs of small and of large messages, single ones of each between
+    /// them, and now and then one in chunks.
+    fn len_of(seq: u64) -> usize {
+        const SIZES: [usize; 16] = [
+            32,
+            32,
+            32,
+            64 << 10,
+            64 << 10,
+            64 << 10,
+            32,
+            20 << 10,
+            32,
+            16 << 10,
+            100 << 10,
+            32,
+            200 << 10,
+            64 << 10,
+            32,
+            8 << 10,
+        ];
+        SIZES[seq as usize % SIZES.len()]
     }
 }
 

@@ -37,7 +37,10 @@
 //!   the first are staged on its shard and handed to the lane together
 //!   when the poll ends, under room reserved in advance, so a process
 //!   sending small messages in a loop takes the lane's lock once per poll
-//!   rather than per message; backpressure is the same as unstaged.
+//!   rather than per message; backpressure is the same as unstaged. Frames
+//!   above 16 KiB are not staged: each is encoded straight onto the lane,
+//!   so it is written once on its way to the socket (a message in chunks
+//!   is still written twice).
 //! - **Large messages** are cut into chunk frames of the channel's maximum
 //!   and reassembled before delivery. They travel on the channel they were
 //!   sent on, which keeps that channel's order (a small message sent after
@@ -838,6 +841,9 @@ impl Transport {
         let encoded = match self.inner.try_stage(from, to, channel, message, max_frame) {
             Some(encoded) => encoded,
             None => self.inner.with_lane(from, to, channel, |lane| {
+                if let Some(encoded) = self.inner.try_push(from, to, channel, message, lane) {
+                    return Ok(encoded);
+                }
                 self.inner
                     .with_encoded(from, to, channel, message, |scratch, header| {
                         // All chunks at once, or none.
@@ -873,9 +879,14 @@ impl Transport {
             coop::consume(coop::reductions_for(encoded)).await;
             return Ok(());
         }
-        // Otherwise encode into the thread's scratch and try at once; only
-        // a send that must wait copies its frame out.
         let (encoded, rest) = self.inner.with_lane(from, to, channel, |lane| {
+            // A large frame goes straight onto the lane. Otherwise (a small
+            // frame, or a large one without room, in chunks or failing)
+            // encode into the thread's scratch and try at once; only a send
+            // that must wait copies its frame out.
+            if let Some(encoded) = self.inner.try_push(from, to, channel, message, lane) {
+                return Ok((encoded, Rest::Nothing));
+            }
             self.inner
                 .with_encoded(from, to, channel, message, |scratch, header| {
                     let frame = &mut scratch.message;
@@ -1182,6 +1193,24 @@ impl Inner {
                 })
             })
             .flatten()
+        })
+    }
+
+    /// Encodes `message` straight onto `lane` if its frames are large,
+    /// after what this poll staged for it ([`stage::push_encoded`]); the
+    /// frame's length, or `None` for a send that must go the general way.
+    #[inline(always)]
+    fn try_push<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+        lane: &Arc<Lane>,
+    ) -> Option<usize> {
+        let max_frame = self.max_frame(channel);
+        stage::push_encoded(lane, max_frame, |out| {
+            self.encode(from, to, channel, message, out).ok()
         })
     }
 

@@ -17,6 +17,13 @@
 //!   encoded straight onto the stage ([`Stages::encode`]) rather than into
 //!   a scratch buffer and copied, when the grant covers one the size of
 //!   the process's last;
+//! - frames larger than [`STAGED_FRAME_MAX`] (to a lane whose last frame
+//!   was that large) are neither staged nor encoded into a scratch
+//!   buffer, the poll's first included, but encoded straight onto the
+//!   lane under its lock ([`push_encoded`]): a frame staged behind frames
+//!   already pending is copied again when the stage is committed, and one
+//!   encoded into scratch when it is pushed, which costs a large frame
+//!   more than the lock;
 //! - when the poll ends ([`coop::at_poll_end`]) every stage is committed:
 //!   its frames go to the lane in order, usually by handing over the staged
 //!   buffer as the next batch (the connection took the previous one), and
@@ -24,8 +31,8 @@
 //!
 //! Order per (sender, receiver, channel) holds because a process's frames
 //! to a lane either all go through its stage during a poll or the stage is
-//! committed before any other way to the lane is taken (a chunked
-//! message, a send that must wait for credit). Outside a process (a plain
+//! committed before any other way to the lane is taken (a large frame, a
+//! chunked message, a send that must wait for credit). Outside a process (a plain
 //! thread calling `try_send`) nothing is staged.
 
 use std::cell::RefCell;
@@ -34,7 +41,7 @@ use std::sync::Arc;
 use foundation_sched::coop;
 
 use crate::frame::{self, FrameHeader};
-use crate::lane::{Grant, Lane, Push};
+use crate::lane::{Grant, Lane, Push, Tentative};
 
 /// Credit a stage asks for at once beyond what its next frame needs: 256
 /// frames of a 64-byte message.
@@ -42,6 +49,13 @@ const GRANT: usize = 32 * 1024;
 
 /// Emptied buffers kept for the next stages.
 const SPARES: usize = 4;
+
+/// The largest frame staged: larger ones go straight onto the lane
+/// ([`push_encoded`]). A frame staged behind frames already pending is
+/// copied again when the stage is committed; for a small frame that
+/// costs less than the lock it spares, for a large one the copy is what
+/// costs.
+const STAGED_FRAME_MAX: usize = 16 * 1024;
 
 /// Frames staged for one lane.
 struct Stage {
@@ -70,6 +84,26 @@ impl Stages {
             .iter_mut()
             .find(|stage| Arc::ptr_eq(&stage.lane, lane))
     }
+
+    /// After a frame of `last_frame` bytes went to `lane` directly: the
+    /// next frames to the lane in this poll are staged, if the poll's end
+    /// can commit them.
+    fn open_after(&mut self, lane: &Arc<Lane>, last_frame: usize) {
+        if let Some(stage) = self.find(lane) {
+            stage.last_frame = last_frame;
+            return;
+        }
+        if self.open.is_empty() && !coop::at_poll_end(commit_all) {
+            return;
+        }
+        let buffer = self.spare.pop().unwrap_or_default();
+        self.open.push(Stage {
+            lane: lane.clone(),
+            grant: Grant::default(),
+            frames: buffer,
+            last_frame,
+        });
+    }
 }
 
 impl Stage {
@@ -91,18 +125,7 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
         };
         let Some(stage) = stages.find(lane) else {
             lane.push(frames, false, None)?;
-            // The next frame to this lane in this poll is staged, if the
-            // poll's end can commit it.
-            if stages.open.is_empty() && !coop::at_poll_end(commit_all) {
-                return Ok(());
-            }
-            let buffer = stages.spare.pop().unwrap_or_default();
-            stages.open.push(Stage {
-                lane: lane.clone(),
-                grant: Grant::default(),
-                frames: buffer,
-                last_frame: frames.len(),
-            });
+            stages.open_after(lane, frames.len());
             return Ok(());
         };
         stage.last_frame = frames.len();
@@ -115,6 +138,33 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
         // decides (and counts the sender among those waiting, if it waits).
         stage.commit();
         lane.push(frames, false, None).map(drop)
+    })
+}
+
+/// Encodes a frame with `encode` straight onto `lane` ([`Lane::push_encoded`]),
+/// after whatever this poll staged for the lane, when the lane's frames
+/// are larger than [`STAGED_FRAME_MAX`]; `None` when nothing was
+/// appended, for the caller to send the frame the general way (small
+/// frames are encoded off the lane's lock, and staged after the poll's
+/// first).
+pub(crate) fn push_encoded(
+    lane: &Arc<Lane>,
+    max_frame: usize,
+    encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
+) -> Option<usize> {
+    if lane.frame_hint() <= STAGED_FRAME_MAX {
+        return None;
+    }
+    STAGES.with(|stages| {
+        let Ok(mut stages) = stages.try_borrow_mut() else {
+            return lane.push_encoded(max_frame, encode);
+        };
+        if let Some(stage) = stages.find(lane) {
+            stage.commit();
+        }
+        let len = lane.push_encoded(max_frame, encode)?;
+        stages.open_after(lane, len);
+        Some(len)
     })
 }
 
@@ -163,39 +213,22 @@ impl Stages {
         // The frame is likely the size of the process's last one to this
         // lane: one that would go in chunks, or that the grant will not
         // cover, is not encoded only to be taken back and encoded again.
-        if *last_frame > frame::padded_len(max_frame) || !covers(lane, grant, start + *last_frame) {
+        if *last_frame > STAGED_FRAME_MAX.min(frame::padded_len(max_frame))
+            || !covers(lane, grant, start + *last_frame)
+        {
             return None;
         }
         // Until it is known to stay, the frame is taken back off the
-        // stage however this ends, a panic in a `Serialize` included.
-        let unstage = Unstage { frames, start };
-        let header = encode(unstage.frames)?;
-        let staged = unstage.frames.len();
+        // stage however this ends.
+        let tentative = Tentative::new(frames);
+        let header = encode(tentative.frames)?;
+        let staged = tentative.frames.len();
         *last_frame = staged - start;
         if header.length as usize > max_frame || !covers(lane, grant, staged) {
             return None;
         }
-        unstage.keep();
+        tentative.keep();
         Some(staged - start)
-    }
-}
-
-/// A frame being encoded onto a stage, removed again when dropped unless
-/// kept.
-struct Unstage<'a> {
-    frames: &'a mut Vec<u8>,
-    start: usize,
-}
-
-impl Unstage<'_> {
-    fn keep(mut self) {
-        self.start = self.frames.len();
-    }
-}
-
-impl Drop for Unstage<'_> {
-    fn drop(&mut self) {
-        self.frames.truncate(self.start);
     }
 }
 
@@ -245,6 +278,12 @@ mod tests {
     use crate::frame::{self, FrameKind};
 
     fn encode_value(value: u64) -> impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader> {
+        encode_message(value)
+    }
+
+    fn encode_message<T: frame::Wire>(
+        value: T,
+    ) -> impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader> {
         move |out| {
             let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
             let header = FrameHeader {
@@ -357,5 +396,43 @@ mod tests {
             })
             .unwrap();
         runtime.shutdown();
+    }
+
+    /// A frame encoded straight onto the lane (its frames are large: here
+    /// another shard's process pushed one) goes after what the process
+    /// staged earlier in its poll, which is committed first.
+    #[test]
+    fn a_frame_encoded_onto_the_lane_goes_after_what_the_poll_staged() {
+        let lane = Arc::new(Lane::new(&ChannelSpec::new("test")));
+        lane.connected(1, 0);
+        let large = |value: u8| {
+            let mut frame = Vec::new();
+            encode_message(vec![value; 2 * STAGED_FRAME_MAX])(&mut frame).unwrap();
+            frame
+        };
+        let staging = lane.clone();
+        let runtime = Runtime::builder().shards(1).build().unwrap();
+        runtime
+            .block_on(move |cx: Context<()>| async move {
+                let lane = staging;
+                push(&lane, &frame_of(1)).unwrap();
+                assert!(stage_encode(&lane, 1 << 20, encode_value(2)).is_some());
+                lane.push(&large(3), false, None).unwrap();
+                let mine = large(4);
+                let encoded = push_encoded(&lane, 1 << 20, |out| {
+                    out.extend_from_slice(&mine);
+                    FrameHeader::parse(&mine, u32::MAX).ok()
+                });
+                assert_eq!(encoded, Some(mine.len()));
+                cx.yield_now().await;
+            })
+            .unwrap();
+        runtime.shutdown();
+
+        let mut task = TaskContext::from_waker(Waker::noop());
+        let Poll::Ready(Some(batch)) = lane.poll_batch(&mut task) else {
+            panic!("a batch is pending");
+        };
+        assert!(batch == [frame_of(1), large(3), frame_of(2), large(4)].concat());
     }
 }
