@@ -841,7 +841,10 @@ impl Transport {
         let encoded = match self.inner.try_stage(from, to, channel, message, max_frame) {
             Some(encoded) => encoded,
             None => self.inner.with_lane(from, to, channel, |lane| {
-                if let Some(encoded) = self.inner.try_push(from, to, channel, message, lane) {
+                let pushed = self
+                    .inner
+                    .try_push(from, to, channel, message, lane, max_frame);
+                if let Some(encoded) = pushed {
                     return Ok(encoded);
                 }
                 self.inner
@@ -884,7 +887,10 @@ impl Transport {
             // frame, or a large one without room, in chunks or failing)
             // encode into the thread's scratch and try at once; only a send
             // that must wait copies its frame out.
-            if let Some(encoded) = self.inner.try_push(from, to, channel, message, lane) {
+            let pushed = self
+                .inner
+                .try_push(from, to, channel, message, lane, max_frame);
+            if let Some(encoded) = pushed {
                 return Ok((encoded, Rest::Nothing));
             }
             self.inner
@@ -1207,8 +1213,8 @@ impl Inner {
         channel: ChannelId,
         message: &T,
         lane: &Arc<Lane>,
+        max_frame: usize,
     ) -> Option<usize> {
-        let max_frame = self.max_frame(channel);
         stage::push_encoded(lane, max_frame, |out| {
             self.encode(from, to, channel, message, out).ok()
         })

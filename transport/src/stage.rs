@@ -32,8 +32,8 @@
 //! Order per (sender, receiver, channel) holds because a process's frames
 //! to a lane either all go through its stage during a poll or the stage is
 //! committed before any other way to the lane is taken (a large frame, a
-//! chunked message, a send that must wait for credit). Outside a process (a plain
-//! thread calling `try_send`) nothing is staged.
+//! chunked message, a send that must wait for credit). Outside a process
+//! (a plain thread calling `try_send`) nothing is staged.
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -186,10 +186,12 @@ impl Stages {
     /// when the running process already sent to the lane in this poll and
     /// the grant covers another frame the size of its last. Returns the
     /// frame's length, or `None` when nothing was staged: there is no such
-    /// stage, `encode` failed, the frame's payload is larger than
-    /// `max_frame`, or the grant cannot cover it. The caller then sends it
-    /// the general way, which encodes it again and reports what went wrong
-    /// ([`push`], chunks, errors).
+    /// stage, the last frame was larger than [`STAGED_FRAME_MAX`], `encode`
+    /// failed, the frame's payload is larger than `max_frame`, or the grant
+    /// cannot cover it. The caller then sends it another way: straight
+    /// onto the lane if it is large ([`push_encoded`]), else the general
+    /// way, which encodes it again and reports what went wrong ([`push`],
+    /// chunks, errors).
     ///
     /// Encoding in place spares a copy, and more: the frame's header and
     /// the archive's small fields are written by narrow stores, and
@@ -211,8 +213,9 @@ impl Stages {
         } = self.find(lane)?;
         let start = frames.len();
         // The frame is likely the size of the process's last one to this
-        // lane: one that would go in chunks, or that the grant will not
-        // cover, is not encoded only to be taken back and encoded again.
+        // lane: a large one goes straight onto the lane, and one that would
+        // go in chunks, or that the grant will not cover, is not encoded
+        // only to be taken back and encoded again.
         if *last_frame > STAGED_FRAME_MAX.min(frame::padded_len(max_frame))
             || !covers(lane, grant, start + *last_frame)
         {
