@@ -25,11 +25,7 @@ pub(crate) fn set_unsent_low_water(socket: BorrowedFd<'_>, bytes: u32) -> io::Re
             std::mem::size_of_val(&value) as libc::socklen_t,
         )
     };
-    if result == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    succeeded(result)
 }
 
 /// The socket's `TCP_NOTSENT_LOWAT`; 0 when it follows the system's
@@ -49,8 +45,13 @@ pub(crate) fn unsent_low_water(socket: BorrowedFd<'_>) -> io::Result<u32> {
             &mut len,
         )
     };
+    succeeded(result).map(|()| value as u32)
+}
+
+/// A socket call's result: 0, or -1 with the reason in `errno`.
+fn succeeded(result: libc::c_int) -> io::Result<()> {
     if result == 0 {
-        Ok(value as u32)
+        Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
