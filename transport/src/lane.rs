@@ -88,6 +88,17 @@ impl Drop for Tentative<'_> {
     }
 }
 
+/// What became of a frame offered to [`Lane::push_encoded`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Encoded {
+    /// Encoded onto the lane: its length.
+    Pushed(usize),
+    /// Not encoded: no room for a frame the size of the lane's last.
+    NoRoom,
+    /// Not appended, to be sent the general way.
+    Declined,
+}
+
 /// Why frames could not be appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Push {
@@ -341,13 +352,16 @@ impl Lane {
     /// stage behind frames already pending) writes it twice: with 64 KiB
     /// messages the second copy took about 15 % of the sending core.
     ///
-    /// Returns the frame's length, or `None` when nothing was appended:
-    /// the lane is closed, failing sends while disconnected, or held for
-    /// another process's chunks; it has no room for a frame the size of
-    /// its last, or that size would go in chunks; `encode` failed; or the
-    /// frame came out larger than the room or than `max_frame`. The
-    /// caller then sends it the general way ([`Lane::push`], chunks),
-    /// which encodes it again and reports what went wrong.
+    /// Nothing is encoded when there is no room for a frame the size of
+    /// the lane's last ([`Encoded::NoRoom`]: a sender that may wait waits
+    /// with [`Lane::poll_room`] and tries again, rather than encoding the
+    /// frame elsewhere and copying it out to wait). Nothing is appended
+    /// ([`Encoded::Declined`]) when the lane is closed, failing sends while
+    /// disconnected, or held for another process's chunks; when a frame the
+    /// size of its last would go in chunks; when `encode` fails; or when the
+    /// frame comes out larger than the room or than `max_frame`. The caller
+    /// then sends it the general way ([`Lane::push`], chunks), which encodes
+    /// it again and reports what went wrong.
     ///
     /// The lock is held while `encode` runs, as long as a push holds it to
     /// copy the same frame.
@@ -355,15 +369,13 @@ impl Lane {
         &self,
         max_frame: usize,
         encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
-    ) -> Option<usize> {
+    ) -> Encoded {
         let mut state = self.state();
-        let expected = self.frame_hint();
-        if state.closed || state.held_by.is_some() || expected > frame::padded_len(max_frame) {
-            return None;
-        }
-        let room = self.room(&state, expected).ok()?;
-        if room < expected as u64 {
-            return None;
+        let Some(room) = self.direct_room(&state, max_frame) else {
+            return Encoded::Declined;
+        };
+        if room < self.frame_hint() as u64 {
+            return Encoded::NoRoom;
         }
         let start = state.pending.len();
         let tentative = Tentative::new(&mut state.pending);
@@ -372,11 +384,36 @@ impl Lane {
         self.frame_hint.store(len, Ordering::Relaxed);
         let fits = header.is_some_and(|header| header.length as usize <= max_frame);
         if !fits || len as u64 > room {
-            return None;
+            return Encoded::Declined;
         }
         tentative.keep();
         self.appended(state, start);
-        Some(len)
+        Encoded::Pushed(len)
+    }
+
+    /// Ready once [`Lane::push_encoded`] would find room for a frame the
+    /// size of the lane's last, or would decline it whatever the room;
+    /// until then `cx` is woken when credit returns or the connection
+    /// takes pending frames.
+    pub(crate) fn poll_room(&self, cx: &mut Context<'_>, max_frame: usize) -> Poll<()> {
+        let mut state = self.state();
+        match self.direct_room(&state, max_frame) {
+            Some(room) if room < self.frame_hint() as u64 => {
+                state.blocked.push(cx.waker().clone());
+                Poll::Pending
+            }
+            _ => Poll::Ready(()),
+        }
+    }
+
+    /// The room [`Lane::push_encoded`] may fill, or `None` if it declines
+    /// whatever the room.
+    fn direct_room(&self, state: &State, max_frame: usize) -> Option<u64> {
+        let expected = self.frame_hint();
+        if state.closed || state.held_by.is_some() || expected > frame::padded_len(max_frame) {
+            return None;
+        }
+        self.room(state, expected).ok()
     }
 
     /// Bytes of the last frame pushed or encoded onto the lane.
@@ -987,7 +1024,8 @@ mod tests {
     /// A frame encoded straight onto the lane stays only if it is whole,
     /// fits in a frame and in the room; otherwise the lane is left as it
     /// was, a panic in the encoding included. A frame the size of the
-    /// last that would not fit is not encoded at all.
+    /// last that would not fit is not encoded at all: its sender waits for
+    /// room, and is woken when credit returns.
     #[test]
     fn only_whole_frames_that_fit_are_encoded_onto_the_lane() {
         let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
@@ -1008,13 +1046,16 @@ mod tests {
             }
         };
         assert_eq!(lane.push(&big(1), false, None), Ok(frame));
-        assert_eq!(lane.push_encoded(1 << 20, encode(2, 1000)), Some(frame));
+        assert_eq!(
+            lane.push_encoded(1 << 20, encode(2, 1000)),
+            Encoded::Pushed(frame)
+        );
 
         let failed = |out: &mut Vec<u8>| {
             out.extend_from_slice(&[9; 40]);
             None
         };
-        assert_eq!(lane.push_encoded(1 << 20, failed), None);
+        assert_eq!(lane.push_encoded(1 << 20, failed), Encoded::Declined);
         let panicking = |out: &mut Vec<u8>| -> Option<FrameHeader> {
             out.extend_from_slice(&[9; 40]);
             panic!("a Serialize that panics");
@@ -1025,32 +1066,55 @@ mod tests {
         assert!(panicked.is_err());
         assert_eq!(
             lane.push_encoded(100, encode(3, 1000)),
-            None,
+            Encoded::Declined,
             "above max_frame"
         );
         assert_eq!(encodes.load(Ordering::Relaxed), 2);
         assert_eq!(
             lane.push_encoded(100, encode(3, 1000)),
-            None,
+            Encoded::Declined,
             "the last frame would go in chunks"
         );
         assert_eq!(encodes.load(Ordering::Relaxed), 2, "not encoded again");
-        assert_eq!(lane.push_encoded(1 << 20, encode(3, 2000)), None, "no room");
+        assert_eq!(
+            lane.push_encoded(1 << 20, encode(3, 2000)),
+            Encoded::Declined,
+            "larger than the room"
+        );
         assert_eq!(encodes.load(Ordering::Relaxed), 3);
 
         // Frame 3 fits again after the oversized attempts.
         assert_eq!(lane.push(&big(3), false, None), Ok(frame));
         assert_eq!(
             lane.push_encoded(1 << 20, encode(4, 1000)),
-            None,
+            Encoded::NoRoom,
             "no room for a frame the size of the last"
         );
         assert_eq!(encodes.load(Ordering::Relaxed), 3, "not encoded");
-        assert_eq!(pending_sequences(&lane), [1, 2, 3], "numbered in order");
+
+        // The sender waits until the receiver consumed a frame's worth.
+        let counting = Arc::new(Counting(AtomicUsize::new(0)));
+        let waker = Waker::from(counting.clone());
+        let mut task = Context::from_waker(&waker);
+        assert!(lane.poll_room(&mut task, 1 << 20).is_pending());
+        lane.credit(frame as u64 - 1);
+        assert_eq!(counting.0.load(Ordering::Relaxed), 1, "woken by credit");
+        assert!(
+            lane.poll_room(&mut task, 1 << 20).is_pending(),
+            "not enough"
+        );
+        lane.credit(frame as u64);
+        assert!(lane.poll_room(&mut task, 1 << 20).is_ready());
+        assert_eq!(
+            lane.push_encoded(1 << 20, encode(4, 1000)),
+            Encoded::Pushed(frame)
+        );
+
+        assert_eq!(pending_sequences(&lane), [1, 2, 3, 4], "numbered in order");
         let mut pending = std::mem::take(&mut lane.state().pending);
         for at in (0..pending.len()).step_by(frame) {
             pending[at + 40..at + HEADER_LEN].fill(0);
         }
-        assert!(pending == [big(1), big(2), big(3)].concat());
+        assert!(pending == [big(1), big(2), big(3), big(4)].concat());
     }
 }

@@ -39,8 +39,9 @@
 //!   sending small messages in a loop takes the lane's lock once per poll
 //!   rather than per message; backpressure is the same as unstaged. Frames
 //!   above 16 KiB are not staged: each is encoded straight onto the lane,
-//!   so it is written once on its way to the socket (a message in chunks
-//!   is still written twice).
+//!   so it is written once on its way to the socket, and a sender that
+//!   finds no room for it waits before encoding it, not after (a message
+//!   in chunks is still written twice).
 //! - **Large messages** are cut into chunk frames of the channel's maximum
 //!   and reassembled before delivery. They travel on the channel they were
 //!   sent on, which keeps that channel's order (a small message sent after
@@ -136,7 +137,7 @@ use crate::fault::Faults;
 use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
 use crate::handshake::{Accepted, Entropy, Identity};
 use crate::inbound::{EndpointCache, Endpoints, Received};
-use crate::lane::{Lane, Push};
+use crate::lane::{Encoded, Lane, Push};
 use crate::sys::{Bound, Reactor};
 
 /// How a node's transport is set up.
@@ -841,10 +842,12 @@ impl Transport {
         let encoded = match self.inner.try_stage(from, to, channel, message, max_frame) {
             Some(encoded) => encoded,
             None => self.inner.with_lane(from, to, channel, |lane| {
+                // Without room for a frame the size of the lane's last,
+                // this one may still fit: the general way tells.
                 let pushed = self
                     .inner
                     .try_push(from, to, channel, message, lane, max_frame);
-                if let Some(encoded) = pushed {
+                if let Encoded::Pushed(encoded) = pushed {
                     return Ok(encoded);
                 }
                 self.inner
@@ -877,58 +880,65 @@ impl Transport {
             return self.inner.deliver_here(from, to, channel, message);
         }
         let max_frame = self.inner.max_frame(channel);
-        // Most sends of a process sending many end here, staged.
-        if let Some(encoded) = self.inner.try_stage(from, to, channel, message, max_frame) {
-            coop::consume(coop::reductions_for(encoded)).await;
-            return Ok(());
-        }
-        let (encoded, rest) = self.inner.with_lane(from, to, channel, |lane| {
-            // A large frame goes straight onto the lane. Otherwise (a small
-            // frame, or a large one without room, in chunks or failing)
-            // encode into the thread's scratch and try at once; only a send
-            // that must wait copies its frame out.
-            let pushed = self
-                .inner
-                .try_push(from, to, channel, message, lane, max_frame);
-            if let Some(encoded) = pushed {
-                return Ok((encoded, Rest::Nothing));
-            }
-            self.inner
-                .with_encoded(from, to, channel, message, |scratch, header| {
-                    let frame = &mut scratch.message;
-                    let encoded = frame.len();
-                    let rest = if header.length as usize > max_frame {
-                        let large = std::mem::take(frame);
-                        Rest::Chunks(Box::new(Large(lane.clone(), header, large)))
-                    } else {
-                        match stage::push(lane, frame) {
-                            Ok(()) => Rest::Nothing,
-                            Err(Push::WouldBlock) => Rest::Frame(lane.clone(), frame.to_vec()),
-                            Err(error) => return Err(SendError::from(error)),
-                        }
-                    };
-                    Ok((encoded, rest))
-                })
-        })?;
-        match rest {
-            Rest::Nothing => {
-                // A process sending in a loop yields to the rest of its
-                // shard (the transport's own connections among them) once
-                // it has done a poll's worth of copying.
+        loop {
+            // Most sends of a process sending many end here, staged.
+            if let Some(encoded) = self.inner.try_stage(from, to, channel, message, max_frame) {
                 coop::consume(coop::reductions_for(encoded)).await;
-                Ok(())
+                return Ok(());
             }
-            Rest::Frame(lane, frame) => {
-                poll_fn(|task| match lane.push(&frame, false, Some(task)) {
-                    Ok(_) => Poll::Ready(Ok(())),
-                    Err(Push::WouldBlock) => Poll::Pending,
-                    Err(error) => Poll::Ready(Err(SendError::from(error))),
-                })
-                .await
+            let (encoded, rest) = self.inner.with_lane(from, to, channel, |lane| {
+                // A large frame goes straight onto the lane, or waits for
+                // room to. Otherwise (a small frame, a large one that
+                // changed size, in chunks or failing) encode into the
+                // thread's scratch and try at once; only a send that must
+                // wait copies its frame out.
+                match self
+                    .inner
+                    .try_push(from, to, channel, message, lane, max_frame)
+                {
+                    Encoded::Pushed(encoded) => return Ok((encoded, Rest::Nothing)),
+                    Encoded::NoRoom => return Ok((0, Rest::Room(lane.clone()))),
+                    Encoded::Declined => {}
+                }
+                self.inner
+                    .with_encoded(from, to, channel, message, |scratch, header| {
+                        let frame = &mut scratch.message;
+                        let encoded = frame.len();
+                        let rest = if header.length as usize > max_frame {
+                            let large = std::mem::take(frame);
+                            Rest::Chunks(Box::new(Large(lane.clone(), header, large)))
+                        } else {
+                            match stage::push(lane, frame) {
+                                Ok(()) => Rest::Nothing,
+                                Err(Push::WouldBlock) => Rest::Frame(lane.clone(), frame.to_vec()),
+                                Err(error) => return Err(SendError::from(error)),
+                            }
+                        };
+                        Ok((encoded, rest))
+                    })
+            })?;
+            match rest {
+                Rest::Nothing => {
+                    // A process sending in a loop yields to the rest of its
+                    // shard (the transport's own connections among them)
+                    // once it has done a poll's worth of copying.
+                    coop::consume(coop::reductions_for(encoded)).await;
+                    return Ok(());
+                }
+                // Then the loop encodes the frame onto the lane.
+                Rest::Room(lane) => poll_fn(|task| lane.poll_room(task, max_frame)).await,
+                Rest::Frame(lane, frame) => {
+                    return poll_fn(|task| match lane.push(&frame, false, Some(task)) {
+                        Ok(_) => Poll::Ready(Ok(())),
+                        Err(Push::WouldBlock) => Poll::Pending,
+                        Err(error) => Poll::Ready(Err(SendError::from(error))),
+                    })
+                    .await
+                }
+                // Boxed: the future of every send stays as small as a small
+                // message's needs.
+                Rest::Chunks(large) => return Box::pin(send_chunks(*large, max_frame)).await,
             }
-            // Boxed: the future of every send stays as small as a small
-            // message's needs.
-            Rest::Chunks(large) => Box::pin(send_chunks(*large, max_frame)).await,
         }
     }
 
@@ -1038,6 +1048,9 @@ impl Scratch {
 /// What is left of a send after its first try.
 enum Rest {
     Nothing,
+    /// A large frame, not encoded yet: to try again once the lane has
+    /// room for it.
+    Room(Arc<Lane>),
     /// The frame, waiting for credit.
     Frame(Arc<Lane>, Vec<u8>),
     /// A frame too large for the channel, to go as chunks.
@@ -1203,8 +1216,7 @@ impl Inner {
     }
 
     /// Encodes `message` straight onto `lane` if its frames are large,
-    /// after what this poll staged for it ([`stage::push_encoded`]); the
-    /// frame's length, or `None` for a send that must go the general way.
+    /// after what this poll staged for it ([`stage::push_encoded`]).
     #[inline(always)]
     fn try_push<T: Wire>(
         &self,
@@ -1214,7 +1226,7 @@ impl Inner {
         message: &T,
         lane: &Arc<Lane>,
         max_frame: usize,
-    ) -> Option<usize> {
+    ) -> Encoded {
         stage::push_encoded(lane, max_frame, |out| {
             self.encode(from, to, channel, message, out).ok()
         })

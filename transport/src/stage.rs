@@ -41,7 +41,7 @@ use std::sync::Arc;
 use foundation_sched::coop;
 
 use crate::frame::{self, FrameHeader};
-use crate::lane::{Grant, Lane, Push, Tentative};
+use crate::lane::{Encoded, Grant, Lane, Push, Tentative};
 
 /// Credit a stage asks for at once beyond what its next frame needs: 256
 /// frames of a 64-byte message.
@@ -143,17 +143,16 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
 
 /// Encodes a frame with `encode` straight onto `lane` ([`Lane::push_encoded`]),
 /// after whatever this poll staged for the lane, when the lane's frames
-/// are larger than [`STAGED_FRAME_MAX`]; `None` when nothing was
-/// appended, for the caller to send the frame the general way (small
-/// frames are encoded off the lane's lock, and staged after the poll's
-/// first).
+/// are larger than [`STAGED_FRAME_MAX`]. [`Encoded::Declined`] (smaller
+/// frames among them: they are encoded off the lane's lock, and staged
+/// after the poll's first) leaves the frame to the general way.
 pub(crate) fn push_encoded(
     lane: &Arc<Lane>,
     max_frame: usize,
     encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
-) -> Option<usize> {
+) -> Encoded {
     if lane.frame_hint() <= STAGED_FRAME_MAX {
-        return None;
+        return Encoded::Declined;
     }
     STAGES.with(|stages| {
         let Ok(mut stages) = stages.try_borrow_mut() else {
@@ -162,9 +161,11 @@ pub(crate) fn push_encoded(
         if let Some(stage) = stages.find(lane) {
             stage.commit();
         }
-        let len = lane.push_encoded(max_frame, encode)?;
-        stages.open_after(lane, len);
-        Some(len)
+        let encoded = lane.push_encoded(max_frame, encode);
+        if let Encoded::Pushed(len) = encoded {
+            stages.open_after(lane, len);
+        }
+        encoded
     })
 }
 
@@ -426,7 +427,7 @@ mod tests {
                     out.extend_from_slice(&mine);
                     FrameHeader::parse(&mine, u32::MAX).ok()
                 });
-                assert_eq!(encoded, Some(mine.len()));
+                assert_eq!(encoded, Encoded::Pushed(mine.len()));
                 cx.yield_now().await;
             })
             .unwrap();
