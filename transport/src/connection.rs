@@ -44,6 +44,17 @@ const BLOCK_BYTES: usize = 256 * 1024;
 /// Read at least this much free room per receive.
 const MIN_READ_ROOM: usize = 16 * 1024;
 
+/// Frames' worth of consumed bytes below which a reader that found nothing
+/// new grants nothing, unless its sender may be short of credit
+/// ([`Reader::idle_grant`]). A grant at every such pass, as before, sent
+/// twice as many credit frames as epoll's reader on io_uring, where each
+/// read ends a pass: with 64 KiB messages, one per three, which the
+/// sender, the slower side, had to read (`remote` 64 KiB on io_uring
+/// 5.6 -> 5.9 and 6.3 GB/s in two runs, epoll unchanged). With small
+/// frames a pass consumes far more than eight, so they are granted as
+/// before.
+const IDLE_GRANT_FRAMES: u64 = 8;
+
 /// Most bytes one receive copies: a burst is read in slices, and the
 /// reader yields to its shard once a slice has used up its budget.
 const FILL_SLICE: usize = 256 * 1024;
@@ -358,11 +369,15 @@ async fn accept(
             reassembly: std::collections::HashMap::new(),
             chunk_budget: window.saturating_sub(frame_max),
             chunk_held: 0,
+            received_bytes: 0,
+            last_frame: 0,
+            sender_low_above: window.saturating_sub(frame_max),
             endpoints: EndpointCache::default(),
             deliveries: Vec::new(),
         };
         // Bytes after the handshake already belong to the lane.
         reader.buffer.take_from(&mut buffer);
+        reader.received_bytes = reader.buffer.filled as u64;
         return Ok(Some((accepted.peer, reader)));
     }
 }
@@ -396,6 +411,14 @@ struct Reader {
     chunk_budget: u64,
     /// Credit the partial messages hold now.
     chunk_held: u64,
+    /// Bytes read from the stream: once nothing is on the way, at least
+    /// what the sender counts as in flight.
+    received_bytes: u64,
+    /// Bytes of the last frame delivered.
+    last_frame: u64,
+    /// Bytes received and not granted above which the sender may lack
+    /// credit for its next frame: the window less one frame.
+    sender_low_above: u64,
     endpoints: EndpointCache,
     /// The messages of the batch being delivered, in arrival order.
     deliveries: Vec<Received>,
@@ -430,11 +453,11 @@ impl Reader {
                 }
             }
             if !stream.sending() {
-                if let Some(consumed) = self.feedback.due(task.waker()).or_else(|| {
-                    // Idle: grant the rest too, so a small window is never
-                    // stuck below the threshold.
-                    (!progress).then(|| self.feedback.ungranted()).flatten()
-                }) {
+                if let Some(consumed) = self
+                    .feedback
+                    .due(task.waker())
+                    .or_else(|| (!progress).then(|| self.idle_grant()).flatten())
+                {
                     write_counter(&mut out, FrameKind::Credit, self.channel, consumed);
                     self.feedback.granted(consumed);
                 }
@@ -459,6 +482,7 @@ impl Reader {
                     Poll::Ready(Ok(bytes)) => {
                         progress = true;
                         received = bytes;
+                        self.received_bytes += bytes as u64;
                         let channel = ChannelId(self.channel);
                         match inner.faults.delay(self.peer, me, channel) {
                             Some(delay) => held = Some(Box::pin(cx.sleep(delay))),
@@ -482,6 +506,27 @@ impl Reader {
         .await
     }
 
+    /// What to grant when a pass of the reader found nothing new, below
+    /// the threshold: what was consumed, if that is [`IDLE_GRANT_FRAMES`]
+    /// frames' worth or the sender may be short of credit
+    /// ([`Reader::sender_low`]). The first keeps the grants of small
+    /// frames coming at the pace they are consumed, which the sender
+    /// needs while part of its window is still on the way: granting only
+    /// when the sender may be short cost 1 KiB messages 5 %.
+    fn idle_grant(&self) -> Option<u64> {
+        let consumed = self.feedback.ungranted()?;
+        let worth = self.feedback.beyond_granted(consumed) >= IDLE_GRANT_FRAMES * self.last_frame;
+        (worth || self.sender_low()).then_some(consumed)
+    }
+
+    /// Whether the sender may be out of credit for its next frame: more
+    /// than the window less one frame received and not granted. Once all
+    /// it sent has arrived, it has room for any frame unless that holds,
+    /// so a small window is not stuck below the threshold.
+    fn sender_low(&self) -> bool {
+        self.feedback.beyond_granted(self.received_bytes) > self.sender_low_above
+    }
+
     /// Delivers every complete frame in the buffer, checking each header
     /// as it goes: one pass over the frames, which a run of small messages
     /// feels.
@@ -499,6 +544,7 @@ impl Reader {
         let mut released = 0;
         let mut held = 0;
         let mut end = start;
+        let mut last_frame = 0;
         // The lane's state is locked while this batch is delivered, so a
         // newer connection of the same lane cannot read a stale
         // `delivered` in between.
@@ -514,6 +560,7 @@ impl Reader {
             let Framed { header, range } = frame.map_err(ConnectionError::Frame)?;
             end = range.end;
             let len = range.len();
+            last_frame = len;
             // Where the payload will be in the frames taken out below.
             let at = range.start - start + HEADER_LEN;
             let payload = at..at + header.length as usize;
@@ -605,6 +652,7 @@ impl Reader {
                 kind => return Err(ConnectionError::UnexpectedFrame(kind)),
             }
         }
+        self.last_frame = last_frame as u64;
         let bytes = self.buffer.split_off_frames(end, &self.feedback);
         // Delivered in arrival order, so a message that was reassembled
         // does not overtake the ones sent before it.

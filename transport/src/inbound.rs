@@ -209,6 +209,12 @@ impl Feedback {
         (consumed > self.granted.load(Ordering::Acquire)).then_some(consumed)
     }
 
+    /// Of `bytes` counted on this connection, those beyond what was
+    /// granted.
+    pub(crate) fn beyond_granted(&self, bytes: u64) -> u64 {
+        bytes.saturating_sub(self.granted.load(Ordering::Acquire))
+    }
+
     pub(crate) fn granted(&self, consumed: u64) {
         self.granted.fetch_max(consumed, Ordering::AcqRel);
     }
