@@ -263,13 +263,113 @@ where
 pub trait Wire:
     Archive<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, rancor::Error>>>
     + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
+    + for<'a, 'b> Serialize<HighSerializer<ChunkWriter<'a>, ArenaHandle<'b>, rancor::Error>>
 {
 }
 
 impl<T> Wire for T where
     T: Archive<Archived: Portable + for<'v> CheckBytes<HighValidator<'v, rancor::Error>>>
         + for<'a, 'b> Serialize<HighSerializer<&'a mut Vec<u8>, ArenaHandle<'b>, rancor::Error>>
+        + for<'a, 'b> Serialize<HighSerializer<ChunkWriter<'a>, ArenaHandle<'b>, rancor::Error>>
 {
+}
+
+/// Where [`encode_chunks`] serializes: it appends an archive to a buffer as
+/// chunk frames, a header before every `max_frame` bytes. Positions are the
+/// archive's own, not the buffer's, so the payloads of the chunks put end
+/// to end are the archive. Public only because [`Wire`] names it.
+pub struct ChunkWriter<'a> {
+    out: &'a mut Vec<u8>,
+    /// The message's header, for every chunk's.
+    header: FrameHeader,
+    max_frame: usize,
+    /// Archive bytes written.
+    pos: usize,
+    /// Where the open chunk's header is in `out`.
+    chunk_at: usize,
+    /// Archive bytes in the open chunk.
+    in_chunk: usize,
+}
+
+impl ChunkWriter<'_> {
+    /// Starts a chunk, its header to be written when it is closed.
+    fn open(&mut self) {
+        self.chunk_at = self.out.len();
+        self.out.extend_from_slice(&[0; HEADER_LEN]);
+        self.in_chunk = 0;
+    }
+
+    /// Writes the open chunk's header and pads it to alignment.
+    fn close(&mut self, last: bool) {
+        let first = self.pos == self.in_chunk;
+        let header = FrameHeader {
+            flags: if first { FIRST_CHUNK } else { 0 } | if last { LAST_CHUNK } else { 0 },
+            kind: FrameKind::Chunk,
+            // At most `max_frame`, a `u32`.
+            length: self.in_chunk as u32,
+            ..self.header
+        };
+        self.out[self.chunk_at..self.chunk_at + HEADER_LEN].copy_from_slice(&header.to_bytes());
+        let end = self.out.len().next_multiple_of(PAYLOAD_ALIGN);
+        self.out.resize(end, 0);
+    }
+}
+
+impl rkyv::ser::Positional for ChunkWriter<'_> {
+    fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl<E> rkyv::ser::Writer<E> for ChunkWriter<'_> {
+    fn write(&mut self, mut bytes: &[u8]) -> Result<(), E> {
+        while !bytes.is_empty() {
+            if self.in_chunk == self.max_frame {
+                self.close(false);
+                self.open();
+            }
+            let take = bytes.len().min(self.max_frame - self.in_chunk);
+            self.out.extend_from_slice(&bytes[..take]);
+            self.in_chunk += take;
+            self.pos += take;
+            bytes = &bytes[take..];
+        }
+        Ok(())
+    }
+}
+
+/// Encodes `value` as the chunk frames of a message with `header`, each
+/// with up to `max_frame` bytes of the archive, appended to `out` (whole
+/// frames only, as [`encode`]); returns the archive's length. The archive
+/// is written once, straight into the chunks, where cutting an encoded
+/// frame into chunks copies it again. On error `out` is left as it was.
+pub fn encode_chunks<T: Wire>(
+    header: FrameHeader,
+    value: &T,
+    max_frame: usize,
+    out: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
+    assert!(max_frame > 0, "chunks carry bytes");
+    let start = out.len();
+    let mut writer = ChunkWriter {
+        out,
+        header,
+        max_frame,
+        pos: 0,
+        chunk_at: start,
+        in_chunk: 0,
+    };
+    writer.open();
+    match rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, writer) {
+        Ok(mut writer) => {
+            writer.close(true);
+            Ok(writer.pos)
+        }
+        Err(error) => {
+            out.truncate(start);
+            Err(FrameError::Encode(error.to_string()))
+        }
+    }
 }
 
 /// Encodes `value` as a frame with `header` (whose `length` is set to the
@@ -363,6 +463,51 @@ fn field<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Chunks encoded in place are byte for byte the frame's payload cut
+    /// into pieces of `max_frame` (whatever its alignment), each behind a
+    /// chunk header with the message's fields, first and last flagged.
+    #[test]
+    fn chunks_encoded_in_place_are_the_frame_cut_in_pieces() {
+        let header = FrameHeader {
+            flags: 0,
+            channel: 3,
+            kind: FrameKind::Message,
+            length: 0,
+            source: Pid::from_bits(11),
+            destination: Pid::from_bits(12),
+            trace_id: 13,
+            sequence: 0,
+        };
+        let value = (7_u64, vec![5_u8; 2500], String::from("end"));
+        let mut whole = Vec::new();
+        let header = encode(header, &value, &mut whole).unwrap();
+        let payload = &whole[HEADER_LEN..HEADER_LEN + header.length as usize];
+        for max_frame in [1000, 1024, 4096] {
+            let mut cut = vec![1; 16];
+            let pieces = payload.len().div_ceil(max_frame);
+            for (at, piece) in payload.chunks(max_frame).enumerate() {
+                let first = if at == 0 { FIRST_CHUNK } else { 0 };
+                let last = if at + 1 == pieces { LAST_CHUNK } else { 0 };
+                let chunk = FrameHeader {
+                    flags: first | last,
+                    kind: FrameKind::Chunk,
+                    ..header
+                };
+                encode_raw(chunk, piece, &mut cut).unwrap();
+            }
+            let mut chunks = vec![1; 16];
+            let length = encode_chunks(header, &value, max_frame, &mut chunks).unwrap();
+            assert_eq!(length, payload.len());
+            assert!(chunks == cut, "max_frame {max_frame}");
+        }
+        // A message within one frame is one chunk, first and last.
+        let mut one = Vec::new();
+        encode_chunks(header, &value, 1 << 20, &mut one).unwrap();
+        let chunk = FrameHeader::parse(&one, u32::MAX).unwrap();
+        assert_eq!(chunk.flags, FIRST_CHUNK | LAST_CHUNK);
+        assert!(one[HEADER_LEN..HEADER_LEN + chunk.length as usize] == *payload);
+    }
 
     #[test]
     fn an_archive_reads_back_from_unaligned_bytes_and_garbage_is_refused() {

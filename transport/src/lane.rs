@@ -346,43 +346,53 @@ impl Lane {
         Ok(take)
     }
 
-    /// Encodes one frame with `encode` straight onto the pending frames.
-    /// A large frame is then written once on its way to the socket, where
-    /// encoding it elsewhere and pushing it (or committing it from a
-    /// stage behind frames already pending) writes it twice: with 64 KiB
-    /// messages the second copy took about 15 % of the sending core.
+    /// Encodes one message with `encode` straight onto the pending frames:
+    /// as one frame, or as its chunk frames when the lane's last message
+    /// went in chunks (`encode` is told which, and returns the archive's
+    /// length). A large message is then written once on its way to the
+    /// socket, where encoding it elsewhere and pushing it (or committing
+    /// it from a stage behind frames already pending, or cutting it into
+    /// chunks) writes it twice: with 64 KiB messages the second copy took
+    /// about 15 % of the sending core.
     ///
-    /// Nothing is encoded when there is no room for a frame the size of
+    /// Nothing is encoded when there is no room for a message the size of
     /// the lane's last ([`Encoded::NoRoom`]: a sender that may wait waits
     /// with [`Lane::poll_room`] and tries again, rather than encoding the
-    /// frame elsewhere and copying it out to wait). Nothing is appended
+    /// message elsewhere and copying it out to wait). Nothing is appended
     /// ([`Encoded::Declined`]) when the lane is closed, failing sends while
-    /// disconnected, or held for another process's chunks; when a frame the
-    /// size of its last would go in chunks; when `encode` fails; or when the
-    /// frame comes out larger than the room or than `max_frame`. The caller
-    /// then sends it the general way ([`Lane::push`], chunks), which encodes
-    /// it again and reports what went wrong.
+    /// disconnected, or held for another process's chunks; when a message
+    /// the size of its last would take more than half the window (its
+    /// chunks then go one by one, as credit returns); when `encode` fails;
+    /// or when the message comes out larger than the room, or in one frame
+    /// larger than `max_frame`, or in chunks no larger than one frame. The
+    /// caller then sends it the general way ([`Lane::push`], chunks), which
+    /// encodes it again and reports what went wrong.
+    ///
+    /// All of a message's chunks are appended at once, so they are
+    /// contiguous on the lane without holding it.
     ///
     /// The lock is held while `encode` runs, as long as a push holds it to
-    /// copy the same frame.
+    /// copy the same frames.
     pub(crate) fn push_encoded(
         &self,
         max_frame: usize,
-        encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
+        encode: impl FnOnce(&mut Vec<u8>, bool) -> Option<usize>,
     ) -> Encoded {
         let mut state = self.state();
         let Some(room) = self.direct_room(&state, max_frame) else {
             return Encoded::Declined;
         };
-        if room < self.frame_hint() as u64 {
+        let expected = self.frame_hint();
+        if room < expected as u64 {
             return Encoded::NoRoom;
         }
+        let chunked = expected > frame::padded_len(max_frame);
         let start = state.pending.len();
         let tentative = Tentative::new(&mut state.pending);
-        let header = encode(tentative.frames);
+        let length = encode(tentative.frames, chunked);
         let len = tentative.frames.len() - start;
         self.frame_hint.store(len, Ordering::Relaxed);
-        let fits = header.is_some_and(|header| header.length as usize <= max_frame);
+        let fits = length.is_some_and(|length| (length > max_frame) == chunked);
         if !fits || len as u64 > room {
             return Encoded::Declined;
         }
@@ -391,7 +401,7 @@ impl Lane {
         Encoded::Pushed(len)
     }
 
-    /// Ready once [`Lane::push_encoded`] would find room for a frame the
+    /// Ready once [`Lane::push_encoded`] would find room for a message the
     /// size of the lane's last, or would decline it whatever the room;
     /// until then `cx` is woken when credit returns or the connection
     /// takes pending frames.
@@ -410,10 +420,17 @@ impl Lane {
     /// whatever the room.
     fn direct_room(&self, state: &State, max_frame: usize) -> Option<u64> {
         let expected = self.frame_hint();
-        if state.closed || state.held_by.is_some() || expected > frame::padded_len(max_frame) {
+        let chunked = expected > frame::padded_len(max_frame);
+        if state.closed || state.held_by.is_some() || chunked && expected as u64 > self.window / 2 {
             return None;
         }
         self.room(state, expected).ok()
+    }
+
+    /// A message went out in chunks spanning `bytes`: as with a frame
+    /// pushed, the size the next is likely to take.
+    pub(crate) fn sent_in_chunks(&self, bytes: usize) {
+        self.frame_hint.store(bytes, Ordering::Relaxed);
     }
 
     /// Bytes of the last frame pushed or encoded onto the lane.
@@ -1040,9 +1057,12 @@ mod tests {
         let encodes = AtomicUsize::new(0);
         let encode = |byte: u8, max: usize| {
             let encodes = &encodes;
-            move |out: &mut Vec<u8>| {
+            move |out: &mut Vec<u8>, chunked: bool| {
+                assert!(!chunked, "frames of 1000 bytes are not chunked");
                 encodes.fetch_add(1, Ordering::Relaxed);
-                frame::encode(header(source, FrameKind::Message, 0), &vec![byte; max], out).ok()
+                let message = header(source, FrameKind::Message, 0);
+                let header = frame::encode(message, &vec![byte; max], out).ok()?;
+                Some(header.length as usize)
             }
         };
         assert_eq!(lane.push(&big(1), false, None), Ok(frame));
@@ -1051,12 +1071,12 @@ mod tests {
             Encoded::Pushed(frame)
         );
 
-        let failed = |out: &mut Vec<u8>| {
+        let failed = |out: &mut Vec<u8>, _| {
             out.extend_from_slice(&[9; 40]);
             None
         };
         assert_eq!(lane.push_encoded(1 << 20, failed), Encoded::Declined);
-        let panicking = |out: &mut Vec<u8>| -> Option<FrameHeader> {
+        let panicking = |out: &mut Vec<u8>, _| -> Option<usize> {
             out.extend_from_slice(&[9; 40]);
             panic!("a Serialize that panics");
         };
@@ -1065,17 +1085,11 @@ mod tests {
         }));
         assert!(panicked.is_err());
         assert_eq!(
-            lane.push_encoded(100, encode(3, 1000)),
+            lane.push_encoded(1000, encode(3, 1000)),
             Encoded::Declined,
             "above max_frame"
         );
         assert_eq!(encodes.load(Ordering::Relaxed), 2);
-        assert_eq!(
-            lane.push_encoded(100, encode(3, 1000)),
-            Encoded::Declined,
-            "the last frame would go in chunks"
-        );
-        assert_eq!(encodes.load(Ordering::Relaxed), 2, "not encoded again");
         assert_eq!(
             lane.push_encoded(1 << 20, encode(3, 2000)),
             Encoded::Declined,
@@ -1116,5 +1130,53 @@ mod tests {
             pending[at + 40..at + HEADER_LEN].fill(0);
         }
         assert!(pending == [big(1), big(2), big(3), big(4)].concat());
+    }
+
+    /// After a message that went in chunks, the next of its size is
+    /// encoded onto the lane in chunks, all at once: contiguous and
+    /// numbered in order. One that comes out within a frame is taken off
+    /// again (it goes as a plain frame), and chunks of more than half the
+    /// window are not encoded at all (they go one by one as credit
+    /// returns).
+    #[test]
+    fn a_message_in_chunks_is_encoded_onto_the_lane_at_once() {
+        let source = Pid::new(NodeId(1), ShardId(0), 1, 1);
+        let spec = ChannelSpec::new("test")
+            .delivery(Delivery::Acknowledged)
+            .max_frame(1000)
+            .credit_window(64 * 1024);
+        let lane = Lane::new(&spec);
+        lane.connected(1, 0);
+        let message = header(source, FrameKind::Message, 0);
+        let chunks = |len: usize| {
+            move |out: &mut Vec<u8>, chunked: bool| {
+                assert!(chunked, "the last message went in chunks");
+                frame::encode_chunks(message, &vec![3_u8; len], 1000, out).ok()
+            }
+        };
+        let mut expected = Vec::new();
+        frame::encode_chunks(message, &vec![3_u8; 2500], 1000, &mut expected).unwrap();
+        number_frames(&mut expected, &mut 1);
+        lane.sent_in_chunks(expected.len());
+
+        assert_eq!(
+            lane.push_encoded(1000, chunks(2500)),
+            Encoded::Pushed(expected.len())
+        );
+        assert_eq!(
+            lane.push_encoded(1000, chunks(500)),
+            Encoded::Declined,
+            "within one frame"
+        );
+        assert_eq!(pending_sequences(&lane), [1, 2, 3]);
+        assert!(lane.state().pending == expected);
+
+        lane.sent_in_chunks(40 * 1024);
+        let not_encoded = |_: &mut Vec<u8>, _| -> Option<usize> { panic!("encoded") };
+        assert_eq!(
+            lane.push_encoded(1000, not_encoded),
+            Encoded::Declined,
+            "more than half the window"
+        );
     }
 }

@@ -40,13 +40,16 @@
 //!   rather than per message; backpressure is the same as unstaged. Frames
 //!   above 16 KiB are not staged: each is encoded straight onto the lane,
 //!   so it is written once on its way to the socket, and a sender that
-//!   finds no room for it waits before encoding it, not after (a message
-//!   in chunks is still written twice).
+//!   finds no room for it waits before encoding it, not after.
 //! - **Large messages** are cut into chunk frames of the channel's maximum
-//!   and reassembled before delivery. They travel on the channel they were
-//!   sent on, which keeps that channel's order (a small message sent after
-//!   a large one does not overtake it); large payloads belong on `bulk`,
-//!   whose frames are 1 MiB and whose connections run at low priority.
+//!   and reassembled before delivery. Once a lane has carried one, the
+//!   next of its size is serialized straight into chunk frames on the
+//!   lane, all at once, if it takes at most half the window (larger ones
+//!   go chunk by chunk as credit returns). They travel on the channel they
+//!   were sent on, which keeps that channel's order (a small message sent
+//!   after a large one does not overtake it); large payloads belong on
+//!   `bulk`, whose frames are 1 MiB and whose connections run at low
+//!   priority.
 //! - **Bad input** closes only the connection it came on, with a typed
 //!   [`ConnectionError`] in the log, in [`Transport::recent_errors`] and in
 //!   a counter ([`TransportStats`]). A frame whose source names another
@@ -867,8 +870,10 @@ impl Transport {
 
     /// Sends like [`Transport::try_send`], waiting for credit (and, while
     /// disconnected, for queue room) instead of failing. A message larger
-    /// than the channel's frame goes out chunk by chunk, as credit returns,
-    /// and the sender yields to the rest of its shard between chunks.
+    /// than the channel's frame goes out in chunks: all at once, or (more
+    /// than half the window, or the first of its size on the lane) chunk by
+    /// chunk as credit returns, the sender yielding to the rest of its
+    /// shard between chunks.
     pub async fn send<T: Wire>(
         &self,
         from: Pid,
@@ -1045,6 +1050,21 @@ impl Scratch {
     }
 }
 
+/// The header of a message frame from `from` to `to` on `channel`, its
+/// length to be set when it is encoded.
+fn message_header(from: Pid, to: Pid, channel: ChannelId) -> FrameHeader {
+    FrameHeader {
+        flags: 0,
+        channel: channel.0,
+        kind: FrameKind::Message,
+        length: 0,
+        source: from,
+        destination: to,
+        trace_id: 0,
+        sequence: 0,
+    }
+}
+
 /// What is left of a send after its first try.
 enum Rest {
     Nothing,
@@ -1093,6 +1113,7 @@ async fn send_chunks(large: Large, max_frame: usize) -> Result<(), SendError> {
     // delivered while this one is half-way, or a reconnect would resend
     // only its tail.
     let _hold = lane.hold_for(header.source);
+    let mut spanned = 0;
     for (piece, flags) in chunks(payload, max_frame) {
         let chunk = FrameHeader {
             flags,
@@ -1105,8 +1126,12 @@ async fn send_chunks(large: Large, max_frame: usize) -> Result<(), SendError> {
             Err(error) => Poll::Ready(Err(SendError::from(error))),
         })
         .await?;
+        spanned += frame::padded_len(piece.len());
         coop::consume(coop::reductions_for(piece.len())).await;
     }
+    // The next message of this size goes in chunks encoded straight onto
+    // the lane, if the window allows it at once.
+    lane.sent_in_chunks(spanned);
     give_back(frame);
     Ok(())
 }
@@ -1227,8 +1252,14 @@ impl Inner {
         lane: &Arc<Lane>,
         max_frame: usize,
     ) -> Encoded {
-        stage::push_encoded(lane, max_frame, |out| {
-            self.encode(from, to, channel, message, out).ok()
+        stage::push_encoded(lane, max_frame, |out, chunked| {
+            if chunked {
+                self.encode_chunks(from, to, channel, message, max_frame, out)
+                    .ok()
+            } else {
+                let header = self.encode(from, to, channel, message, out).ok()?;
+                Some(header.length as usize)
+            }
         })
     }
 
@@ -1262,26 +1293,37 @@ impl Inner {
         message: &T,
         out: &mut Vec<u8>,
     ) -> Result<FrameHeader, SendError> {
-        let spec = &self.channels[usize::from(channel.0)];
-        let header = FrameHeader {
-            flags: 0,
-            channel: channel.0,
-            kind: FrameKind::Message,
-            length: 0,
-            source: from,
-            destination: to,
-            trace_id: 0,
-            sequence: 0,
-        };
+        let header = message_header(from, to, channel);
         let header = frame::encode(header, message, out).map_err(SendError::Encode)?;
-        let size = header.length as usize;
-        if size > spec.max_message {
-            return Err(SendError::TooLarge {
-                size,
-                max: spec.max_message,
-            });
-        }
+        self.within_max_message(channel, header.length as usize)?;
         Ok(header)
+    }
+
+    /// Encodes `message` as chunk frames with up to `max_frame` bytes each
+    /// ([`frame::encode_chunks`]), appended to `out`; the archive's length.
+    fn encode_chunks<T: Wire>(
+        &self,
+        from: Pid,
+        to: Pid,
+        channel: ChannelId,
+        message: &T,
+        max_frame: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<usize, SendError> {
+        let header = message_header(from, to, channel);
+        let length =
+            frame::encode_chunks(header, message, max_frame, out).map_err(SendError::Encode)?;
+        self.within_max_message(channel, length)?;
+        Ok(length)
+    }
+
+    /// `TooLarge` if a message of `size` bytes is over `channel`'s maximum.
+    fn within_max_message(&self, channel: ChannelId, size: usize) -> Result<(), SendError> {
+        let max = self.channels[usize::from(channel.0)].max_message;
+        if size > max {
+            return Err(SendError::TooLarge { size, max });
+        }
+        Ok(())
     }
 
     /// The largest payload of one frame on `channel`.

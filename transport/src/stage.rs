@@ -149,7 +149,7 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
 pub(crate) fn push_encoded(
     lane: &Arc<Lane>,
     max_frame: usize,
-    encode: impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader>,
+    encode: impl FnOnce(&mut Vec<u8>, bool) -> Option<usize>,
 ) -> Encoded {
     if lane.frame_hint() <= STAGED_FRAME_MAX {
         return Encoded::Declined;
@@ -423,9 +423,10 @@ mod tests {
                 assert!(stage_encode(&lane, 1 << 20, encode_value(2)).is_some());
                 lane.push(&large(3), false, None).unwrap();
                 let mine = large(4);
-                let encoded = push_encoded(&lane, 1 << 20, |out| {
+                let encoded = push_encoded(&lane, 1 << 20, |out, _| {
                     out.extend_from_slice(&mine);
-                    FrameHeader::parse(&mine, u32::MAX).ok()
+                    let header = FrameHeader::parse(&mine, u32::MAX).ok()?;
+                    Some(header.length as usize)
                 });
                 assert_eq!(encoded, Encoded::Pushed(mine.len()));
                 cx.yield_now().await;
