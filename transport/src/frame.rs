@@ -274,10 +274,11 @@ impl<T> Wire for T where
 {
 }
 
-/// Where [`encode_chunks`] serializes: it appends an archive to a buffer as
-/// chunk frames, a header before every `max_frame` bytes. Positions are the
-/// archive's own, not the buffer's, so the payloads of the chunks put end
-/// to end are the archive. Public only because [`Wire`] names it.
+/// Where a message sent in chunks is serialized: it appends the archive
+/// to a buffer as chunk frames, a header before every `max_frame` bytes.
+/// Positions are the archive's own, not the buffer's, so the payloads of
+/// the chunks put end to end are the archive. Public only because [`Wire`]
+/// names it.
 pub struct ChunkWriter<'a> {
     out: &'a mut Vec<u8>,
     /// The message's header, for every chunk's.
@@ -343,7 +344,7 @@ impl<E> rkyv::ser::Writer<E> for ChunkWriter<'_> {
 /// frames only, as [`encode`]); returns the archive's length. The archive
 /// is written once, straight into the chunks, where cutting an encoded
 /// frame into chunks copies it again. On error `out` is left as it was.
-pub fn encode_chunks<T: Wire>(
+pub(crate) fn encode_chunks<T: Wire>(
     header: FrameHeader,
     value: &T,
     max_frame: usize,

@@ -88,12 +88,12 @@ impl Drop for Tentative<'_> {
     }
 }
 
-/// What became of a frame offered to [`Lane::push_encoded`].
+/// What became of a message offered to [`Lane::push_encoded`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Encoded {
     /// Encoded onto the lane: its length.
     Pushed(usize),
-    /// Not encoded: no room for a frame the size of the lane's last.
+    /// Not encoded: no room for a message the size of the lane's last.
     NoRoom,
     /// Not appended, to be sent the general way.
     Declined,
@@ -361,8 +361,9 @@ impl Lane {
     /// message elsewhere and copying it out to wait). Nothing is appended
     /// ([`Encoded::Declined`]) when the lane is closed, failing sends while
     /// disconnected, or held for another process's chunks; when a message
-    /// the size of its last would take more than half the window (its
-    /// chunks then go one by one, as credit returns); when `encode` fails;
+    /// the size of its last would go in chunks taking more than half the
+    /// window (they then go one by one, as credit returns); when `encode`
+    /// fails;
     /// or when the message comes out larger than the room, or in one frame
     /// larger than `max_frame`, or in chunks no larger than one frame. The
     /// caller then sends it the general way ([`Lane::push`], chunks), which
