@@ -21,6 +21,7 @@ use foundation::{Context, Envelope, NodeId, Pid, ShardId};
 on_each_backend!(
     a_receiver_that_does_not_read_stops_its_sender_at_the_window,
     a_message_larger_than_the_window_arrives,
+    a_message_larger_than_the_window_arrives_in_small_chunks,
     a_channel_that_fails_while_disconnected_says_not_connected,
     a_channel_that_queues_while_disconnected_is_bounded_then_delivered,
     sends_that_cannot_go_anywhere_are_typed_errors,
@@ -81,8 +82,21 @@ fn a_receiver_that_does_not_read_stops_its_sender_at_the_window(backend: Backend
 /// A message four times `data`'s window goes out as credit returns, chunk
 /// by chunk, and arrives whole, before the small one sent after it.
 fn a_message_larger_than_the_window_arrives(backend: Backend) {
-    let a = Node::start(with_data(backend, |data| data));
-    let b = Node::start(with_data(backend, |data| data));
+    larger_than_the_window_arrives(backend, |data| data);
+}
+
+/// The same with chunks of a quarter of the grant threshold: the message
+/// holds all of the window but one chunk while it is reassembled, so each
+/// chunk released beyond that must be granted as soon as the reader has
+/// nothing more to read, below the threshold, or the sender could not
+/// send the next.
+fn a_message_larger_than_the_window_arrives_in_small_chunks(backend: Backend) {
+    larger_than_the_window_arrives(backend, |data| data.max_frame(WINDOW / 16));
+}
+
+fn larger_than_the_window_arrives(backend: Backend, data: fn(ChannelSpec) -> ChannelSpec) {
+    let a = Node::start(with_data(backend, data));
+    let b = Node::start(with_data(backend, data));
     a.connect_to(&b);
     let (receiver, rx) = b.receiver(Seen::of);
     let large = 4 * WINDOW as usize;
