@@ -99,6 +99,14 @@ pub(crate) enum Encoded {
     Declined,
 }
 
+/// A message [`Lane::push_encoded`] would take now: the room, the size
+/// expected (the lane's last message), and whether it goes in chunks.
+struct Direct {
+    room: u64,
+    expected: usize,
+    chunked: bool,
+}
+
 /// Why frames could not be appended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Push {
@@ -363,11 +371,10 @@ impl Lane {
     /// disconnected, or held for another process's chunks; when a message
     /// the size of its last would go in chunks taking more than half the
     /// window (they then go one by one, as credit returns); when `encode`
-    /// fails;
-    /// or when the message comes out larger than the room, or in one frame
-    /// larger than `max_frame`, or in chunks no larger than one frame. The
-    /// caller then sends it the general way ([`Lane::push`], chunks), which
-    /// encodes it again and reports what went wrong.
+    /// fails; or when the message comes out larger than the room, or in one
+    /// frame larger than `max_frame`, or in chunks no larger than one
+    /// frame. The caller then sends it the general way ([`Lane::push`],
+    /// chunks), which encodes it again and reports what went wrong.
     ///
     /// All of a message's chunks are appended at once, so they are
     /// contiguous on the lane without holding it.
@@ -380,14 +387,17 @@ impl Lane {
         encode: impl FnOnce(&mut Vec<u8>, bool) -> Option<usize>,
     ) -> Encoded {
         let mut state = self.state();
-        let Some(room) = self.direct_room(&state, max_frame) else {
+        let Some(Direct {
+            room,
+            expected,
+            chunked,
+        }) = self.direct(&state, max_frame)
+        else {
             return Encoded::Declined;
         };
-        let expected = self.frame_hint();
         if room < expected as u64 {
             return Encoded::NoRoom;
         }
-        let chunked = expected > frame::padded_len(max_frame);
         let start = state.pending.len();
         let tentative = Tentative::new(&mut state.pending);
         let length = encode(tentative.frames, chunked);
@@ -408,8 +418,8 @@ impl Lane {
     /// takes pending frames.
     pub(crate) fn poll_room(&self, cx: &mut Context<'_>, max_frame: usize) -> Poll<()> {
         let mut state = self.state();
-        match self.direct_room(&state, max_frame) {
-            Some(room) if room < self.frame_hint() as u64 => {
+        match self.direct(&state, max_frame) {
+            Some(direct) if direct.room < direct.expected as u64 => {
                 state.blocked.push(cx.waker().clone());
                 Poll::Pending
             }
@@ -417,15 +427,20 @@ impl Lane {
         }
     }
 
-    /// The room [`Lane::push_encoded`] may fill, or `None` if it declines
+    /// What [`Lane::push_encoded`] would do now, or `None` if it declines
     /// whatever the room.
-    fn direct_room(&self, state: &State, max_frame: usize) -> Option<u64> {
+    fn direct(&self, state: &State, max_frame: usize) -> Option<Direct> {
         let expected = self.frame_hint();
         let chunked = expected > frame::padded_len(max_frame);
         if state.closed || state.held_by.is_some() || chunked && expected as u64 > self.window / 2 {
             return None;
         }
-        self.room(state, expected).ok()
+        let room = self.room(state, expected).ok()?;
+        Some(Direct {
+            room,
+            expected,
+            chunked,
+        })
     }
 
     /// A message went out in chunks spanning `bytes`: as with a frame

@@ -141,11 +141,12 @@ pub(crate) fn push(lane: &Arc<Lane>, frames: &[u8]) -> Result<(), Push> {
     })
 }
 
-/// Encodes a frame with `encode` straight onto `lane` ([`Lane::push_encoded`]),
-/// after whatever this poll staged for the lane, when the lane's frames
-/// are larger than [`STAGED_FRAME_MAX`]. [`Encoded::Declined`] (smaller
-/// frames among them: they are encoded off the lane's lock, and staged
-/// after the poll's first) leaves the frame to the general way.
+/// Encodes a message with `encode` straight onto `lane`, in one frame or
+/// in chunks ([`Lane::push_encoded`]), after whatever this poll staged for
+/// the lane, when the lane's frames are larger than [`STAGED_FRAME_MAX`].
+/// [`Encoded::Declined`] (smaller frames among them: they are encoded off
+/// the lane's lock, and staged after the poll's first) leaves the message
+/// to the general way.
 pub(crate) fn push_encoded(
     lane: &Arc<Lane>,
     max_frame: usize,
@@ -281,10 +282,6 @@ mod tests {
     use crate::channel::ChannelSpec;
     use crate::frame::{self, FrameKind};
 
-    fn encode_value(value: u64) -> impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader> {
-        encode_message(value)
-    }
-
     fn encode_message<T: frame::Wire>(
         value: T,
     ) -> impl FnOnce(&mut Vec<u8>) -> Option<FrameHeader> {
@@ -314,7 +311,7 @@ mod tests {
 
     fn frame_of(value: u64) -> Vec<u8> {
         let mut frame = Vec::new();
-        encode_value(value)(&mut frame).unwrap();
+        encode_message(value)(&mut frame).unwrap();
         frame
     }
 
@@ -333,12 +330,15 @@ mod tests {
                 let lane = staging;
                 let frame = frame_of(0).len();
                 assert_eq!(
-                    stage_encode(&lane, 1 << 20, encode_value(1)),
+                    stage_encode(&lane, 1 << 20, encode_message(1_u64)),
                     None,
                     "no stage"
                 );
                 push(&lane, &frame_of(1)).unwrap(); // Goes to the lane; opens a stage.
-                assert_eq!(stage_encode(&lane, 1 << 20, encode_value(2)), Some(frame));
+                assert_eq!(
+                    stage_encode(&lane, 1 << 20, encode_message(2_u64)),
+                    Some(frame)
+                );
                 let failed = |out: &mut Vec<u8>| {
                     out.extend_from_slice(&[9; 40]);
                     None
@@ -353,11 +353,14 @@ mod tests {
                 }));
                 assert!(panicked.is_err());
                 assert_eq!(
-                    stage_encode(&lane, 4, encode_value(3)),
+                    stage_encode(&lane, 4, encode_message(3_u64)),
                     None,
                     "above max_frame"
                 );
-                assert_eq!(stage_encode(&lane, 1 << 20, encode_value(4)), Some(frame));
+                assert_eq!(
+                    stage_encode(&lane, 1 << 20, encode_message(4_u64)),
+                    Some(frame)
+                );
                 cx.yield_now().await; // The poll ends: the stage is committed.
             })
             .unwrap();
@@ -386,13 +389,13 @@ mod tests {
                 let encodes = std::cell::Cell::new(0);
                 let counted = |value| {
                     encodes.set(encodes.get() + 1);
-                    encode_value(value)
+                    encode_message(value)
                 };
                 push(&lane, &frame_of(1)).unwrap();
-                assert_eq!(stage_encode(&lane, 1 << 20, counted(2)), Some(frame));
+                assert_eq!(stage_encode(&lane, 1 << 20, counted(2_u64)), Some(frame));
                 let skipped = |out: &mut Vec<u8>| {
                     encodes.set(encodes.get() + 1);
-                    encode_value(3)(out)
+                    encode_message(3_u64)(out)
                 };
                 assert_eq!(stage_encode(&lane, 1 << 20, skipped), None, "no credit");
                 assert_eq!(encodes.get(), 1);
@@ -420,7 +423,7 @@ mod tests {
             .block_on(move |cx: Context<()>| async move {
                 let lane = staging;
                 push(&lane, &frame_of(1)).unwrap();
-                assert!(stage_encode(&lane, 1 << 20, encode_value(2)).is_some());
+                assert!(stage_encode(&lane, 1 << 20, encode_message(2_u64)).is_some());
                 lane.push(&large(3), false, None).unwrap();
                 let mine = large(4);
                 let encoded = push_encoded(&lane, 1 << 20, |out, _| {
