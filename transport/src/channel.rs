@@ -420,6 +420,9 @@ pub enum ConfigError {
         /// The maximum.
         max: Duration,
     },
+    /// Not a name the kernel could have for a congestion control: empty,
+    /// longer than 15 bytes, or with a zero byte.
+    CongestionControl(String),
 }
 
 impl fmt::Display for ConfigError {
@@ -430,6 +433,9 @@ impl fmt::Display for ConfigError {
             ConfigError::Channel { name, problem } => write!(f, "channel {name:?} {problem}"),
             ConfigError::Backoff { min, max } => {
                 write!(f, "reconnect backoff {min:?}..{max:?} is empty")
+            }
+            ConfigError::CongestionControl(name) => {
+                write!(f, "{name:?} is not a TCP congestion control's name")
             }
         }
     }

@@ -165,7 +165,10 @@ async fn connect<M: Send + 'static>(
     lane: u16,
 ) -> Result<(Stream, Established), ConnectionError> {
     let reactor = Reactor::current().ok_or(ConnectionError::NoReactor)?;
-    let stream = reactor.connect(addr).map_err(ConnectionError::io)?;
+    let congestion = inner.config.congestion_control_for(addr);
+    let stream = reactor
+        .connect(addr, congestion)
+        .map_err(ConnectionError::io)?;
     let handshake = async {
         poll_fn(|task| stream.poll_connected(task))
             .await

@@ -172,6 +172,21 @@ pub struct TransportConfig {
     /// its runs replay; a real cluster should not, or its handshake
     /// challenges would repeat.
     pub seed: Option<u64>,
+    /// The TCP congestion control, by name, of the connections this node
+    /// dials to a loopback address (a node on this host); `None` keeps the
+    /// system's (`net.ipv4.tcp_congestion_control`). Default
+    /// [`LOOPBACK_CONGESTION_CONTROL`].
+    ///
+    /// On loopback there is no bottleneck to find, and a congestion
+    /// control that paces, as `bbr` does, on a host without the `fq`
+    /// queueing discipline paces every connection with a timer of its
+    /// own: sends wait for timers that make room for nothing. (The dialler
+    /// sends a lane's frames; the end that accepts sends only credit and
+    /// acknowledgements.) If the kernel does not have the one named, or
+    /// does not let this process choose it
+    /// (`net.ipv4.tcp_allowed_congestion_control`), the transport says so
+    /// in one log line at start and keeps the system's.
+    pub loopback_congestion_control: Option<String>,
 }
 
 impl TransportConfig {
@@ -188,7 +203,17 @@ impl TransportConfig {
             reconnect_max: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
             seed: None,
+            loopback_congestion_control: Some(LOOPBACK_CONGESTION_CONTROL.to_owned()),
         }
+    }
+
+    /// The congestion control to give a connection this node dials to
+    /// `addr`: [`TransportConfig::loopback_congestion_control`] if `addr`
+    /// is a loopback address; the system's (`None`) otherwise.
+    pub(crate) fn congestion_control_for(&self, addr: SocketAddr) -> Option<&str> {
+        self.loopback_congestion_control
+            .as_deref()
+            .filter(|_| addr.ip().is_loopback())
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -201,6 +226,13 @@ impl TransportConfig {
                 return Err(ConfigError::DuplicateChannel(channel.name.clone()));
             }
         }
+        if let Some(name) = &self.loopback_congestion_control {
+            // The kernel's names are at most 15 bytes (`TCP_CA_NAME_MAX`
+            // with its terminating zero).
+            if name.is_empty() || name.len() > 15 || name.contains('\0') {
+                return Err(ConfigError::CongestionControl(name.clone()));
+            }
+        }
         if self.reconnect_min.is_zero() || self.reconnect_min > self.reconnect_max {
             return Err(ConfigError::Backoff {
                 min: self.reconnect_min,
@@ -210,6 +242,12 @@ impl TransportConfig {
         Ok(())
     }
 }
+
+/// The TCP congestion control a transport gives the connections it dials to
+/// a node on its own host, unless configured otherwise
+/// ([`TransportConfig::loopback_congestion_control`]): `cubic`, which
+/// paces nothing.
+pub const LOOPBACK_CONGESTION_CONTROL: &str = "cubic";
 
 /// Why a transport could not start.
 #[derive(Debug)]
@@ -475,7 +513,17 @@ impl Transport {
         builder: Builder,
         config: TransportConfig,
     ) -> Result<(Runtime, Transport), StartError> {
+        let mut config = config;
         config.check().map_err(StartError::Config)?;
+        if let Some(name) = &config.loopback_congestion_control {
+            if let Err(error) = sys::congestion_control_available(name) {
+                tracing::warn!(
+                    "TCP congestion control {name:?} unavailable ({error}); \
+                     loopback connections keep the system's"
+                );
+                config.loopback_congestion_control = None;
+            }
+        }
         let backend = match config.backend {
             Some(backend) => {
                 backend.probe(&config.io).map_err(|error| {
@@ -1604,5 +1652,65 @@ impl Counter {
 
     fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> TransportConfig {
+        let mut config = TransportConfig::new("config-test", Cookie::new("secret"));
+        config.backend = Some(Backend::Epoll);
+        config
+    }
+
+    #[test]
+    fn connections_to_this_host_take_the_loopback_congestion_control() {
+        let config = config();
+        let here = SocketAddr::from(([127, 0, 0, 2], 4000));
+        let there = SocketAddr::from(([10, 0, 0, 2], 4000));
+        assert_eq!(config.congestion_control_for(here), Some("cubic"));
+        assert_eq!(
+            config.congestion_control_for("[::1]:4000".parse().unwrap()),
+            Some("cubic")
+        );
+        assert_eq!(config.congestion_control_for(there), None);
+        let system = TransportConfig {
+            loopback_congestion_control: None,
+            ..config
+        };
+        assert_eq!(system.congestion_control_for(here), None);
+    }
+
+    #[test]
+    fn a_name_no_congestion_control_could_have_is_refused() {
+        for name in ["", "sixteen-letters!", "cu\0bic"] {
+            let config = TransportConfig {
+                loopback_congestion_control: Some(name.to_owned()),
+                ..config()
+            };
+            let started = Transport::start(foundation_sched::Runtime::builder(), config);
+            assert!(
+                matches!(
+                    started,
+                    Err(StartError::Config(ConfigError::CongestionControl(ref refused)))
+                        if refused == name
+                ),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_congestion_control_the_kernel_lacks_leaves_the_systems() {
+        let config = TransportConfig {
+            loopback_congestion_control: Some("no-such-cc".to_owned()),
+            ..config()
+        };
+        let builder = foundation_sched::Runtime::builder().shards(1);
+        let (_runtime, transport) = Transport::start(builder, config).expect("a node");
+        assert_eq!(transport.inner.config.loopback_congestion_control, None);
+        transport.stop();
     }
 }

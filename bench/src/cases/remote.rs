@@ -13,7 +13,7 @@
 //!
 //! Every peer runs with the two ends on two cores, as the two nodes do.
 
-use foundation::transport::{Backend, ChannelId, IoOptions};
+use foundation::transport::{Backend, ChannelId, IoOptions, LOOPBACK_CONGESTION_CONTROL};
 
 use super::{Context, Trial};
 use crate::peers::erlang;
@@ -56,15 +56,20 @@ fn subject(backend: Backend) -> &'static str {
     }
 }
 
-/// The kernel's TCP congestion control, which every subject's connections
-/// use, so that figures from machines set up differently are not compared
-/// as like for like: with `bbr` and no `fq` queueing discipline (loopback
-/// has none), TCP paces each socket with its own timers, and on a 2-core
-/// VM that cost every subject 30–40 % of its throughput at 1 KiB and
-/// 1 MiB against `cubic`.
+/// The TCP congestion control of the connections measured, so that figures
+/// from machines set up differently are not compared as like for like.
+/// With `bbr` and no `fq` queueing discipline (loopback has none), TCP
+/// paces each socket with its own timers, and on a 2-core VM that cost
+/// every subject 30–40 % of its throughput at 1 KiB and 1 MiB against
+/// `cubic`. So every subject's senders take the congestion control
+/// Foundation gives its connections to its own host,
+/// [`LOOPBACK_CONGESTION_CONTROL`], not the system's: Foundation's by
+/// default, the raw TCP stream's and Erlang's distribution's as their peers
+/// set them up.
 fn congestion_control() -> String {
-    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
-        .map_or_else(|_| "unknown".to_owned(), |name| name.trim().to_owned())
+    let system = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map_or_else(|_| "unknown".to_owned(), |name| name.trim().to_owned());
+    format!("{LOOPBACK_CONGESTION_CONTROL} (the system's: {system})")
 }
 
 /// Picks one figure out of a ping-pong's round trips.

@@ -49,6 +49,7 @@ use std::thread;
 use std::time::Duration;
 
 use clap::Subcommand;
+use foundation::transport::LOOPBACK_CONGESTION_CONTROL;
 
 use super::placement::{Pinned, Placement};
 use super::Message;
@@ -538,8 +539,16 @@ fn split_ack(ack: &[u8; 16]) -> (u64, u64) {
     (u64::from_le_bytes(messages), u64::from_le_bytes(bytes))
 }
 
+/// A loopback listener whose connections take the congestion control
+/// Foundation gives the connections it dials to its own host
+/// ([`LOOPBACK_CONGESTION_CONTROL`]), so that this end, which sends the
+/// stream, is paced (or not) as Foundation's senders are.
 fn listen() -> Result<TcpListener, String> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("listening on loopback: {e}"))
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .map_err(|e| format!("listening on loopback: {e}"))?;
+    rustix::net::sockopt::set_tcp_congestion(&listener, LOOPBACK_CONGESTION_CONTROL)
+        .map_err(|e| format!("congestion control {LOOPBACK_CONGESTION_CONTROL}: {e}"))?;
+    Ok(listener)
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, String> {

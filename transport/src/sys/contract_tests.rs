@@ -635,7 +635,7 @@ fn a_connect_to_a_closed_port_fails() {
         }; // Closed again: nothing listens there now.
         let outcome = runtime
             .block_on(move |_: Context<()>| async move {
-                let stream = reactor(backend).connect(addr)?;
+                let stream = reactor(backend).connect(addr, None)?;
                 let first = poll_fn(|cx| stream.poll_connected(cx)).await;
                 // The outcome stays: asking again does not wait for an
                 // event that will never come.
@@ -648,6 +648,27 @@ fn a_connect_to_a_closed_port_fails() {
             assert_eq!(error.kind(), io::ErrorKind::ConnectionRefused, "{error}");
         }
     });
+}
+
+#[test]
+fn a_stream_dialled_with_a_congestion_control_has_it() {
+    on_every_backend(
+        "congestion control",
+        IoOptions::default(),
+        |backend, runtime| {
+            let name = runtime
+                .block_on(move |_: Context<()>| async move {
+                    let (listener, addr) = listen(backend)?;
+                    let dialled = reactor(backend).connect(addr, Some("reno"))?;
+                    poll_fn(|cx| dialled.poll_connected(cx)).await?;
+                    let _accepted = accept(backend, &listener).await?;
+                    dialled.congestion_control().expect("a TCP socket")
+                })
+                .expect("the process returns")
+                .expect("the stream connects");
+            assert_eq!(name, "reno");
+        },
+    );
 }
 
 #[test]
@@ -979,7 +1000,7 @@ async fn accept(backend: Io, listener: &Listener) -> io::Result<(Stream, SocketA
 }
 
 async fn connect(backend: Io, addr: SocketAddr) -> io::Result<Stream> {
-    let stream = reactor(backend).connect(addr)?;
+    let stream = reactor(backend).connect(addr, None)?;
     stream.set_receive_buffers(backend.receive);
     poll_fn(|cx| stream.poll_connected(cx)).await?;
     Ok(stream)

@@ -71,6 +71,7 @@ use foundation_sched::driver::{Driver, DriverFactory};
 
 pub(crate) use crate::channel::ReceiveBuffers;
 use crate::frame::PAYLOAD_ALIGN;
+pub(crate) use sockopt::congestion_control_available;
 
 /// The environment variable that forces a backend: `io_uring` or `epoll`.
 pub const BACKEND_ENV: &str = "FOUNDATION_BACKEND";
@@ -273,13 +274,21 @@ impl Reactor {
         }
     }
 
-    /// Starts connecting to `addr`; see [`Stream::poll_connected`].
-    pub(crate) fn connect(self: &Rc<Reactor>, addr: SocketAddr) -> io::Result<Stream> {
+    /// Starts connecting to `addr`, over TCP with the congestion control
+    /// `congestion` (the system's if `None`); see
+    /// [`Stream::poll_connected`].
+    pub(crate) fn connect(
+        self: &Rc<Reactor>,
+        addr: SocketAddr,
+        congestion: Option<&str>,
+    ) -> io::Result<Stream> {
         if let Reactor::Sim(reactor) = &**self {
             return reactor.connect(addr).map(Stream::Sim);
         }
-        let stream = mio::net::TcpStream::connect(addr)?;
-        let stream = std::net::TcpStream::from(stream);
+        let stream = sockopt::connect(addr, |socket| match congestion {
+            Some(name) => sockopt::set_congestion_control(socket, name),
+            None => Ok(()),
+        })?;
         stream.set_nodelay(true)?;
         self.adopt(Socket::Tcp(stream))
     }
@@ -442,6 +451,12 @@ impl Stream {
     #[cfg(test)]
     pub(crate) fn unsent_low_water(&self) -> Option<io::Result<u32>> {
         self.with_socket(sockopt::unsent_low_water)
+    }
+
+    /// The stream's TCP congestion control, if it has a socket.
+    #[cfg(test)]
+    pub(crate) fn congestion_control(&self) -> Option<io::Result<String>> {
+        self.with_socket(sockopt::congestion_control)
     }
 
     /// Runs `f` on the stream's socket; `None` on the simulated network.
