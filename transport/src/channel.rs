@@ -78,18 +78,25 @@ pub enum ReceiveBuffers {
     /// for a second copy of every byte.
     Shared,
     /// Shared while the stream's reads are small, in place while bytes
-    /// arrive faster than it reads them (`data`'s choice). A stream goes in
-    /// place when one multishot completion fills a whole provided buffer
-    /// (a buffer's worth was waiting in the socket), and back to shared
-    /// when four reads in place in a row bring less than an eighth of a
-    /// buffer without filling what they asked for (it has caught up; one
-    /// such read is only the short segment that ends a sender's write). So
-    /// a ping-pong keeps its armed multishot receive (p50 15.3 µs on the
-    /// bench's `latency`, against 16.0 µs in place), and a stream of small
-    /// messages has each byte copied once and lands in the reader's own,
-    /// cache-warm buffer instead of a ring of buffers that cycles through
-    /// 16 MiB (1 KiB messages on the bench's `remote`: 4.1–4.8 M msgs/s
-    /// against 3.2 M shared).
+    /// arrive faster than it reads them (`data`'s choice). A stream starts
+    /// in place, goes shared when four reads in place in a row bring less
+    /// than an eighth of a provided buffer without filling what they asked
+    /// for (it has caught up; one such read is only the short segment that
+    /// ends a sender's write), and back in place when one multishot
+    /// completion fills a whole buffer (a buffer's worth was waiting in the
+    /// socket). So a ping-pong keeps its armed multishot receive (p50 15.3
+    /// µs on the bench's `latency`, against 16.0 µs in place), and a stream
+    /// of small messages has each byte copied once and lands in the
+    /// reader's own, cache-warm buffer instead of a ring of buffers that
+    /// cycles through 16 MiB (1 KiB messages on the bench's `remote`:
+    /// 4.1–4.8 M msgs/s against 3.2 M shared).
+    ///
+    /// It starts in place because a new connection may open with a flood:
+    /// one that started shared and went in place in the middle of its first
+    /// burst sometimes found nothing more to read for 40 ms (its socket had
+    /// advertised a zero window, and the window's reopening waited for
+    /// TCP's delayed acknowledgement), a third of the bench's 16-byte
+    /// repetitions losing a quarter of their throughput to it.
     Adaptive,
 }
 

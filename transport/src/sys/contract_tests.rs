@@ -221,7 +221,7 @@ fn switching_where_a_stream_receives_loses_and_reorders_nothing() {
 }
 
 #[test]
-fn an_adaptive_stream_receives_in_place_while_behind_and_shared_once_its_reads_stay_small() {
+fn an_adaptive_stream_receives_in_place_from_its_start_and_shared_once_its_reads_stay_small() {
     on_every_backend(
         "adaptive receives",
         IoOptions::default(),
@@ -229,7 +229,7 @@ fn an_adaptive_stream_receives_in_place_while_behind_and_shared_once_its_reads_s
             const LEN: usize = 1 << 20;
             // Small reads in a row that take an adaptive stream back.
             const SMALL_ROUNDS: usize = super::uring::SMALL_READS_TO_SHARE as usize;
-            let (behind, in_place) = runtime
+            let (at_start, behind, in_place) = runtime
                 .block_on(move |cx: Context<()>| async move {
                     let (listener, addr) = listen(backend)?;
                     let client = spawn_on(&cx, other_shard(&cx), move || async move {
@@ -244,6 +244,7 @@ fn an_adaptive_stream_receives_in_place_while_behind_and_shared_once_its_reads_s
                     })
                     .await;
                     let (stream, _) = accept(backend, &listener).await?;
+                    let at_start = stream.receives_in_place();
                     // Let the megabyte pile up in the socket.
                     recv_exact(&stream, 1, 1).await?;
                     cx.sleep(Duration::from_millis(50)).await;
@@ -269,13 +270,14 @@ fn an_adaptive_stream_receives_in_place_while_behind_and_shared_once_its_reads_s
                         send(&stream, vec![1]).await?;
                     }
                     client.await.expect("the client reports")?;
-                    Ok::<_, io::Error>((behind, in_place))
+                    Ok::<_, io::Error>((at_start, behind, in_place))
                 })
                 .expect("the process returns")
                 .expect("no I/O error");
             let caught_up = in_place.last() == Some(&false);
             match (backend.kind, backend.receive) {
                 (Backend::IoUring, ReceiveBuffers::Adaptive) => {
+                    assert!(at_start, "in place before anything arrived");
                     assert!(behind, "in place while a megabyte waits");
                     assert!(
                         in_place[..SMALL_ROUNDS - 1].iter().all(|&yes| yes),
@@ -283,8 +285,10 @@ fn an_adaptive_stream_receives_in_place_while_behind_and_shared_once_its_reads_s
                     );
                     assert!(caught_up, "shared again after {SMALL_ROUNDS} small reads");
                 }
-                (Backend::IoUring, ReceiveBuffers::Shared) => assert!(!behind && caught_up),
-                _ => assert!(behind && !caught_up, "in place throughout"),
+                (Backend::IoUring, ReceiveBuffers::Shared) => {
+                    assert!(!at_start && !behind && caught_up);
+                }
+                _ => assert!(at_start && behind && !caught_up, "in place throughout"),
             }
         },
     );

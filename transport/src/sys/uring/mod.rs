@@ -36,10 +36,10 @@
 //!   has its receive cancelled until it drains, so one slow reader cannot
 //!   starve the shard's other streams.
 //!   A switch to in place cancels the multishot receive; what it received
-//!   is read first. An *adaptive* stream switches by itself: to in place
-//!   when a multishot completion fills a whole buffer, back to shared when
-//!   [`SMALL_READS_TO_SHARE`] reads in place in a row find less than an
-//!   eighth of one waiting.
+//!   is read first. An *adaptive* stream starts in place and switches by
+//!   itself: to shared when [`SMALL_READS_TO_SHARE`] reads in place in a
+//!   row find less than an eighth of a buffer waiting, back in place when
+//!   a multishot completion fills a whole buffer.
 //! - **Send** is one request per stream at a time, for a slice of the
 //!   owned buffer ([`Stream::set_send_slice`]); the next slice is submitted
 //!   when the previous one's result arrives. The kernel makes a request's
@@ -458,9 +458,10 @@ impl Stream {
             return;
         };
         source.adaptive = buffers == ReceiveBuffers::Adaptive;
-        // An adaptive stream starts shared, as a stream that has received
-        // nothing yet is not behind.
-        let shared = buffers != ReceiveBuffers::InPlace;
+        // An adaptive stream starts in place: a new connection may open
+        // with a flood, and a switch to in place in the middle of the
+        // first one stalled it (see `ReceiveBuffers::Adaptive`).
+        let shared = buffers == ReceiveBuffers::Shared;
         state.receive_shared(self.key, shared);
     }
 
