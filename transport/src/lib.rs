@@ -13,6 +13,10 @@
 //! - **Handshake**: protocol version, node name and id, and a cookie proved
 //!   by HMAC challenge-response; a mismatch is a typed [`HandshakeError`] on
 //!   both sides.
+//! - **Connections to this host** take the TCP congestion control `cubic`
+//!   ([`TransportConfig::loopback_congestion_control`]): a pacing one such
+//!   as `bbr`, without the `fq` queueing discipline, paces every loopback
+//!   connection with timers that make room for nothing.
 //! - **Channels** ([`ChannelSpec`]): named, prioritized, each with its own
 //!   connections (*parallelism* of them per peer), delivery guarantee,
 //!   maximum frame and credit window. Defaults: `control`, `data`,
