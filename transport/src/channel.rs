@@ -93,10 +93,11 @@ pub enum ReceiveBuffers {
     ///
     /// It starts in place because a new connection may open with a flood:
     /// one that started shared and went in place in the middle of its first
-    /// burst sometimes found nothing more to read for 40 ms (its socket had
-    /// advertised a zero window, and the window's reopening waited for
-    /// TCP's delayed acknowledgement), a third of the bench's 16-byte
-    /// repetitions losing a quarter of their throughput to it.
+    /// burst sometimes found nothing more to read for 40 ms (by the
+    /// kernel's counters, its socket had advertised a zero window, whose
+    /// reopening waited for TCP's delayed acknowledgement), and a third to
+    /// a half of the bench's 16-byte repetitions lost a quarter of their
+    /// throughput to it.
     Adaptive,
 }
 
