@@ -197,6 +197,19 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_connection_is_made_the_same_way() {
+        let Ok(listener) = TcpListener::bind("[::1]:0") else {
+            return; // No IPv6 loopback on this machine.
+        };
+        let addr = listener.local_addr().unwrap();
+        let stream = connect(addr, |socket| set_congestion_control(socket, "reno")).unwrap();
+        let (_accepted, from) = listener.accept().unwrap();
+        assert_eq!(stream.local_addr().unwrap(), from);
+        assert_eq!(stream.peer_addr().unwrap(), addr);
+        assert_eq!(congestion_control(stream.as_fd()).unwrap(), "reno");
+    }
+
+    #[test]
     fn a_congestion_control_the_kernel_lacks_is_refused() {
         let error = congestion_control_available("no-such-cc").unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::ENOENT));
