@@ -373,22 +373,25 @@ fn two_nodes(
 /// port of its own, `cookie`, `fbench` on the code path, and the congestion
 /// control Foundation gives its loopback connections
 /// ([`LOOPBACK_CONGESTION_CONTROL`], as a raw `TCP_CONGESTION` option on
-/// the sockets it dials and listens on), so that both are paced alike.
+/// the sockets it dials and listens on, where the kernel has it), so that
+/// both are paced alike.
 fn node(dir: &Path, name: &str, cookie: &str) -> Result<Command, String> {
     let port = super::tcp::free_port()?.to_string();
-    // IPPROTO_TCP is 6 and TCP_CONGESTION 13 on Linux.
-    let congestion = format!("[{{raw,6,13,<<\"{LOOPBACK_CONGESTION_CONTROL}\">>}}]");
     let mut command = Command::new("erl");
     command
         .env("ERL_EPMD_ADDRESS", EPMD_ADDRESS)
         .args(["-noshell", "-name", name, "-setcookie", cookie])
         .args(["-kernel", "inet_dist_use_interface", "{127,0,0,1}"])
         .args(["-kernel", "inet_dist_listen_min", &port])
-        .args(["-kernel", "inet_dist_listen_max", &port])
-        .args(["-kernel", "inet_dist_connect_options", &congestion])
-        .args(["-kernel", "inet_dist_listen_options", &congestion])
-        .arg("-pa")
-        .arg(dir);
+        .args(["-kernel", "inet_dist_listen_max", &port]);
+    if super::tcp::loopback_congestion_control_available() {
+        // IPPROTO_TCP is 6 and TCP_CONGESTION 13 on Linux.
+        let congestion = format!("[{{raw,6,13,<<\"{LOOPBACK_CONGESTION_CONTROL}\">>}}]");
+        command
+            .args(["-kernel", "inet_dist_connect_options", &congestion])
+            .args(["-kernel", "inet_dist_listen_options", &congestion]);
+    }
+    command.arg("-pa").arg(dir);
     Ok(command)
 }
 

@@ -541,14 +541,25 @@ fn split_ack(ack: &[u8; 16]) -> (u64, u64) {
 
 /// A loopback listener whose connections take the congestion control
 /// Foundation gives the connections it dials to its own host
-/// ([`LOOPBACK_CONGESTION_CONTROL`]), so that this end, which sends the
-/// stream, is paced (or not) as Foundation's senders are.
+/// ([`LOOPBACK_CONGESTION_CONTROL`]), so that this process's end (the
+/// stream's sender, the ping-pong's pinging end) is paced, or not, as
+/// Foundation's senders are. Where the kernel lacks it, Foundation keeps
+/// the system's, and so does this peer.
 fn listen() -> Result<TcpListener, String> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| format!("listening on loopback: {e}"))?;
-    rustix::net::sockopt::set_tcp_congestion(&listener, LOOPBACK_CONGESTION_CONTROL)
-        .map_err(|e| format!("congestion control {LOOPBACK_CONGESTION_CONTROL}: {e}"))?;
+    let _ = rustix::net::sockopt::set_tcp_congestion(&listener, LOOPBACK_CONGESTION_CONTROL);
     Ok(listener)
+}
+
+/// Whether this process may give its sockets
+/// [`LOOPBACK_CONGESTION_CONTROL`], as Foundation's connections to its own
+/// host take it: the Erlang peer asks for it only then, as a refused socket
+/// option would fail its connections.
+pub(crate) fn loopback_congestion_control_available() -> bool {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).is_ok_and(|listener| {
+        rustix::net::sockopt::set_tcp_congestion(&listener, LOOPBACK_CONGESTION_CONTROL).is_ok()
+    })
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, String> {
