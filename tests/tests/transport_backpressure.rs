@@ -25,6 +25,7 @@ on_each_backend!(
     a_channel_that_fails_while_disconnected_says_not_connected,
     a_channel_that_queues_while_disconnected_is_bounded_then_delivered,
     sends_that_cannot_go_anywhere_are_typed_errors,
+    a_peer_removed_in_the_middle_of_a_poll_refuses_the_sends_after,
 );
 
 /// `data`'s credit window in these tests.
@@ -266,6 +267,30 @@ fn sends_that_cannot_go_anywhere_are_typed_errors(backend: Backend) {
     });
     assert_eq!(stopped, (Err(SendError::Closed), Err(SendError::Closed)));
     assert!(rx.recv_timeout(QUIET).is_err(), "nothing was sent");
+}
+
+/// A process sending a run of messages in one poll stages them, and its
+/// sends after the first skip the peer's lookup. Once it removes the peer,
+/// its next send looks the peer up again and fails, in the same poll.
+fn a_peer_removed_in_the_middle_of_a_poll_refuses_the_sends_after(backend: Backend) {
+    let a = Node::start(config(backend));
+    let b = Node::start(config(backend));
+    a.connect_to(&b);
+    let (receiver, _rx) = b.receiver(Seen::of);
+    let to = receiver.pid();
+    let peer = b.node();
+
+    let (before, removed, after) = a.run(move |cx, transport| async move {
+        let small = Numbered::new(0, 0, 8);
+        let send = || transport.try_send(cx.pid(), to, ChannelId::DATA, &small);
+        // The first goes to the lane, the next ones onto the stage.
+        let before: Vec<_> = (0..4).map(|_| send()).collect();
+        let removed = transport.remove_peer(peer);
+        (before, removed, send())
+    });
+    assert!(before.iter().all(Result::is_ok), "{before:?}");
+    assert!(removed);
+    assert_eq!(after, Err(SendError::UnknownPeer(peer)));
 }
 
 /// The test configuration with `data` replaced by a one-lane channel with

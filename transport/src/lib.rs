@@ -145,6 +145,7 @@ use crate::frame::{FrameError, FrameHeader, FrameKind, Wire, HEADER_LEN};
 use crate::handshake::{Accepted, Entropy, Identity};
 use crate::inbound::{EndpointCache, Endpoints, Received};
 use crate::lane::{Encoded, Lane, Push};
+use crate::stage::Route;
 use crate::sys::{Bound, Reactor};
 
 /// How a node's transport is set up.
@@ -807,6 +808,8 @@ impl Transport {
         if let Some(peer) = &removed {
             peer.removed.store(true, Ordering::Release);
             peer.lanes.iter().flatten().for_each(|lane| lane.close());
+            // This thread's next send to it looks it up, and fails.
+            stage::forget_route();
         }
         removed.is_some()
     }
@@ -1265,11 +1268,13 @@ impl Inner {
     }
 
     /// Encodes `message` straight onto this poll's stage for its lane, if
-    /// it has one and the frame fits ([`stage::Stages::encode`]); the frame's
-    /// length, or `None` for a send that must go the general way (which
-    /// also reports errors). Every result fits in registers: a send that
-    /// returns through memory reads it back at once, and on this path that
-    /// read waited for the stage's stores to reach the cache.
+    /// it has one and the frame fits ([`stage::Stages::encode`]): the
+    /// stage the thread's last send found, if this one takes the same
+    /// route, else its lane's. The frame's length, or `None` for a send
+    /// that must go the general way (which also reports errors). Every
+    /// result fits in registers: a send that returns through memory reads
+    /// it back at once, and on this path that read waited for the stage's
+    /// stores to reach the cache.
     #[inline(always)]
     fn try_stage<T: Wire>(
         &self,
@@ -1283,12 +1288,21 @@ impl Inner {
             return None;
         }
         stage::with_open(|stages| {
-            self.with_route(from, to, channel, |lane| {
-                stages.encode(lane?, max_frame, |out| {
-                    self.encode(from, to, channel, message, out).ok()
-                })
+            let route = Route {
+                transport: self.id,
+                from,
+                to,
+                channel,
+            };
+            let stage = match stages.remembered(route) {
+                Some(stage) => stage,
+                None => self
+                    .with_route(from, to, channel, |lane| stages.remember(route, lane?))
+                    .flatten()?,
+            };
+            stages.encode(stage, max_frame, |out| {
+                self.encode(from, to, channel, message, out).ok()
             })
-            .flatten()
         })
     }
 
