@@ -516,9 +516,8 @@ impl Transport {
     /// accepting. Returns the runtime and the transport.
     pub fn start(
         builder: Builder,
-        config: TransportConfig,
+        mut config: TransportConfig,
     ) -> Result<(Runtime, Transport), StartError> {
-        let mut config = config;
         config.check().map_err(StartError::Config)?;
         if let Some(name) = &config.loopback_congestion_control {
             if let Err(error) = sys::congestion_control_available(name) {
