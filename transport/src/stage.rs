@@ -96,10 +96,10 @@ pub(crate) struct Stages {
     spare: Vec<Vec<u8>>,
     /// The route of the last send staged in this poll, and its stage.
     ///
-    /// It is trusted without asking whether the peer is still there: a
-    /// peer removed on another thread meanwhile takes, until this poll
-    /// ends, what a send racing the removal takes anyway (frames for a
-    /// closed lane, which its commit drops). A removal on this thread
+    /// It is trusted without asking whether the peer is still there: sends
+    /// to a peer removed on another thread meanwhile get, until this poll
+    /// ends, what a send racing the removal gets anyway (frames staged for
+    /// a closed lane, which its commit drops). A removal on this thread
     /// forgets it ([`forget_route`]).
     last_route: Option<(Route, StageId)>,
 }
@@ -241,10 +241,10 @@ impl Stages {
     /// covers another frame the size of its last. Returns the frame's
     /// length, or `None` when nothing was staged: the last frame was
     /// larger than [`STAGED_FRAME_MAX`], `encode` failed, the frame's
-    /// payload is larger than `max_frame`, or the grant cannot cover it. The caller then sends it another way: straight
-    /// onto the lane if it is large ([`push_encoded`]), else the general
-    /// way, which encodes it again and reports what went wrong ([`push`],
-    /// chunks, errors).
+    /// payload is larger than `max_frame`, or the grant cannot cover it.
+    /// The caller then sends it another way: straight onto the lane if it
+    /// is large ([`push_encoded`]), else the general way, which encodes it
+    /// again and reports what went wrong ([`push`], chunks, errors).
     ///
     /// Encoding in place spares a copy, and more: the frame's header and
     /// the archive's small fields are written by narrow stores, and
