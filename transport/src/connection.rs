@@ -123,6 +123,9 @@ pub(crate) async fn dial(
                     }
                 }
                 stream.set_background(spec.background);
+                // A best-effort lane reuses a sent batch's buffer without
+                // reading it; an acknowledged one keeps the frames.
+                stream.set_sent_unread(spec.delivery == crate::Delivery::BestEffort);
                 // The writer reads only credit and acknowledgements.
                 stream.set_receive_buffers(ReceiveBuffers::Shared);
                 lane.connected(established.incarnation, established.delivered);

@@ -409,11 +409,7 @@ async fn exchange(stream: &Stream, mine: usize, theirs: usize) -> io::Result<()>
 
 #[test]
 fn zero_copy_sends_the_kernel_copies_become_plain_sends() {
-    let options = IoOptions {
-        send_zc_threshold: 1,
-        ..IoOptions::default()
-    };
-    on_every_backend("zero-copy copied", options, |backend, runtime| {
+    on_every_backend("zero-copy copied", zero_copy(), |backend, runtime| {
         let (before, after) = runtime
             .block_on(move |cx: Context<()>| async move {
                 let (listener, addr) = listen(backend)?;
@@ -442,6 +438,62 @@ fn zero_copy_sends_the_kernel_copies_become_plain_sends() {
         let zero_copy = backend.kind == Backend::IoUring;
         assert_eq!(before, zero_copy, "before the first send");
         assert!(!after, "after a send over loopback");
+    });
+}
+
+/// For a writer that does not read what it sent, a zero-copy send is
+/// done once the kernel has taken all its bytes, not once the peer has
+/// acknowledged them (which its notifications wait for, and a peer may
+/// delay by tens of milliseconds). Here the peer reads nothing until the
+/// sends are done: its window closes with most of the bytes still queued
+/// in the sending socket, so on io_uring no notification can come before
+/// it reads.
+#[test]
+fn a_zero_copy_send_is_done_before_the_peer_reads() {
+    on_every_backend("zero-copy done early", zero_copy(), |backend, runtime| {
+        const LEN: usize = 1 << 20;
+        runtime
+            .block_on(move |cx: Context<()>| async move {
+                let (listener, addr) = listen(backend)?;
+                let (go, start) = oneshot::channel::<()>();
+                let client = spawn_on(&cx, other_shard(&cx), move || async move {
+                    let stream = connect(backend, addr).await?;
+                    let _ = start.await;
+                    recv_exact(&stream, 2 * LEN, 65_536).await
+                })
+                .await;
+                let (stream, _) = accept(backend, &listener).await?;
+                // Room in the sending socket for what the peer's window
+                // will not take.
+                stream.set_send_buffer(4 * LEN as u32).transpose()?;
+                stream.set_sent_unread(true);
+                let zero_copy = stream.sends_zero_copy();
+                let sends = async {
+                    let first = send(&stream, pattern(1, LEN)).await?;
+                    send(&stream, pattern(2, LEN)).await?;
+                    Ok::<_, io::Error>(first)
+                };
+                let done = select(sends, cx.sleep(Duration::from_secs(2))).await;
+                go.send(());
+                let first = done.expect("the sends are done before the peer reads")?;
+                // A buffer the kernel may still read stays with the send;
+                // the writer gets another.
+                if zero_copy {
+                    assert!(
+                        first.is_empty(),
+                        "the zero-copy send's own buffer came back"
+                    );
+                }
+                let received = client.await.expect("the client reports")?;
+                assert!(received[..LEN] == pattern(1, LEN)[..], "first send differs");
+                assert!(
+                    received[LEN..] == pattern(2, LEN)[..],
+                    "second send differs"
+                );
+                Ok::<_, io::Error>(())
+            })
+            .expect("the process returns")
+            .expect("no I/O error");
     });
 }
 
@@ -894,6 +946,15 @@ impl std::fmt::Display for Io {
             Backend::IoUring => write!(f, "{} receiving {:?}", self.kind, self.receive),
             kind => write!(f, "{kind}"),
         }
+    }
+}
+
+/// Options under which io_uring sends every byte with `SEND_ZC` (until
+/// it finds the kernel copies).
+fn zero_copy() -> IoOptions {
+    IoOptions {
+        send_zc_threshold: 1,
+        ..IoOptions::default()
     }
 }
 

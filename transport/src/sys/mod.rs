@@ -459,6 +459,12 @@ impl Stream {
         self.with_socket(sockopt::congestion_control)
     }
 
+    /// Sets the stream's socket send buffer (`SO_SNDBUF`).
+    #[cfg(test)]
+    pub(crate) fn set_send_buffer(&self, bytes: u32) -> Option<io::Result<()>> {
+        self.with_socket(|socket| sockopt::set_send_buffer(socket, bytes))
+    }
+
     /// Runs `f` on the stream's socket; `None` on the simulated network.
     fn with_socket<R>(&self, f: impl FnOnce(BorrowedFd<'_>) -> R) -> Option<R> {
         match self {
@@ -486,6 +492,21 @@ impl Stream {
         }
     }
 
+    /// The writer does not read or keep what it sent, so a send may be
+    /// done for it as soon as the kernel has taken all the bytes, with an
+    /// empty buffer given back in place of its own: io_uring keeps a
+    /// zero-copy send's buffer until the kernel's notifications are in,
+    /// which wait for the peer's acknowledgement, and a peer may delay
+    /// that by tens of milliseconds. Off by default: the writer gets its
+    /// own buffer back (an acknowledged channel keeps the frames it sent
+    /// until the peer acknowledges them). Epoll and the simulated network
+    /// give the buffer back at once anyway.
+    pub(crate) fn set_sent_unread(&self, unread: bool) {
+        if let Stream::Uring(stream) = self {
+            stream.set_sent_unread(unread);
+        }
+    }
+
     /// Whether a send is in flight.
     pub(crate) fn sending(&self) -> bool {
         match self {
@@ -496,7 +517,8 @@ impl Stream {
     }
 
     /// The buffer of the send in flight, once all of it is written or the
-    /// stream failed.
+    /// stream failed (an empty one instead, with
+    /// [`Stream::set_sent_unread`], while the kernel may still read it).
     pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
         match self {
             Stream::Uring(stream) => stream.poll_sent(cx),

@@ -96,7 +96,12 @@ pub(crate) fn congestion_control_available(name: &str) -> io::Result<()> {
 
 /// Gives the socket the congestion control `name` (`TCP_CONGESTION`).
 pub(crate) fn set_congestion_control(socket: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    set_tcp_option(socket, libc::TCP_CONGESTION, name.as_bytes())
+    set_option(
+        socket,
+        libc::IPPROTO_TCP,
+        libc::TCP_CONGESTION,
+        name.as_bytes(),
+    )
 }
 
 /// The socket's congestion control.
@@ -115,7 +120,12 @@ pub(crate) fn congestion_control(socket: BorrowedFd<'_>) -> io::Result<String> {
 /// [`ChannelSpec::unsent_low_water`](crate::ChannelSpec#structfield.unsent_low_water).
 pub(crate) fn set_unsent_low_water(socket: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
     let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    set_tcp_option(socket, libc::TCP_NOTSENT_LOWAT, &value.to_ne_bytes())
+    set_option(
+        socket,
+        libc::IPPROTO_TCP,
+        libc::TCP_NOTSENT_LOWAT,
+        &value.to_ne_bytes(),
+    )
 }
 
 /// The socket's `TCP_NOTSENT_LOWAT`; 0 when it follows the system's
@@ -127,14 +137,32 @@ pub(crate) fn unsent_low_water(socket: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(libc::c_int::from_ne_bytes(value) as u32)
 }
 
-/// `setsockopt(2)` of the TCP option `option` to `value`.
-fn set_tcp_option(socket: BorrowedFd<'_>, option: libc::c_int, value: &[u8]) -> io::Result<()> {
+/// Sets the socket's send buffer (`SO_SNDBUF`; the kernel doubles it and
+/// caps it at `net.core.wmem_max`).
+#[cfg(test)]
+pub(crate) fn set_send_buffer(socket: BorrowedFd<'_>, bytes: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    set_option(
+        socket,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUF,
+        &value.to_ne_bytes(),
+    )
+}
+
+/// `setsockopt(2)` of option `option` at `level` to `value`.
+fn set_option(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: &[u8],
+) -> io::Result<()> {
     // SAFETY: `value` lives across the call and the length given is its
     // length; the kernel reads at most that many bytes.
     let result = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
+            level,
             option,
             value.as_ptr().cast(),
             value.len() as libc::socklen_t,

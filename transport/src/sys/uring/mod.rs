@@ -47,7 +47,11 @@
 //!   thread, so the slice bounds how long that holds the shard. `SEND` below
 //!   [`IoOptions::send_zc_threshold`] and `SEND_ZC` from it up; the buffer
 //!   goes back to the stream once every slice's zero-copy notification is
-//!   in. A notification may report that the kernel copied the data anyway
+//!   in. Those wait for the peer's acknowledgement, which a peer may delay
+//!   by 40 ms: a writer that does not read what it sent
+//!   ([`Stream::set_sent_unread`], the best-effort lanes) is done with its
+//!   send, and gets an empty buffer, as soon as the last slice's result is
+//!   in, while the operation keeps the buffer for the kernel. A notification may report that the kernel copied the data anyway
 //!   (always over loopback, and on devices that cannot send from user
 //!   pages): then zero-copy only costs pinning pages and waiting for
 //!   notifications, so that stream sends with plain `SEND` from then on,
@@ -506,6 +510,13 @@ impl Stream {
         let mut state = this(&self.reactor).state.borrow_mut();
         if let Some(source) = state.sources.get_mut(self.key) {
             source.background = background;
+        }
+    }
+
+    pub(crate) fn set_sent_unread(&self, unread: bool) {
+        let mut state = this(&self.reactor).state.borrow_mut();
+        if let Some(source) = state.sources.get_mut(self.key) {
+            source.sent_unread = unread;
         }
     }
 
@@ -1078,34 +1089,56 @@ impl State {
                 return;
             }
         }
-        if send.result_pending || send.notifs_pending > 0 {
-            // The kernel may still read the buffer. If the stream is gone,
-            // its socket may close now all the same.
-            if !send.result_pending {
+        if send.result_pending {
+            return;
+        }
+        if send.notifs_pending > 0 {
+            // Only zero-copy notifications are due. They come once the
+            // peer has acknowledged the bytes, which a peer that delays its
+            // acknowledgements holds back for tens of milliseconds (40 ms
+            // over loopback, on a new connection's first burst). A writer
+            // that does not read what it sent has its outcome now, with a
+            // new buffer to fill; this one stays with the operation until
+            // the kernel lets go of it. If the stream is gone, its socket
+            // may close now all the same.
+            let unread = self
+                .sources
+                .get(key)
+                .is_some_and(|source| source.sent_unread);
+            if unread && !send.handed_back {
+                send.handed_back = true;
+                let outcome = send.outcome();
+                self.hand_back(key, Vec::new(), outcome);
+            } else {
                 drop(self.release_if_idle(key));
             }
             return;
         }
         let Some(Op {
-            kind: OpKind::Send(send),
+            kind: OpKind::Send(mut send),
             ..
         }) = self.ops.remove(user_data)
         else {
             return;
         };
-        let outcome = match send.error {
-            Some(error) => Err(error),
-            None if send.written >= send.buf.len() => Ok(()),
-            None => Err(io::ErrorKind::Interrupted.into()),
+        if !send.handed_back {
+            let outcome = send.outcome();
+            self.hand_back(key, send.buf, outcome);
+        }
+    }
+
+    /// Gives stream `key`'s writer the outcome of its send, and `buf` to
+    /// write the next one in; a closed stream is released instead.
+    fn hand_back(&mut self, key: u32, buf: Vec<u8>, outcome: io::Result<()>) {
+        let Some(source) = self.sources.get_mut(key) else {
+            return;
         };
-        if let Some(source) = self.sources.get_mut(key) {
-            source.send_op = None;
-            if source.open {
-                source.sent = Some((send.buf, outcome));
-                self.wakers.extend(source.writer.take());
-            } else {
-                drop(self.release_if_idle(key));
-            }
+        source.send_op = None;
+        if source.open {
+            source.sent = Some((buf, outcome));
+            self.wakers.extend(source.writer.take());
+        } else {
+            drop(self.release_if_idle(key));
         }
     }
 
@@ -1282,6 +1315,7 @@ impl State {
                 result_pending: false,
                 notifs_pending: 0,
                 error: None,
+                handed_back: false,
             }),
         });
         source.send_op = Some(user_data);
@@ -1518,15 +1552,13 @@ impl State {
             return None;
         }
         let source = self.sources.remove(key)?;
-        if let Some(user_data) = source.send_op {
-            // Only its zero-copy notification is pending: the socket may
-            // close, the buffer stays with the operation until then. (Kept
-            // open, the socket would hold the very data whose release the
-            // notification waits for, as long as the peer does not read.)
-            if let Some(op) = self.ops.get_mut(user_data) {
-                op.source = DETACHED;
-            }
-        }
+        // Sends with only zero-copy notifications due (in flight, or
+        // handed back to the writer): the socket may close, each buffer
+        // stays with its operation until then. (Kept open, the socket
+        // would hold the very data whose release the notification waits
+        // for, as long as the peer does not read.) Detached, their
+        // notifications touch no stream that takes the key next.
+        self.ops.detach_sends_of(key);
         Some(source)
     }
 
@@ -1690,6 +1722,20 @@ struct SendOp {
     /// Zero-copy notifications still due, one per slice that asked for one.
     notifs_pending: u32,
     error: Option<io::Error>,
+    /// The writer has had its outcome: only notifications were due, and
+    /// the buffer stays here until they are in.
+    handed_back: bool,
+}
+
+impl SendOp {
+    /// What the writer is told once the kernel has taken all it will.
+    fn outcome(&mut self) -> io::Result<()> {
+        match self.error.take() {
+            Some(error) => Err(error),
+            None if self.written >= self.buf.len() => Ok(()),
+            None => Err(io::ErrorKind::Interrupted.into()),
+        }
+    }
 }
 
 impl Ops {
@@ -1739,6 +1785,15 @@ impl Ops {
 
     fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Detaches the sends of source `key` from it.
+    fn detach_sends_of(&mut self, key: u32) {
+        for op in self.slots.iter_mut().filter_map(|slot| slot.op.as_mut()) {
+            if op.source == key && matches!(op.kind, OpKind::Send(_)) {
+                op.source = DETACHED;
+            }
+        }
     }
 }
 
@@ -1833,6 +1888,8 @@ struct Source {
     /// (`IOSQE_ASYNC`) rather than inline in the submitting call
     /// ([`Stream::set_background`]).
     background: bool,
+    /// The writer does not read what it sent ([`Stream::set_sent_unread`]).
+    sent_unread: bool,
 }
 
 impl Source {
@@ -1853,6 +1910,7 @@ impl Source {
             starved: false,
             send_slice: DEFAULT_SEND_SLICE as usize,
             background: false,
+            sent_unread: false,
             paused: false,
             reader: None,
             send_op: None,
