@@ -492,15 +492,15 @@ impl Stream {
         }
     }
 
-    /// The writer does not read or keep what it sent, so a send may be
-    /// done for it as soon as the kernel has taken all the bytes, with an
-    /// empty buffer given back in place of its own: io_uring keeps a
-    /// zero-copy send's buffer until the kernel's notifications are in,
-    /// which wait for the peer's acknowledgement, and a peer may delay
-    /// that by tens of milliseconds. Off by default: the writer gets its
-    /// own buffer back (an acknowledged channel keeps the frames it sent
-    /// until the peer acknowledges them). Epoll and the simulated network
-    /// give the buffer back at once anyway.
+    /// The writer does not read or keep what it sent. A send is done for
+    /// its writer as soon as the kernel has taken all the bytes, but
+    /// io_uring keeps a zero-copy send's buffer until the kernel's
+    /// notifications are in, which wait for the peer's acknowledgement (a
+    /// peer may delay that by tens of milliseconds): meanwhile the writer
+    /// gets a copy of its buffer, or with this an empty one, saving the
+    /// copy. Off by default (an acknowledged channel keeps the frames it
+    /// sent until the peer acknowledges them). Epoll and the simulated
+    /// network give the buffer itself back at once anyway.
     pub(crate) fn set_sent_unread(&self, unread: bool) {
         if let Stream::Uring(stream) = self {
             stream.set_sent_unread(unread);
@@ -517,8 +517,8 @@ impl Stream {
     }
 
     /// The buffer of the send in flight, once all of it is written or the
-    /// stream failed (an empty one instead, with
-    /// [`Stream::set_sent_unread`], while the kernel may still read it).
+    /// stream failed; a copy, or an empty one with
+    /// [`Stream::set_sent_unread`], while the kernel may still read it.
     pub(crate) fn poll_sent(&self, cx: &mut Context<'_>) -> Poll<(Vec<u8>, io::Result<()>)> {
         match self {
             Stream::Uring(stream) => stream.poll_sent(cx),

@@ -48,10 +48,11 @@
 //!   [`IoOptions::send_zc_threshold`] and `SEND_ZC` from it up; the buffer
 //!   goes back to the stream once every slice's zero-copy notification is
 //!   in. Those wait for the peer's acknowledgement, which a peer may delay
-//!   by 40 ms: a writer that does not read what it sent
-//!   ([`Stream::set_sent_unread`], the best-effort lanes) is done with its
-//!   send, and gets an empty buffer, as soon as the last slice's result is
-//!   in, while the operation keeps the buffer for the kernel. A notification may report that the kernel copied the data anyway
+//!   by 40 ms, so the writer is done with its send as soon as the last
+//!   slice's result is in: it gets a copy of its buffer, or an empty one if
+//!   it does not read what it sent ([`Stream::set_sent_unread`], the
+//!   best-effort lanes), while the operation keeps the buffer for the
+//!   kernel. A notification may report that the kernel copied the data anyway
 //!   (always over loopback, and on devices that cannot send from user
 //!   pages): then zero-copy only costs pinning pages and waiting for
 //!   notifications, so that stream sends with plain `SEND` from then on,
@@ -1096,22 +1097,23 @@ impl State {
             // Only zero-copy notifications are due. They come once the
             // peer has acknowledged the bytes, which a peer that delays its
             // acknowledgements holds back for tens of milliseconds (40 ms
-            // over loopback, on a new connection's first burst). A writer
-            // that does not read what it sent has its outcome now, with a
-            // new buffer to fill; this one stays with the operation until
-            // the kernel lets go of it. If the stream is gone, its socket
-            // may close now all the same.
-            let unread = self
+            // over loopback, on a new connection's first burst). The
+            // writer has its outcome now: a new buffer to fill if it does
+            // not read what it sent, else a copy of its own. This one
+            // stays with the operation until the kernel lets go of it. If
+            // the stream is gone, its socket may close now all the same.
+            if send.handed_back {
+                drop(self.release_if_idle(key));
+                return;
+            }
+            send.handed_back = true;
+            let outcome = send.outcome();
+            let copy = self
                 .sources
                 .get(key)
-                .is_some_and(|source| source.sent_unread);
-            if unread && !send.handed_back {
-                send.handed_back = true;
-                let outcome = send.outcome();
-                self.hand_back(key, Vec::new(), outcome);
-            } else {
-                drop(self.release_if_idle(key));
-            }
+                .is_some_and(|source| source.open && !source.sent_unread);
+            let buf = if copy { send.buf.clone() } else { Vec::new() };
+            self.hand_back(key, buf, outcome);
             return;
         }
         let Some(Op {
