@@ -463,9 +463,8 @@ impl Stream {
             return;
         };
         source.adaptive = buffers == ReceiveBuffers::Adaptive;
-        // An adaptive stream starts in place: a new connection may open
-        // with a flood, and a switch to in place in the middle of the
-        // first one stalled it (see `ReceiveBuffers::Adaptive`).
+        // An adaptive stream starts in place, ready for a connection that
+        // opens with a flood (see `ReceiveBuffers::Adaptive`).
         let shared = buffers == ReceiveBuffers::Shared;
         state.receive_shared(self.key, shared);
     }
