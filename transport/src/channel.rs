@@ -94,8 +94,8 @@ pub enum ReceiveBuffers {
     /// It starts in place, so that a connection that opens with a flood
     /// has each byte copied once from its first read; one that opens with
     /// small messages goes shared after four reads. Starting shared
-    /// measures the same on the bench's `remote` (16 B, 1 KiB and 64 KiB,
-    /// within 3 %).
+    /// measures about the same on the bench's `remote` (16 B, 1 KiB and
+    /// 64 KiB, within 4 %, either way).
     Adaptive,
 }
 
