@@ -23,6 +23,12 @@
 //! figure — ours and the peers' — is the median of the repetitions
 //! (`--reps`, 5 by default, 3 under `quick`).
 //!
+//! Interleaving evens out a slow moment, not a slow run: on a virtual
+//! machine whose host is busy with other guests, every subject is slower
+//! and the spread between repetitions grows. Each case therefore records
+//! the share of CPU time the host took while it ran (steal, from
+//! `/proc/stat`), and its table says so from 1 %.
+//!
 //! # Cases
 //!
 //! - `spawn`: nanoseconds to spawn an idle process (one waiting on its own
@@ -66,11 +72,13 @@
 //! object per line instead:
 //!
 //! ```json
-//! {"case":"local","metric":"ping_pong_same_shard_p50","unit":"ns","value":400.0,"better":"lower","peers":{"erlang":506.0,"tokio-current-thread":243.0},"note":"…"}
+//! {"case":"local","metric":"ping_pong_same_shard_p50","unit":"ns","value":400.0,"better":"lower","peers":{"erlang":506.0,"tokio-current-thread":243.0},"note":"…","stolen":0.0}
 //! ```
 //!
 //! `value` is `null` when Foundation's side could not be measured (the note
 //! says why); a peer that could not be measured is absent from `peers`.
+//! `stolen` is the steal of the case, in percent, where the kernel counts
+//! it.
 //!
 //! Unless `--no-plots` is given, one SVG bar chart per case is written to
 //! `<target dir>/bench-report/<case>.svg`, where the target directory is
@@ -101,6 +109,7 @@ mod remote;
 mod report;
 mod rss;
 mod stats;
+mod steal;
 mod subject;
 
 use std::process::ExitCode;
@@ -247,7 +256,13 @@ fn main() -> ExitCode {
     let mut report = Report::new(cli.json, !cli.no_plots);
     let context = Context::new(scale, progress);
     for case in cases {
-        let measurements = case.run(&context);
+        let before = steal::CpuTimes::read();
+        let mut measurements = case.run(&context);
+        let stolen = before.zip(steal::CpuTimes::read());
+        let stolen = stolen.and_then(|(before, after)| after.stolen_since(&before));
+        for measurement in &mut measurements {
+            measurement.stolen = stolen;
+        }
         if let Err(error) = context
             .progress
             .suspend(|| report.case(case.name(), &measurements))

@@ -46,6 +46,10 @@ pub(crate) struct Measurement {
     /// What the reader needs to know to compare fairly, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) note: Option<String>,
+    /// Share of the machine's CPU time its host took while the case ran,
+    /// in percent ([`crate::steal`]); absent where the kernel does not say.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stolen: Option<f64>,
 }
 
 impl Measurement {
@@ -59,6 +63,7 @@ impl Measurement {
             better,
             peers: BTreeMap::new(),
             note: None,
+            stolen: None,
         }
     }
 
@@ -228,8 +233,23 @@ fn table(case: &str, measurements: &[Measurement]) -> String {
             out.push('\n');
         }
     }
+    let stolen = measurements
+        .iter()
+        .filter_map(|m| m.stolen)
+        .fold(0.0, f64::max);
+    if stolen >= STOLEN_WORTH_SAYING {
+        let _ = writeln!(
+            out,
+            "machine: its host took {stolen:.1} % of the CPU time while this case ran (steal); \
+             the figures are slower and noisier than on a quiet machine."
+        );
+    }
     out
 }
+
+/// Steal, in percent of the CPU time, from which a case's table warns of
+/// it: below, it is within the run-to-run spread.
+const STOLEN_WORTH_SAYING: f64 = 1.0;
 
 /// Table rows of one measurement: one per peer, the metric on the first.
 fn rows_of(m: &Measurement) -> Vec<[String; 8]> {
@@ -485,6 +505,16 @@ mod tests {
         assert!(svg.starts_with("<svg") && svg.contains("a &amp; b"));
         let table = table("local", &[m]);
         assert!(table.contains("2.00x better"), "{table}");
+    }
+
+    #[test]
+    fn a_table_warns_of_steal_worth_saying() {
+        let mut m = sample();
+        m.stolen = Some(0.4);
+        assert!(!table("local", std::slice::from_ref(&m)).contains("steal"));
+        m.stolen = Some(4.2);
+        let table = table("local", &[m]);
+        assert!(table.contains("took 4.2 % of the CPU time"), "{table}");
     }
 
     #[test]
