@@ -53,7 +53,10 @@
 //!   messages of 16 B to 1 MiB (`--sizes` picks some), 64-byte ping-pong
 //!   percentiles, and control round trips idle and under a saturated bulk
 //!   channel; against a raw TCP stream and ping-pong written in the bench
-//!   and distributed Erlang.
+//!   and distributed Erlang. `remote`'s note also gives io_uring / epoll
+//!   paired repetition by repetition, with its standard error: on a shared
+//!   machine one repetition spreads too widely for a few-percent
+//!   difference to show in a ratio of medians.
 //! - `remote_spawn`, `detect`: Foundation nodes as a cluster: remote spawns
 //!   per second between two nodes (against distributed Erlang's
 //!   `spawn/4`), and the time from `kill -9` of one of three nodes to its

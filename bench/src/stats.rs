@@ -115,6 +115,47 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
+/// A ratio of two subjects measured side by side, repetition by
+/// repetition: how far apart they are, and how sure that is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PairedRatio {
+    /// Geometric mean of the repetitions' ratios.
+    pub(crate) ratio: f64,
+    /// Its standard error: about two of them either side hold the true
+    /// ratio, for the machine as it was during the run.
+    pub(crate) error: f64,
+    /// Repetitions paired.
+    pub(crate) pairs: usize,
+}
+
+impl PairedRatio {
+    /// `a[i] / b[i]` over the repetitions both have (a subject that failed
+    /// has fewer; its samples are still the first repetitions), in log
+    /// space, where a ratio and its inverse are equally far from one.
+    /// `None` with fewer than two usable pairs.
+    pub(crate) fn of(a: &[f64], b: &[f64]) -> Option<PairedRatio> {
+        let logs: Vec<f64> = a
+            .iter()
+            .zip(b)
+            .map(|(a, b)| (a / b).ln())
+            .filter(|log| log.is_finite())
+            .collect();
+        let pairs = logs.len();
+        if pairs < 2 {
+            return None;
+        }
+        let n = pairs as f64;
+        let mean = logs.iter().sum::<f64>() / n;
+        let variance = logs.iter().map(|log| (log - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let ratio = mean.exp();
+        Some(PairedRatio {
+            ratio,
+            error: ratio * (variance / n).sqrt(),
+            pairs,
+        })
+    }
+}
+
 /// Messages per second for `msgs` messages moved in `elapsed`.
 pub(crate) fn rate(msgs: u64, elapsed: Duration) -> f64 {
     msgs as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
@@ -147,6 +188,31 @@ mod tests {
         assert_eq!(median([4.0, 1.0, 3.0, 2.0]), 2.5);
         assert!(median([]).is_nan());
         assert_eq!(median([f64::NAN, 5.0]), 5.0);
+    }
+
+    #[test]
+    fn a_paired_ratio_is_the_geometric_mean_of_the_pairs() {
+        let paired = PairedRatio::of(&[2.0, 8.0], &[1.0, 8.0]).unwrap();
+        assert!((paired.ratio - 2f64.sqrt()).abs() < 1e-12);
+        assert_eq!(paired.pairs, 2);
+        // ln 2 and 0: standard deviation ln 2 / sqrt 2, over sqrt 2.
+        assert!((paired.error - paired.ratio * 2f64.ln() / 2.0).abs() < 1e-12);
+        let even = PairedRatio::of(&[3.0, 5.0, 7.0], &[3.0, 5.0, 7.0]).unwrap();
+        assert_eq!((even.ratio, even.error), (1.0, 0.0));
+    }
+
+    #[test]
+    fn a_paired_ratio_needs_two_pairs_of_real_figures() {
+        assert_eq!(PairedRatio::of(&[1.0], &[1.0]), None);
+        assert_eq!(PairedRatio::of(&[1.0, f64::NAN], &[1.0, 2.0]), None);
+        assert_eq!(PairedRatio::of(&[1.0, 2.0, 3.0], &[1.0, 0.0]), None);
+        // A subject that failed after two repetitions still pairs those.
+        assert_eq!(
+            PairedRatio::of(&[1.0, 1.0, 1.0], &[1.0, 1.0])
+                .unwrap()
+                .pairs,
+            2
+        );
     }
 
     #[test]

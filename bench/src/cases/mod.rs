@@ -214,6 +214,23 @@ impl<T> Samples<T> {
         Some(crate::stats::median(samples.iter().map(figure))).filter(|v| !v.is_nan())
     }
 
+    /// `a / b` of `figure`, paired repetition by repetition (the trials
+    /// ran in turns, so each pair shared a moment of the machine).
+    pub(crate) fn paired_ratio(
+        &self,
+        a: &str,
+        b: &str,
+        figure: impl Fn(&T) -> f64,
+    ) -> Option<crate::stats::PairedRatio> {
+        let figures = |name: &str| -> Vec<f64> {
+            self.samples
+                .get(name)
+                .map(|samples| samples.iter().map(&figure).collect())
+                .unwrap_or_default()
+        };
+        crate::stats::PairedRatio::of(&figures(a), &figures(b))
+    }
+
     /// Fills `measurement` with the median of `figure`: Foundation's trial
     /// becomes the value, every other trial a peer, every failure a note.
     pub(crate) fn fill(&self, measurement: &mut Measurement, figure: impl Fn(&T) -> f64) {
@@ -311,6 +328,35 @@ fn payload_message(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trials_pair_up_by_repetition() {
+        let context = Context::new(
+            Scale {
+                reps: 4,
+                ..Scale::quick()
+            },
+            Progress::new(false),
+        );
+        let (mut a, mut b) = (0.0, 0.0);
+        let samples = context.interleave(
+            "figure",
+            vec![
+                Trial::new("a", || {
+                    a += 2.0;
+                    a
+                }),
+                Trial::new("b", || {
+                    b += 1.0;
+                    b
+                }),
+            ],
+        );
+        let paired = samples.paired_ratio("a", "b", |v| *v).unwrap();
+        assert_eq!(paired.pairs, 4);
+        assert!((paired.ratio - 2.0).abs() < 1e-12 && paired.error < 1e-12);
+        assert_eq!(samples.paired_ratio("a", "missing", |v| *v), None);
+    }
 
     #[test]
     fn interleave_drops_failed_trials_and_keeps_the_rest() {

@@ -113,6 +113,16 @@ pub(crate) fn run_remote(context: &Context) -> Vec<Measurement> {
         let mut bandwidth =
             Measurement::new(REMOTE, &format!("mb_{size}B"), "MB/s", Better::Higher);
         samples.fill(&mut bandwidth, |rate| rate * size as f64 / 1e6);
+        // One repetition spreads widely on a shared machine; the turns
+        // pair each io_uring repetition with the epoll one next to it.
+        if let Some(paired) =
+            samples.paired_ratio(FOUNDATION, subject(Backend::Epoll), |rate| *rate)
+        {
+            rate.note(&format!(
+                "io_uring / epoll repetition by repetition: {:.3} ± {:.3} (geometric mean ± standard error, {} pairs).",
+                paired.ratio, paired.error, paired.pairs
+            ));
+        }
         if let Some(erlang) = &erlang {
             rate.peer("erlang", erlang.median("remote_msgs_per_s"));
             bandwidth.peer("erlang", erlang.median("remote_mb_per_s"));
