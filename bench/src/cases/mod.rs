@@ -329,15 +329,20 @@ fn payload_message(payload: &(dyn Any + Send)) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn trials_pair_up_by_repetition() {
-        let context = Context::new(
+    /// A context running `reps` repetitions, with no progress display.
+    fn quiet_context(reps: usize) -> Context {
+        Context::new(
             Scale {
-                reps: 4,
+                reps,
                 ..Scale::quick()
             },
             Progress::new(false),
-        );
+        )
+    }
+
+    #[test]
+    fn trials_pair_up_by_repetition() {
+        let context = quiet_context(4);
         let (mut a, mut b) = (0.0, 0.0);
         let samples = context.interleave(
             "figure",
@@ -360,13 +365,7 @@ mod tests {
 
     #[test]
     fn interleave_drops_failed_trials_and_keeps_the_rest() {
-        let context = Context::new(
-            Scale {
-                reps: 3,
-                ..Scale::quick()
-            },
-            Progress::new(false),
-        );
+        let context = quiet_context(3);
         let mut calls = 0;
         let samples = context.interleave(
             "figure",
