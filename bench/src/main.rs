@@ -261,8 +261,9 @@ fn main() -> ExitCode {
     for case in cases {
         let before = steal::CpuTimes::read();
         let mut measurements = case.run(&context);
-        let stolen = before.zip(steal::CpuTimes::read());
-        let stolen = stolen.and_then(|(before, after)| after.stolen_since(&before));
+        let stolen = before
+            .zip(steal::CpuTimes::read())
+            .and_then(|(before, after)| after.stolen_since(&before));
         for measurement in &mut measurements {
             measurement.stolen = stolen;
         }

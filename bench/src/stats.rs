@@ -121,8 +121,9 @@ pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 pub(crate) struct PairedRatio {
     /// Geometric mean of the repetitions' ratios.
     pub(crate) ratio: f64,
-    /// Its standard error: about two of them either side hold the true
-    /// ratio, for the machine as it was during the run.
+    /// Its standard error. With many pairs, about two of them either side
+    /// hold the ratio of the machine as it was during the run; with three
+    /// pairs, it takes about four.
     pub(crate) error: f64,
     /// Repetitions paired.
     pub(crate) pairs: usize,
