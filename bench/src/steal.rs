@@ -10,7 +10,8 @@
 //! that moved with the code from one that moved with the neighbours.
 
 /// The machine's CPU time so far, from the `cpu` line of `/proc/stat`,
-/// in clock ticks summed over all CPUs.
+/// in clock ticks summed over all CPUs. On a machine with more cores than
+/// a case keeps busy, the idle ones dilute the share the busy ones lost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CpuTimes {
     /// All accounted time: user, nice, system, idle, iowait, irq, softirq
@@ -43,10 +44,10 @@ impl CpuTimes {
     }
 
     /// The share of CPU time stolen between `earlier` and these counters,
-    /// in percent; `None` if no time passed.
+    /// in percent; `None` if no time passed or the counters went back.
     pub(crate) fn stolen_since(&self, earlier: &CpuTimes) -> Option<f64> {
         let total = self.total.checked_sub(earlier.total)?;
-        let steal = self.steal.saturating_sub(earlier.steal);
+        let steal = self.steal.checked_sub(earlier.steal)?;
         (total > 0).then(|| 100.0 * steal as f64 / total as f64)
     }
 }

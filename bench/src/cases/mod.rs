@@ -343,24 +343,56 @@ mod tests {
     #[test]
     fn trials_pair_up_by_repetition() {
         let context = quiet_context(4);
-        let (mut a, mut b) = (0.0, 0.0);
+        // Ratios 3, 1/2, 2 and 1 by repetition. Their geometric mean is
+        // the same in any pairing; the error is not.
+        let (a, b) = ([3.0, 1.0, 4.0, 1.0], [1.0, 2.0, 2.0, 1.0]);
+        let (mut i, mut j) = (0, 0);
         let samples = context.interleave(
             "figure",
             vec![
                 Trial::new("a", || {
-                    a += 2.0;
-                    a
+                    i += 1;
+                    a[i - 1]
                 }),
                 Trial::new("b", || {
-                    b += 1.0;
-                    b
+                    j += 1;
+                    b[j - 1]
                 }),
             ],
         );
         let paired = samples.paired_ratio("a", "b", |v| *v).unwrap();
+        let expected = crate::stats::PairedRatio::of(&a, &b).unwrap();
+        assert_eq!(paired, expected);
         assert_eq!(paired.pairs, 4);
-        assert!((paired.ratio - 2.0).abs() < 1e-12 && paired.error < 1e-12);
+        let mut sorted = (a, b);
+        sorted.0.sort_by(f64::total_cmp);
+        sorted.1.sort_by(f64::total_cmp);
+        let unpaired = crate::stats::PairedRatio::of(&sorted.0, &sorted.1).unwrap();
+        assert!((paired.error - unpaired.error).abs() > 0.1);
         assert_eq!(samples.paired_ratio("a", "missing", |v| *v), None);
+    }
+
+    #[test]
+    fn a_trial_that_failed_pairs_the_repetitions_it_ran() {
+        let context = quiet_context(4);
+        let mut runs = 0;
+        let samples = context.interleave(
+            "figure",
+            vec![
+                Trial::new("a", || 2.0),
+                Trial::fallible("b", || {
+                    runs += 1;
+                    match runs {
+                        1 => Ok(1.0),
+                        2 => Ok(4.0),
+                        _ => Err("gone".to_owned()),
+                    }
+                }),
+            ],
+        );
+        let paired = samples.paired_ratio("a", "b", |v| *v).unwrap();
+        assert_eq!(paired.pairs, 2);
+        assert!((paired.ratio - 1.0).abs() < 1e-12, "2/1 and 2/4");
     }
 
     #[test]
